@@ -1,0 +1,5 @@
+import sys
+
+from anatosynth.cli import main
+
+sys.exit(main())

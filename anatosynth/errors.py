@@ -1,0 +1,26 @@
+"""Errors that the command line reports as one line and exit code 2 (never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["AnatosynthError", "InputError", "ConfigError"]
+
+
+class AnatosynthError(Exception):
+    """Base class: a problem the user can fix. The CLI prints ``str(err)`` and exits with code 2."""
+
+    exit_code = 2
+
+
+class InputError(AnatosynthError):
+    """A file or folder given to anatosynth cannot be used; the message names it and the problem."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class ConfigError(AnatosynthError):
+    """An option or configuration value is invalid."""

@@ -1,0 +1,199 @@
+"""NIfTI volumes that keep their geometry, with validation of images and label maps.
+
+A :class:`Volume` is a 3D array plus its 4x4 voxel-to-world affine (RAS+ world, millimetres, as in
+nibabel). Loading checks what later stages rely on and turns every problem into an
+:class:`~anatosynth.errors.InputError` that names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from anatosynth.errors import InputError
+
+__all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "NIFTI_SUFFIXES"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Volume:
+    """A 3D array with its voxel-to-world affine (RAS+ mm).
+
+    Attributes:
+        array: the voxel data, indexed ``[i, j, k]`` as stored in the file.
+        affine: 4x4 matrix mapping voxel indices to world coordinates (mm).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``'RAS'`` or ``'LPS'`` (the direction each axis increases towards)."""
+        return "".join(nib.orientations.aff2axcodes(self.affine))
+
+    def world(self, ijk: np.ndarray) -> np.ndarray:
+        """World coordinates (mm) of voxel indices ``ijk`` with shape (..., 3)."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        return Volume(array, self.affine.copy())
+
+
+def _name(path: Path) -> str:
+    return path.name.lower()
+
+
+def _check_suffix(path: Path) -> None:
+    if not _name(path).endswith(NIFTI_SUFFIXES):
+        raise InputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+
+
+def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read the data array and affine, mapping every failure to one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a NIfTI file")
+    _check_suffix(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(path, f"truncated or corrupt gzip data ({err.__class__.__name__})") from None
+    except nib.filebasedimages.ImageFileError as err:
+        raise InputError(path, f"not a readable NIfTI image ({err})") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read NIfTI data ({err})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D volume, found {data.ndim} dimensions with shape {tuple(data.shape)}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(path, "header has an invalid (singular or non-finite) affine")
+    return data, affine
+
+
+def load_image(path: str | Path) -> Volume:
+    """Load an intensity image as float32, rejecting NaN/Inf intensities."""
+    data, affine = _read(path)
+    array = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(path, f"{bad} voxels are NaN or Inf")
+    return Volume(array, affine)
+
+
+def load_label(path: str | Path, *, require_foreground: bool = False,
+               names: dict[int, str] | None = None) -> Volume:
+    """Load a label map as int32, accepting float storage only when every value is integral.
+
+    Args:
+        path: NIfTI label map.
+        require_foreground: reject a map that holds only background (0).
+        names: optional id→name map; ids present in the file but missing from it are rejected.
+    """
+    data, affine = _read(path)
+    if np.issubdtype(data.dtype, np.floating):
+        arr = np.asarray(data, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise InputError(path, "label map holds NaN or Inf values")
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            worst = float(np.abs(rounded - arr).max())
+            raise InputError(path, f"label map holds non-integer values (off by up to {worst:.3g}); "
+                                   "labels must be whole numbers")
+        arr = rounded
+    elif np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
+        arr = np.asarray(data)
+    else:
+        raise InputError(path, f"label map has unsupported data type {data.dtype}")
+    if arr.size and arr.min() < 0:
+        raise InputError(path, f"label map holds negative values (min {arr.min():g})")
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        raise InputError(path, "label ids too large")
+    labels = np.asarray(arr, dtype=np.int32)
+    if require_foreground and not labels.any():
+        raise InputError(path, "label map is empty (no foreground voxels)")
+    if names is not None:
+        unknown = sorted(set(np.unique(labels).tolist()) - set(names) - {0})
+        if unknown:
+            raise InputError(path, f"label ids {unknown} are not in the label names")
+    return Volume(labels, affine)
+
+
+def check_same_geometry(image: Volume, label: Volume, path: str | Path, *, atol_mm: float = 1e-3) -> None:
+    """Raise if an image and its label map do not share shape and affine (to ``atol_mm``)."""
+    if image.shape != label.shape:
+        raise InputError(path, f"image shape {image.shape} and label shape {label.shape} differ")
+    if not np.allclose(image.affine, label.affine, atol=atol_mm, rtol=1e-5):
+        raise InputError(path, "image and label affines differ (different geometry)")
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and make sure files can be written into it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(folder, f"cannot create output folder ({err.strerror})") from None
+    if not folder.is_dir():
+        raise InputError(folder, "output path exists and is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(folder, "output folder is not writable")
+    return folder
+
+
+def atomic_write_bytes(path: str | Path, write) -> Path:
+    """Write a file through a temporary sibling and ``os.replace``, so no half-written file is left.
+
+    Args:
+        path: destination.
+        write: callable receiving the temporary path and writing the whole file there.
+    """
+    path = Path(path)
+    folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_volume(volume: Volume, path: str | Path, dtype: np.dtype | str | None = None) -> Path:
+    """Write a volume as NIfTI (atomically), keeping its affine as both qform and sform."""
+    path = Path(path)
+    _check_suffix(path)
+    array = volume.array if dtype is None else volume.array.astype(dtype)
+    img = nib.Nifti1Image(np.asarray(array), volume.affine)
+    img.set_qform(volume.affine, code=1)
+    img.set_sform(volume.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    return atomic_write_bytes(path, lambda tmp: nib.save(img, tmp))
