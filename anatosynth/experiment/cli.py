@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from anatosynth.errors import AnatosynthError
+from anatosynth.experiment import demo
 
 
 def _not_yet(args):
@@ -12,6 +13,4 @@ def _not_yet(args):
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="run a protocol: arms x seeds x labelled-set sizes")
     p.set_defaults(func=_not_yet)
-    p = sub.add_parser("demo", help="the main job, offline: bank, preview, short pre-training")
-    p.add_argument("--out", default="demo_run")
-    p.set_defaults(func=_not_yet)
+    demo.register(sub)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from anatosynth.errors import AnatosynthError
-
-
-def _not_yet(args):
-    raise AnatosynthError(f"'{args.verb}' is not implemented yet")
+from anatosynth.train import finetune_cli, pretrain_cli
 
 
 def register(sub) -> None:
-    for verb, text in [("pretrain", "pre-train a network on the synthetic stream"),
-                       ("finetune", "fine-tune a (pre-trained) network on a real dataset")]:
-        p = sub.add_parser(verb, help=text)
-        p.set_defaults(func=_not_yet)
+    pretrain_cli.register(sub)
+    finetune_cli.register(sub)

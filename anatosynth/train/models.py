@@ -1,0 +1,69 @@
+"""Networks from MONAI, built from a small spec that is saved with every run.
+
+``model.pt`` files hold a plain state_dict of the MONAI network, so a SwinUNETR checkpoint loads into
+``monai.networks.nets.SwinUNETR(in_channels, out_channels, feature_size=F)`` with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from anatosynth.errors import ConfigError
+
+__all__ = ["ModelSpec", "build_model", "MODELS"]
+
+MODELS = ("swinunetr", "unetr", "unet", "dynunet")
+
+
+@dataclass
+class ModelSpec:
+    """What is needed to rebuild a network: architecture, channels, width and (UNETR only) patch size."""
+
+    name: str = "swinunetr"
+    in_channels: int = 1
+    out_channels: int = 2
+    feature_size: int = 48
+    patch: tuple[int, int, int] = (96, 96, 96)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        d["patch"] = tuple(d.get("patch", (96, 96, 96)))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def build_model(spec: ModelSpec) -> torch.nn.Module:
+    """Build a MONAI network from ``spec``, checking MONAI 1.6's size constraints with clear errors."""
+    from monai.networks import nets
+
+    if spec.name not in MODELS:
+        raise ConfigError(f"unknown model {spec.name!r}; choose one of {', '.join(MODELS)}")
+    patch = tuple(int(p) for p in spec.patch)
+    if spec.name in ("swinunetr", "unetr") and any(p % 32 for p in patch):
+        raise ConfigError(f"{spec.name} needs a patch size divisible by 32, got {patch}")
+    if spec.name == "swinunetr":
+        if spec.feature_size % 12:
+            raise ConfigError(f"swinunetr feature size must be a multiple of 12, got {spec.feature_size}")
+        if all(p == 32 for p in patch):
+            raise ConfigError("swinunetr with instance norm needs a patch larger than 32^3 (e.g. 64^3 or 96x96x32)")
+        return nets.SwinUNETR(in_channels=spec.in_channels, out_channels=spec.out_channels,
+                              feature_size=spec.feature_size, spatial_dims=3, use_checkpoint=False)
+    if spec.name == "unetr":
+        return nets.UNETR(in_channels=spec.in_channels, out_channels=spec.out_channels, img_size=patch,
+                          feature_size=max(spec.feature_size // 3, 8), hidden_size=768 if spec.feature_size >= 48 else 192,
+                          mlp_dim=3072 if spec.feature_size >= 48 else 768, num_heads=12 if spec.feature_size >= 48 else 4)
+    f = spec.feature_size
+    if spec.name == "unet":
+        return nets.UNet(spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels,
+                         channels=(f, 2 * f, 4 * f, 8 * f, 16 * f), strides=(2, 2, 2, 2), num_res_units=2,
+                         norm="instance")
+    return nets.DynUNet(spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels,
+                        kernel_size=[3, 3, 3, 3, 3], strides=[1, 2, 2, 2, 2], upsample_kernel_size=[2, 2, 2, 2],
+                        filters=[f, 2 * f, 4 * f, 8 * f, 16 * f], norm_name="instance", res_block=True)
