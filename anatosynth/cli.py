@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from anatosynth import __version__
@@ -18,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 # stage modules, in pipeline order; each registers the verbs named beside it
 STAGES = [
+    ("anatosynth.io.cli", "check"),
     ("anatosynth.bank.cli", "bank"),
     ("anatosynth.synth.cli", "synth"),
     ("anatosynth.train.cli", "pretrain, finetune"),
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except AnatosynthError as err:
         print(f"anatosynth {args.verb}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # e.g. `anatosynth check DATA | head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"anatosynth {args.verb}: interrupted", file=sys.stderr)
         return 130

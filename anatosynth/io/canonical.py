@@ -55,24 +55,42 @@ def _target_grid(volume: Volume, spacing: Sequence[float]) -> tuple[list[np.ndar
     return coords, affine
 
 
-def _linear_axis(array: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``array`` along one axis at fractional indices ``pos``."""
+def _linear_axis(array: np.ndarray, pos: np.ndarray, axis: int, step: float) -> np.ndarray:
+    """Tent-filter interpolation of ``array`` along one axis at fractional indices ``pos``.
+
+    The tent's half-width is ``max(step, 1)`` input voxels: plain linear interpolation when upsampling,
+    an area-weighted average when downsampling (anti-aliasing, so that thin structures still contribute
+    to the output voxels they pass through).
+    """
     n = array.shape[axis]
-    lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
-    hi = np.clip(lo + 1, 0, n - 1)
-    w = (pos - lo).astype(np.float32)
+    width = max(float(step), 1.0)
+    taps = np.arange(-int(np.ceil(width)), int(np.ceil(width)) + 1)
+    base = np.floor(pos).astype(np.int64)
     shape = [1] * array.ndim
     shape[axis] = -1
-    w = w.reshape(shape)
-    a = np.take(array, lo, axis=axis)
-    b = np.take(array, hi, axis=axis)
-    return a * (1 - w) + b * w
+    out = None
+    norm = np.zeros(len(pos), np.float64)
+    weights = []
+    for t in taps:
+        idx = base + t
+        w = np.clip(1.0 - np.abs(idx - pos) / width, 0.0, None)
+        w[(idx < 0) | (idx >= n)] = 0.0
+        weights.append((np.clip(idx, 0, n - 1), w))
+        norm += w
+    norm[norm == 0] = 1.0
+    for idx, w in weights:
+        if not w.any():
+            continue
+        term = np.take(array, idx, axis=axis) * (w / norm).astype(np.float32).reshape(shape)
+        out = term if out is None else out + term
+    return out
 
 
 def _linear(array: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     out = array.astype(np.float32, copy=False)
     for axis, pos in enumerate(coords):
-        out = _linear_axis(out, pos, axis)
+        step = pos[1] - pos[0] if len(pos) > 1 else 1.0
+        out = _linear_axis(out, pos, axis, step)
     return out
 
 
@@ -105,12 +123,14 @@ def resample_label(volume: Volume, spacing: Sequence[float]) -> Volume:
         if lab == 0:
             continue
         idx = np.nonzero(arr == lab)
-        lo = [max(int(i.min()) - 1, 0) for i in idx]
-        hi = [min(int(i.max()) + 2, n) for i, n in zip(idx, arr.shape)]
-        # output voxels whose interpolation stencil touches the bounding box
+        pad = [int(np.ceil(max(c[1] - c[0] if len(c) > 1 else 1.0, 1.0))) + 1 for c in coords]
+        lo = [max(int(i.min()) - p, 0) for i, p in zip(idx, pad)]
+        hi = [min(int(i.max()) + 1 + p, n) for i, n, p in zip(idx, arr.shape, pad)]
+        # output voxels whose interpolation stencil (tent of half-width max(step, 1)) touches the box
         out_sl, sub_coords = [], []
         for c, a, b in zip(coords, lo, hi):
-            sel = np.nonzero((c > a - 1) & (c < b))[0]
+            reach = max(c[1] - c[0] if len(c) > 1 else 1.0, 1.0)
+            sel = np.nonzero((c > a - reach) & (c < b - 1 + reach))[0]
             if sel.size == 0:
                 sel = np.array([int(np.argmin(np.abs(c - (a + b) / 2)))])
             out_sl.append(slice(int(sel[0]), int(sel[-1]) + 1))
@@ -160,8 +180,7 @@ def canonicalise(label: Volume, spacing: Sequence[float], image: Volume | None =
     """RAS, target spacing and (optionally) foreground crop for a label map and its image."""
     label = resample_label(to_ras(label), spacing)
     if image is not None:
-        image = resample(to_ras(image), spacing)
-        image = Volume(image.array[tuple(slice(0, n) for n in label.shape)], image.affine)
+        image = resample(to_ras(image), spacing)  # same grid as the label: both use _target_grid
     if crop:
         if image is not None:
             label, image = crop_foreground(label, None, margin, image)

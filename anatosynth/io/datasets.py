@@ -63,14 +63,14 @@ class Dataset:
                        self.name, self.extra)
 
 
-def case_name(path: Path) -> str:
-    """File name without the NIfTI suffix and without an nnU-Net ``_0000`` channel suffix."""
+def case_name(path: Path, channel_suffix: bool = False) -> str:
+    """File name without the NIfTI suffix (and, with ``channel_suffix``, without nnU-Net's ``_0000``)."""
     name = path.name
     for suffix in NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
+    if channel_suffix and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
         name = name[:-5]
     return name
 
@@ -160,7 +160,7 @@ def _entries(data: dict, key: str, root: Path, source: Path) -> list[Case]:
         lab = _inside(root, entry["label"], source) if entry.get("label") else None
         if img is None and lab is None:
             raise InputError(source, f"entry in '{key}' has neither image nor label: {entry!r}")
-        cases.append(Case(case_name(lab or img), img, lab, key))
+        cases.append(Case(case_name(lab) if lab else case_name(img, channel_suffix=True), img, lab, key))
     return cases
 
 

@@ -1,0 +1,38 @@
+"""CLI verb of the I/O stage: ``anatosynth check DATASET`` validates a dataset before you use it."""
+
+from __future__ import annotations
+
+
+def run_check(args) -> int:
+    """Load every case of a dataset, validate it and print one line per case with its geometry."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from anatosynth.io.datasets import read_dataset
+    from anatosynth.io.volume import check_same_geometry, load_image, load_label
+
+    ds = read_dataset(args.data, labels=args.labels)
+    print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, modality {ds.modality or 'n/a'}, "
+          f"labels {', '.join(f'{k}={v}' for k, v in ds.foreground.items())}")
+    for case in tqdm(ds.cases, desc="check", unit="case", disable=args.quiet):
+        label = load_label(case.label, require_foreground=args.require_foreground, names=ds.labels) \
+            if case.label else None
+        image = load_image(case.image) if case.image else None
+        if image is not None and label is not None:
+            check_same_geometry(image, label, case.image)
+        ref = label if label is not None else image
+        present = sorted(int(v) for v in np.unique(label.array) if v) if label is not None else []
+        if not args.quiet:
+            tqdm.write(f"  {case.name}: shape {ref.shape}, spacing {np.round(ref.spacing, 3).tolist()}, "
+                       f"{ref.orientation}, labels {present}")
+    print(f"ok: {len(ds.cases)} cases valid")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="validate a dataset (MSD, nnU-Net, datalist or label folder)")
+    p.add_argument("data", help="dataset folder, dataset.json/datalist JSON, or folder of label maps")
+    p.add_argument("--labels", help="labels.json (id->name) overriding the dataset's label names")
+    p.add_argument("--require-foreground", action="store_true", help="reject label maps with no foreground")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(func=run_check)
