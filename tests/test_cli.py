@@ -1,0 +1,78 @@
+"""The command line: verbs exist, bad input is one line on stderr with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from anatosynth.cli import build_parser, main
+from tests.conftest import write_nifti
+
+VERBS = {"bank", "synth", "pretrain", "finetune", "evaluate", "experiment", "demo", "check"}
+
+
+def test_all_verbs_registered():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "verb")
+    assert VERBS <= set(sub.choices)
+
+
+def _bad_dataset(tmp_path, problem):
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    img = np.zeros((6, 6, 6), np.float32)
+    lab = np.zeros((6, 6, 6), np.uint8)
+    lab[2:4, 2:4, 2:4] = 1
+    entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
+    if problem == "nan":
+        img[1, 1, 1] = np.nan
+    if problem == "shape":
+        img = np.zeros((6, 6, 5), np.float32)
+    if problem == "escape":
+        entry["image"] = "../../etc/passwd"
+    if problem == "missing":
+        entry["label"] = "labelsTr/zzz.nii.gz"
+    write_nifti(root / "imagesTr" / "a.nii.gz", img)
+    write_nifti(root / "labelsTr" / "a.nii.gz", lab)
+    if problem == "truncated":
+        raw = (root / "labelsTr" / "a.nii.gz").read_bytes()
+        (root / "labelsTr" / "a.nii.gz").write_bytes(raw[:60])
+    (root / "dataset.json").write_text(json.dumps(
+        {"labels": {"0": "background", "1": "liver"}, "modality": {"0": "CT"}, "training": [entry]}))
+    return root
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("nan", "a.nii.gz: 1 voxels are NaN or Inf"),
+    ("shape", "image shape (6, 6, 5) and label shape (6, 6, 6) differ"),
+    ("escape", "escapes the dataset folder"),
+    ("missing", "listed file 'labelsTr/zzz.nii.gz' does not exist"),
+    ("truncated", "a.nii.gz: "),
+])
+def test_check_bad_input_exit_2(tmp_path, capsys, problem, message):
+    root = _bad_dataset(tmp_path, problem)
+    assert main(["check", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_check_good_dataset(tmp_path, capsys):
+    root = _bad_dataset(tmp_path, None)
+    assert main(["check", str(root)]) == 0
+    assert "ok: 1 cases valid" in capsys.readouterr().out
+
+
+def test_console_script_no_traceback(tmp_path):
+    """The installed entry point itself (as a user runs it) exits 2 with one line."""
+    root = _bad_dataset(tmp_path, "nan")
+    proc = subprocess.run([sys.executable, "-m", "anatosynth", "check", str(root), "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("anatosynth check: error:")
+    assert "Traceback" not in proc.stderr
