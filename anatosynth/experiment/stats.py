@@ -1,0 +1,95 @@
+"""Statistics for experiment results: mean ± std over seeds and paired differences with bootstrap CIs.
+
+Results are rows (dicts) with at least ``arm``, ``dataset``, ``seed``, ``train_cases`` and ``dice``
+(mean foreground Dice of one fine-tuned run, in percent). Rows of two arms are *paired* when they share
+dataset, seed, train_cases, pool size and bank size: same split, same fine-tuning seed, only the
+pre-training differs. The confidence interval of the mean paired difference is a percentile bootstrap
+over pairs (seeded, so tables are reproducible).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "PAIR_KEYS"]
+
+PAIR_KEYS = ("dataset", "seed", "train_cases", "samples", "subjects")
+GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 10000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (NaN, NaN for fewer than two values)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _key(row: dict, keys: Iterable[str]) -> tuple:
+    return tuple(row.get(k) for k in keys)
+
+
+def paired_differences(rows: list[dict], baseline: str = "scratch", metric: str = "dice") -> dict[tuple, list[float]]:
+    """Differences ``arm - baseline`` of ``metric`` for each pair, grouped by (dataset, train_cases,
+    samples, subjects, arm). Arms without a baseline partner contribute nothing."""
+    base = {_key(r, PAIR_KEYS): r[metric] for r in rows if r["arm"] == baseline}
+    out: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["arm"] == baseline:
+            continue
+        partner = base.get(_key(r, PAIR_KEYS))
+        if partner is not None and np.isfinite(partner) and np.isfinite(r[metric]):
+            out[_key(r, GROUP_KEYS)].append(float(r[metric]) - float(partner))
+    return dict(out)
+
+
+def summarise(rows: list[dict], baseline: str = "scratch", metric: str = "dice") -> list[dict]:
+    """One row per (dataset, train_cases, samples, subjects, arm): n, mean, std, paired Δ and its CI."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    order: list[tuple] = []
+    for r in rows:
+        k = _key(r, GROUP_KEYS)
+        if k not in groups:
+            order.append(k)
+        groups[k].append(float(r[metric]))
+    diffs = paired_differences(rows, baseline, metric)
+    out = []
+    for k in order:
+        v = np.asarray(groups[k], dtype=np.float64)
+        d = diffs.get(k, [])
+        lo, hi = bootstrap_ci(d)
+        out.append({**dict(zip(GROUP_KEYS, k)), "n": int(v.size), "mean": float(np.nanmean(v)),
+                    "std": float(np.nanstd(v, ddof=1)) if v.size > 1 else float("nan"),
+                    "delta": float(np.mean(d)) if d else float("nan"), "delta_lo": lo, "delta_hi": hi,
+                    "n_pairs": len(d)})
+    return out
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def markdown_table(summary: list[dict], baseline: str = "scratch") -> str:
+    """A Markdown table of :func:`summarise` output, one block per dataset."""
+    lines = []
+    for dataset in dict.fromkeys(s["dataset"] for s in summary):
+        lines += [f"**{dataset}**", "",
+                  f"| arm | labelled cases | synthetic pool | bank subjects | n | Dice % (mean ± std) "
+                  f"| Δ vs {baseline} [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in (s for s in summary if s["dataset"] == dataset):
+            pool = "endless" if s.get("samples") in (None, 0, "endless") else s["samples"]
+            subj = "–" if s.get("subjects") in (None, 0) else s["subjects"]
+            delta = "—" if s["arm"] == baseline else (
+                f"{_fmt(s['delta'], 2)} [{_fmt(s['delta_lo'])}, {_fmt(s['delta_hi'])}]" if s["n_pairs"] else "n/a")
+            lines.append(f"| {s['arm']} | {s['train_cases']} | {pool} | {subj} | {s['n']} | "
+                         f"{_fmt(s['mean'])} ± {_fmt(s['std'])} | {delta} |")
+        lines.append("")
+    return "\n".join(lines)
