@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
-from anatosynth.errors import AnatosynthError
 from anatosynth.experiment import demo
 
 
-def _not_yet(args):
-    raise AnatosynthError(f"'{args.verb}' is not implemented yet")
+def run_experiment(args) -> int:
+    from pathlib import Path
+
+    from anatosynth.experiment.protocol import expand, load_protocol
+    from anatosynth.experiment.runner import run_protocol, write_reports
+
+    raw = load_protocol(args.protocol)
+    protocol = expand(raw, str(args.protocol))
+    out = Path(args.out)
+    print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
+          f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
+    rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads)
+    if args.dry_run:
+        print(f"dry run: commands written to {out / 'experiment.log'}")
+        return 0
+    paths = write_reports(rows, out, protocol)
+    print((out / "results.md").read_text())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("experiment", help="run a protocol: arms x seeds x labelled-set sizes")
-    p.set_defaults(func=_not_yet)
+    p = sub.add_parser("experiment", help="run a protocol: arms x seeds x labelled-set sizes, with tables and plots")
+    p.add_argument("protocol", help="protocol YAML (see protocols/)")
+    p.add_argument("--out", required=True, help="experiment folder; re-running reuses finished jobs")
+    p.add_argument("--dry-run", action="store_true", help="only list the commands the protocol would run")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per job (OMP_NUM_THREADS)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_experiment)
     demo.register(sub)

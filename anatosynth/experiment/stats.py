@@ -2,8 +2,8 @@
 
 Results are rows (dicts) with at least ``arm``, ``dataset``, ``seed``, ``train_cases`` and ``dice``
 (mean foreground Dice of one fine-tuned run, in percent). Rows of two arms are *paired* when they share
-dataset, seed, train_cases, pool size and bank size: same split, same fine-tuning seed, only the
-pre-training differs. The confidence interval of the mean paired difference is a percentile bootstrap
+dataset, seed and train_cases: same split, same fine-tuning seed, only the pre-training differs (the
+baseline, scratch, has one row per pair; scaling points of an arm pair with the same scratch row). The confidence interval of the mean paired difference is a percentile bootstrap
 over pairs (seeded, so tables are reproducible).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "PAIR_KEYS"]
 
-PAIR_KEYS = ("dataset", "seed", "train_cases", "samples", "subjects")
+PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
 
 

@@ -1,0 +1,123 @@
+"""PNG plots of experiment results: Dice per arm, against labelled cases, pool size and bank subjects."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_all"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _main(rows: list[dict]) -> list[dict]:
+    """Rows of the main grid (endless stream, default bank)."""
+    return [r for r in rows if not r.get("samples") and not r.get("subjects")]
+
+
+def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    if not datasets:
+        return paths
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+
+    # 1. Dice per arm (largest labelled-set size), seeds as dots
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        main = [r for r in _main(rows) if r["dataset"] == ds]
+        k = max(r["train_cases"] for r in main) if main else None
+        for i, arm in enumerate(arms):
+            vals = [r["dice"] for r in main if r["arm"] == arm and r["train_cases"] == k]
+            if not vals:
+                continue
+            m, s = _mean_std(vals)
+            ax.bar(i, m, yerr=s, color="0.6" if arm == baseline else f"C{i}", alpha=0.8, capsize=3)
+            ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, s=10, color="k", zorder=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
+        ax.set_ylabel("mean foreground Dice (%)")
+        ax.set_title(f"{ds}, {k} labelled cases")
+        lo = min((r["dice"] for r in main), default=0)
+        ax.set_ylim(max(0, lo - 10), None)
+    fig.tight_layout()
+    paths["per_arm"] = out / "dice_per_arm.png"
+    fig.savefig(paths["per_arm"], dpi=110)
+    plt.close(fig)
+
+    # 2. Dice against labelled cases
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for i, arm in enumerate(arms):
+            by_k = defaultdict(list)
+            for r in _main(rows):
+                if r["dataset"] == ds and r["arm"] == arm:
+                    by_k[r["train_cases"]].append(r["dice"])
+            if not by_k:
+                continue
+            ks = sorted(by_k)
+            ms = np.array([_mean_std(by_k[k]) for k in ks])
+            ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm,
+                        color="0.4" if arm == baseline else f"C{i}")
+        ax.set_xlabel("labelled training cases")
+        ax.set_ylabel("mean foreground Dice (%)")
+        ax.set_title(ds)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths["labelled"] = out / "dice_vs_labelled.png"
+    fig.savefig(paths["labelled"], dpi=110)
+    plt.close(fig)
+
+    # 3./4. scaling: pool size and bank subjects (the scaled arm; scratch as a reference band)
+    for key, xlabel, name in (("samples", "synthetic pool size (samples)", "dice_vs_pool.png"),
+                              ("subjects", "bank subjects", "dice_vs_subjects.png")):
+        scaled = [r for r in rows if r.get(key)]
+        if not scaled:
+            continue
+        arm = scaled[0]["arm"]
+        fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
+        for ax, ds in zip(axes[0], datasets):
+            pts = [r for r in scaled if r["dataset"] == ds]
+            if not pts:
+                continue
+            k = pts[0]["train_cases"]
+            by_x = defaultdict(list)
+            for r in pts:
+                by_x[r[key]].append(r["dice"])
+            # the main grid's point: endless pool / default bank
+            main = [r["dice"] for r in _main(rows) if r["dataset"] == ds and r["arm"] == arm and r["train_cases"] == k]
+            xs = sorted(by_x)
+            if main:
+                x_main = (max(xs) * 4 if key == "samples" else bank_subjects)
+                by_x[x_main] += main
+                xs = sorted(by_x)
+            ms = np.array([_mean_std(by_x[x]) for x in xs])
+            ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm)
+            base = [r["dice"] for r in _main(rows) if r["dataset"] == ds and r["arm"] == baseline
+                    and r["train_cases"] == k]
+            if base:
+                m, s = _mean_std(base)
+                ax.axhline(m, color="0.4", ls="--", label=baseline)
+                ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
+            if key == "samples":
+                ax.set_xscale("log")
+                if main:
+                    ax.set_xticks(xs, [str(x) for x in xs[:-1]] + ["endless"])
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("mean foreground Dice (%)")
+            ax.set_title(f"{ds}, {k} labelled cases")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths[key] = out / name
+        fig.savefig(paths[key], dpi=110)
+        plt.close(fig)
+    return paths

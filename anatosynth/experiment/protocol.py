@@ -1,0 +1,189 @@
+"""Experiment protocols: a YAML file that names banks, pre-training arms, datasets, seeds and scaling.
+
+A protocol expands into a list of jobs (:func:`expand`): bank builds, pre-training runs (one per arm
+and pool/bank size, shared by all seeds and datasets) and fine-tune+evaluate runs (one per arm × dataset
+× labelled-set size × seed, plus the scaling points). Every job has a stable key that names its folder,
+so a finished job is reused and a half-finished grid resumes where it stopped.
+
+Paths in a protocol (bank sources, datasets) are resolved relative to the current working directory,
+like paths given on the command line; the shipped protocols are meant to be run from the project root.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anatosynth.errors import ConfigError
+
+__all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand"]
+
+TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds",
+            "scaling", "baseline"}
+
+
+@dataclass
+class BankJob:
+    key: str
+    source: str
+    subjects: int
+    spacing: list[float]
+    seed: int
+
+
+@dataclass
+class PretrainJob:
+    key: str
+    arm: str
+    bank: str | None  # BankJob key, "builtin:phantom", or None (primitives)
+    config: dict      # PretrainConfig fields (bank filled in by the runner)
+    samples: int | None = None
+    subjects: int | None = None
+
+
+@dataclass
+class FinetuneJob:
+    key: str
+    arm: str
+    dataset: str
+    data: str
+    seed: int
+    train_cases: int
+    pretrain: str | None  # PretrainJob key, or None (scratch)
+    options: dict = field(default_factory=dict)
+    samples: int | None = None
+    subjects: int | None = None
+
+
+@dataclass
+class Protocol:
+    name: str
+    raw: dict
+    banks: list[BankJob]
+    pretrains: list[PretrainJob]
+    finetunes: list[FinetuneJob]
+    baseline: str = "scratch"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_protocol(path: str | Path) -> dict:
+    """Read and check the top-level structure of a protocol YAML."""
+    from anatosynth.train.config import load_yaml
+
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown protocol key(s) {', '.join(unknown)}; known: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("datasets", "arms", "seeds"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: '{key}' is required and must not be empty")
+    raw.setdefault("name", Path(path).stem)
+    return raw
+
+
+def expand(raw: dict, source: str = "protocol") -> Protocol:
+    """Expand a protocol mapping into its jobs (deterministic order, stable keys)."""
+    bank_spec = raw.get("bank") or {"source": "builtin:phantom"}
+    if not isinstance(bank_spec, dict) or "source" not in bank_spec:
+        raise ConfigError(f"{source}: 'bank' must be a mapping with a 'source'")
+    pre_defaults = raw.get("pretrain") or {}
+    ft_defaults = raw.get("finetune") or {}
+    eval_defaults = raw.get("evaluate") or {}
+    seeds = [int(s) for s in raw["seeds"]]
+    baseline = raw.get("baseline", "scratch")
+
+    banks: dict[str, BankJob] = {}
+
+    def bank_for(subjects: int | None) -> str | None:
+        src = str(bank_spec["source"])
+        if src.startswith("builtin:"):
+            return src
+        k = int(subjects or bank_spec.get("subjects", 5))
+        spacing = [float(v) for v in bank_spec.get("spacing", [1.5, 1.5, 2.0])]
+        seed = int(bank_spec.get("seed", 0))
+        key = f"bank-{k}subj-{_digest([src, k, spacing, seed])}"
+        banks.setdefault(key, BankJob(key, src, k, spacing, seed))
+        return key
+
+    pretrains: dict[str, PretrainJob] = {}
+
+    def pretrain_for(arm: dict, samples: int | None = None, subjects: int | None = None) -> str | None:
+        spec = arm.get("pretrain", "none")
+        if spec in (None, "none"):
+            return None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{source}: arm {arm['name']!r}: 'pretrain' must be 'none' or a mapping")
+        cfg = _merge(pre_defaults, spec)
+        if samples is not None:
+            cfg["samples"] = samples
+        bank = None if cfg.get("mode") == "primitives" else bank_for(subjects)
+        key = f"pre-{arm['name']}" + (f"-pool{samples}" if samples else "") + \
+              (f"-subj{subjects}" if subjects else "") + f"-{_digest([cfg, bank])}"
+        pretrains.setdefault(key, PretrainJob(key, arm["name"], bank, cfg, samples, subjects))
+        return key
+
+    arms = raw["arms"]
+    names = [a.get("name") for a in arms if isinstance(a, dict)]
+    if len(names) != len(arms) or not all(names) or len(set(names)) != len(names):
+        raise ConfigError(f"{source}: every arm needs a unique 'name'")
+    if baseline not in names:
+        raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(names)})")
+
+    finetunes: list[FinetuneJob] = []
+
+    def add_finetune(arm: dict, ds: dict, k: int, seed: int, samples=None, subjects=None) -> None:
+        pre = pretrain_for(arm, samples, subjects)
+        options = _merge(ft_defaults, ds.get("finetune") or {})
+        options = _merge(options, arm.get("finetune") or {})
+        options["evaluate"] = _merge(eval_defaults, options.get("evaluate") or {})
+        key = f"ft-{ds['name']}-{arm['name']}-k{k}-s{seed}" + (f"-pool{samples}" if samples else "") + \
+              (f"-subj{subjects}" if subjects else "") + f"-{_digest([options, pre])}"
+        finetunes.append(FinetuneJob(key, arm["name"], ds["name"], str(ds["path"]), seed, k, pre, options,
+                                     samples, subjects))
+
+    datasets = raw["datasets"]
+    for ds in datasets:
+        if not isinstance(ds, dict) or not ds.get("name") or not ds.get("path"):
+            raise ConfigError(f"{source}: every dataset needs a 'name' and a 'path'")
+        sizes = ds.get("train_cases", [4])
+        sizes = [int(s) for s in (sizes if isinstance(sizes, list) else [sizes])]
+        for arm in arms:
+            for k in sizes:
+                for seed in seeds:
+                    add_finetune(arm, ds, k, seed)
+
+    scaling = raw.get("scaling") or {}
+    if scaling:
+        arm_name = scaling.get("arm", "anatomy")
+        arm = next((a for a in arms if a["name"] == arm_name), None)
+        if arm is None:
+            raise ConfigError(f"{source}: scaling arm {arm_name!r} is not among the arms")
+        scale_sets = scaling.get("datasets") or [d["name"] for d in datasets]
+        for ds in (d for d in datasets if d["name"] in scale_sets):
+            k = int(scaling.get("train_cases", (ds.get("train_cases") or [4])[0]
+                                if isinstance(ds.get("train_cases"), list) else ds.get("train_cases", 4)))
+            for seed in seeds:
+                for samples in scaling.get("samples", []):
+                    if samples:  # null/0 = the endless stream = the main grid's point
+                        add_finetune(arm, ds, k, seed, samples=int(samples))
+                for subjects in scaling.get("subjects", []):
+                    if int(subjects) != int(bank_spec.get("subjects", 5)):  # the default is the main grid's
+                        add_finetune(arm, ds, k, seed, subjects=int(subjects))
+    return Protocol(str(raw.get("name", "protocol")), raw, list(banks.values()), list(pretrains.values()),
+                    finetunes, baseline)

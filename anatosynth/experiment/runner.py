@@ -1,0 +1,217 @@
+"""Run an expanded protocol: banks, pre-training runs, fine-tune + evaluate runs, then tables and plots.
+
+Each job runs the same command a user would type (``anatosynth bank build``, ``pretrain``, ``finetune``,
+``evaluate``) in a subprocess, with its output in ``OUT/<kind>/<job key>``. A job is done when its
+``done.json`` exists; a half-finished pre-training run is resumed with ``--resume``; any other
+half-finished job is started again from scratch. So re-running the same command after an interruption
+reuses everything that finished and resumes the grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from anatosynth.errors import AnatosynthError
+from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol
+
+__all__ = ["run_protocol", "collect_results", "write_reports"]
+
+RESULT_FIELDS = ["arm", "dataset", "seed", "train_cases", "samples", "subjects", "dice", "per_class", "job"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cli_args(options: dict) -> list[str]:
+    """``{"feature_size": 12, "patch": [64, 64, 32], "quiet": True}`` → ``--feature-size 12 --patch 64,64,32 --quiet``."""
+    args: list[str] = []
+    for k, v in options.items():
+        if v is None or v is False:
+            continue
+        if v is True:
+            args.append(_flag(k))
+        elif isinstance(v, (list, tuple)):
+            args += [_flag(k), ",".join(str(x) for x in v)]
+        else:
+            args += [_flag(k), str(v)]
+    return args
+
+
+class Runner:
+    """Executes jobs as subprocesses, logging each one's output to its folder."""
+
+    def __init__(self, out: Path, protocol: Protocol, dry_run: bool = False, threads: int | None = None):
+        self.out = out
+        self.protocol = protocol
+        self.dry_run = dry_run
+        self.env = dict(os.environ)
+        if threads:
+            self.env["OMP_NUM_THREADS"] = str(threads)
+        self.log = out / "experiment.log"
+
+    def _say(self, text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        with open(self.log, "a") as f:
+            f.write(line + "\n")
+
+    def call(self, args: list[str], folder: Path) -> None:
+        cmd = [sys.executable, "-m", "anatosynth", *args]
+        self._say("$ anatosynth " + " ".join(args))
+        if self.dry_run:
+            return
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        log = folder.parent / f"{folder.name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env)
+        if proc.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise AnatosynthError(f"job {folder.name} failed (exit {proc.returncode}): {tail[0]} — see {log}")
+
+    @staticmethod
+    def done(folder: Path) -> bool:
+        return (folder / "done.json").exists()
+
+    @staticmethod
+    def mark_done(folder: Path, info: dict) -> None:
+        (folder / "done.json").write_text(json.dumps(info, indent=1))
+
+    # --- jobs ---------------------------------------------------------------------------------------
+    def bank(self, job: BankJob) -> Path:
+        folder = self.out / "banks" / job.key
+        path = folder / "bank.bank"
+        if self.done(folder):
+            return path
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.call(["bank", "build", job.source, "--subjects", str(job.subjects), "--spacing",
+                   ",".join(str(s) for s in job.spacing), "--seed", str(job.seed), "--out", str(path)], folder)
+        self.mark_done(folder, {"key": job.key})
+        return path
+
+    def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
+        folder = self.out / "pretrain" / job.key
+        if self.done(folder):
+            return folder / "model.pt"
+        cfg = dict(job.config)
+        if job.bank is not None:
+            cfg["bank"] = str(bank_paths.get(job.bank, job.bank))
+        cfg["out"] = str(folder)
+        if (folder / "checkpoint.pt").exists():
+            self.call(["pretrain", "--resume", str(folder)], folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            self.call(["pretrain", "--config", str(cfg_path), "--out", str(folder)], folder)
+        self.mark_done(folder, {"key": job.key})
+        return folder / "model.pt"
+
+    def finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
+        folder = self.out / "finetune" / job.key
+        report = folder / "report"
+        if not self.done(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            options = dict(job.options)
+            ev = options.pop("evaluate", {}) or {}
+            self.call(["finetune", "--data", job.data, "--init", str(init) if init else "none",
+                       "--train-cases", str(job.train_cases), "--seed", str(job.seed), "--out", str(folder),
+                       "--quiet", *_cli_args(options)], folder)
+            self.call(["evaluate", "--data", job.data, "--model", str(folder), "--out", str(report),
+                       "--quiet", *_cli_args(ev)], report)
+            if self.dry_run:
+                return None
+            self.mark_done(folder, {"key": job.key})
+        return read_report(report)
+
+
+def read_report(report: Path) -> dict:
+    """Mean foreground Dice (%) and per-class Dice from an evaluation ``summary.json``."""
+    summary = json.loads((report / "summary.json").read_text())
+    classes = summary["classes"]
+    per_class = {name: 100.0 * float(c["dice"]["mean"]) for name, c in classes.items()
+                 if c["dice"]["mean"] is not None and math.isfinite(float(c["dice"]["mean"]))}
+    mean = float(summary["mean_dice"]) * 100.0
+    return {"dice": mean, "per_class": per_class}
+
+
+def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
+                 threads: int | None = None) -> list[dict]:
+    """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.yaml").write_text(yaml.safe_dump(protocol.raw, sort_keys=False))
+    runner = Runner(out, protocol, dry_run, threads)
+    total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
+    rows: list[dict] = []
+    with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:
+        bank_paths = {}
+        for job in protocol.banks:
+            bar.set_postfix_str(job.key)
+            bank_paths[job.key] = runner.bank(job)
+            bar.update()
+        models = {}
+        for job in protocol.pretrains:
+            bar.set_postfix_str(job.key)
+            models[job.key] = runner.pretrain(job, bank_paths)
+            bar.update()
+        for job in protocol.finetunes:
+            bar.set_postfix_str(job.key)
+            result = runner.finetune(job, models.get(job.pretrain) if job.pretrain else None)
+            bar.update()
+            if result is None:
+                continue
+            rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed,
+                         "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
+                         "dice": result["dice"], "per_class": result["per_class"], "job": job.key})
+            write_results_csv(rows, out / "results.csv")
+    return rows
+
+
+def write_results_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}"})
+    os.replace(tmp, path)
+
+
+def collect_results(path: Path) -> list[dict]:
+    """Read ``results.csv`` back into rows."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({"arm": r["arm"], "dataset": r["dataset"], "seed": int(r["seed"]),
+                         "train_cases": int(r["train_cases"]),
+                         "samples": int(r["samples"]) if r["samples"] else None,
+                         "subjects": int(r["subjects"]) if r["subjects"] else None,
+                         "dice": float(r["dice"]), "per_class": json.loads(r["per_class"]), "job": r["job"]})
+    return rows
+
+
+def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
+    """results table (Markdown) and plots from result rows."""
+    from anatosynth.experiment.plots import plot_all
+    from anatosynth.experiment.stats import markdown_table, summarise
+
+    summary = summarise(rows, protocol.baseline)
+    table = markdown_table(summary, protocol.baseline)
+    (out / "results.md").write_text(f"# {protocol.name}\n\n{table}\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
+    plots = plot_all(rows, out, protocol.baseline, bank_subjects)
+    return {"table": out / "results.md", **plots}

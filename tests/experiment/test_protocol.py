@@ -1,0 +1,66 @@
+"""Protocol expansion: stable keys, shared pre-training, scaling points, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from anatosynth.errors import ConfigError
+from anatosynth.experiment.protocol import expand, load_protocol
+
+RAW = {
+    "name": "t",
+    "bank": {"source": "data/flare", "subjects": 5, "spacing": [3, 3, 6]},
+    "pretrain": {"model": "unet", "feature_size": 4, "steps": 10},
+    "finetune": {"model": "unet", "feature_size": 4, "steps": 5},
+    "datasets": [{"name": "a", "path": "data/a", "train_cases": [2, 4]}, {"name": "b", "path": "data/b"}],
+    "arms": [{"name": "scratch", "pretrain": "none"},
+             {"name": "primitives", "pretrain": {"mode": "primitives", "render": "contour"}},
+             {"name": "anatomy", "pretrain": {"mode": "anatomy"}},
+             {"name": "no-anchors", "pretrain": {"mode": "anatomy", "synth": {"anchors": False}}}],
+    "seeds": [0, 1, 2],
+    "scaling": {"arm": "anatomy", "samples": [250, 1000, None], "subjects": [5, 20], "datasets": ["a"],
+                "train_cases": 2},
+}
+
+
+def test_expand_counts_and_sharing():
+    p = expand(RAW)
+    # main grid: 4 arms x (2 + 1 sizes) x 3 seeds; scaling on 'a': 3 seeds x (2 pools + 1 extra bank size)
+    assert len(p.finetunes) == 4 * 3 * 3 + 3 * 3
+    # pre-training is shared by seeds and datasets: primitives, anatomy, no-anchors, 2 pools, 1 bank size
+    assert len(p.pretrains) == 6
+    assert {b.subjects for b in p.banks} == {5, 20}
+    prim = next(j for j in p.pretrains if j.arm == "primitives")
+    assert prim.bank is None and prim.config["model"] == "unet" and prim.config["steps"] == 10
+    noanc = next(j for j in p.pretrains if j.arm == "no-anchors")
+    assert noanc.config["synth"] == {"anchors": False}
+    scratch = [j for j in p.finetunes if j.arm == "scratch"]
+    assert all(j.pretrain is None for j in scratch)
+
+
+def test_keys_are_stable_and_unique():
+    a, b = expand(RAW), expand(RAW)
+    assert [j.key for j in a.finetunes] == [j.key for j in b.finetunes]
+    assert len({j.key for j in a.finetunes}) == len(a.finetunes)
+    changed = dict(RAW, pretrain={"model": "unet", "feature_size": 4, "steps": 20})
+    c = expand(changed)
+    assert {j.key for j in c.pretrains}.isdisjoint({j.key for j in a.pretrains})
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"arms": [{"name": "x"}, {"name": "x"}]}, "unique"),
+    ({"baseline": "nope"}, "baseline arm 'nope'"),
+    ({"datasets": [{"name": "a"}]}, "'name' and a 'path'"),
+    ({"scaling": {"arm": "ghost"}}, "scaling arm 'ghost'"),
+])
+def test_bad_protocols(edit, message):
+    with pytest.raises(ConfigError, match=message):
+        expand({**RAW, **edit})
+
+
+def test_load_protocol_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**RAW, "sedes": [0]}))
+    with pytest.raises(ConfigError, match="unknown protocol key"):
+        load_protocol(path)
