@@ -103,6 +103,16 @@ class Edge:
                 words.append(pos if v > 0 else neg)
         return ", ".join(words) or "mixed"
 
+    def oriented(self, a: str, b: str) -> "Edge":
+        """This edge seen from ``a`` to ``b``: direction and offset negated when the pair is reversed."""
+        if (a, b) == (self.a, self.b):
+            return self
+        if (a, b) != (self.b, self.a):
+            raise KeyError(f"edge {self.a}-{self.b} does not join {a} and {b}")
+        return Edge(self.b, self.a, self.n_subjects, self.contact, -np.asarray(self.direction),
+                    self.consistency, -np.asarray(self.offset_mean_mm), np.asarray(self.offset_cov_mm),
+                    self.min_gap_mm, self.overlap)
+
 
 @dataclass
 class ShapeBank:
@@ -137,3 +147,12 @@ class ShapeBank:
             if (e.a, e.b) in ((a, b), (b, a)):
                 return e
         return None
+
+    def relation(self, a: str, b: str) -> Edge | None:
+        """The edge oriented from ``a`` to ``b`` (direction/offset negated if stored as b-a; None if absent)."""
+        e = self.edge(a, b)
+        return None if e is None else e.oriented(a, b)
+
+    def shapes_of(self, subject: str) -> dict[str, OrganShape]:
+        """One subject's organs as name → shape (all on one grid, positions in the body frame)."""
+        return {o.name: s for o in self.organs for s in o.shapes if s.subject == subject}
