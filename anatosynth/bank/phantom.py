@@ -191,13 +191,13 @@ def _subject_id(i: int, seed: int) -> str:
 def phantom_bank(n_subjects: int = 5, seed: int = 0, spacing=(1.5, 1.5, 2.0)) -> ShapeBank:
     """The procedural phantom bank: ``n_subjects`` deformed instances of the reference layout."""
     children = np.random.SeedSequence(seed).spawn(n_subjects)
-    subjects, frames = {}, []
+    subjects, frames = {}, {}
     for i, ss in enumerate(children):
         label, names = phantom_label_map(ss, spacing)
         sid = _subject_id(i, seed)
         cut = subject_shapes(label, spacing, names, sid)
         subjects[sid] = cut.shapes
-        frames.append(cut.frame)
+        frames[sid] = cut.frame
     meta = {"source": "builtin:phantom", "seed": int(seed), "n_subjects": int(n_subjects),
             "frames": frames}
     return assemble_bank(spacing, subjects, meta)
