@@ -1,0 +1,230 @@
+"""PrimGeoSeg-style formula-driven primitives: the FDSL baseline in the same pipeline.
+
+Following Tadokoro et al. (BMVC 2023; see docs/method.md): 32 classes = 8 cross-sections (ellipse and
+random 3- to 9-gons with one vertex per angular sector) x 4 height profiles (prism, pyramid, hourglass,
+rhombus). About 20 objects per 96^3 volume, sorted largest first, each placed at a random position that
+is retried up to 100 times until at most 70% of its volume overlaps objects already placed (else it is
+dropped); later objects' labels win. No rotation, no noise. The image is PrimGeoSeg's per-slice contour
+(``render="contour"`` in :mod:`anatosynth.synth.render`); the label is the filled shape.
+
+:func:`draw_primitive_params` does all the random drawing and the overlap test in numpy and stores each
+object as integer arrays (a 2-D base mask and a per-slice index map), so :func:`apply_primitives` only
+gathers and scatters in torch and rebuilds exactly the masks that the overlap test saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from anatosynth.errors import ConfigError
+
+__all__ = [
+    "NUM_PRIMITIVE_CLASSES",
+    "PRIMITIVE_CLASS_NAMES",
+    "CROSS_SECTIONS",
+    "PROFILES",
+    "PrimitiveObject",
+    "PrimitiveParams",
+    "draw_primitive_params",
+    "apply_primitives",
+    "object_mask",
+]
+
+CROSS_SECTIONS = ("ellipse", "triangle", "quadrilateral", "pentagon", "hexagon", "heptagon", "octagon", "nonagon")
+PROFILES = ("prism", "pyramid", "hourglass", "rhombus")
+NUM_PRIMITIVE_CLASSES = len(CROSS_SECTIONS) * len(PROFILES)  # 32
+PRIMITIVE_CLASS_NAMES: list[str] = ["background"] + [f"{c}_{p}" for c in CROSS_SECTIONS for p in PROFILES]
+
+BOX_SIDE = (30, 80)  # in-plane box side (voxels), uniform integer
+MIN_RADIUS = 15  # vertex radius / ellipse semi-axis between 15 and half the box side
+HEIGHT = (10, 50)  # slices, uniform integer
+BREAK_MARGIN = 3  # profile break point between slice 3 and height - 3
+END_SCALE = (0.8, 1.0)  # hourglass ends / rhombus middle
+WAIST_SCALE = (0.3, 0.5)  # hourglass waist / rhombus ends
+MAX_OVERLAP = 0.7
+MAX_TRIES = 100
+
+
+@dataclass
+class PrimitiveObject:
+    """One placed object.
+
+    Attributes:
+        label: class id 1..32 (``1 + 4 * cross_section + profile``).
+        origin: (x0, y0, z0) voxel of the object's box corner in the patch.
+        base: (S, S) bool cross-section at full scale.
+        index: (H, S) int32 map, per slice, from box pixel to base pixel (-1 = outside); the same map is
+            used for X and Y because the shape is scaled isotropically about the box centre.
+        volume: number of voxels of the object.
+    """
+
+    label: int
+    origin: tuple[int, int, int]
+    base: np.ndarray = field(repr=False)
+    index: np.ndarray = field(repr=False)
+    volume: int = 0
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        s = self.base.shape[0]
+        return (s, s, self.index.shape[0])
+
+
+@dataclass
+class PrimitiveParams:
+    """All objects of one sample, in painting order (later wins), already placed and overlap-checked.
+
+    Attributes:
+        patch: (X, Y, Z) size of the label patch.
+        objects: placed objects.
+        dropped: objects drawn but dropped after 100 placements with too much overlap.
+    """
+
+    patch: tuple[int, int, int]
+    objects: list[PrimitiveObject]
+    dropped: int = 0
+
+
+def object_mask(obj: PrimitiveObject) -> np.ndarray:
+    """The object's bool mask (S, S, H) in its box, [X, Y, Z] order."""
+    idx = obj.index  # (H, S)
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    m = obj.base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]  # (H, S, S)
+    return np.ascontiguousarray(m.transpose(1, 2, 0))
+
+
+def _polygon_mask(vertices: np.ndarray, side: int) -> np.ndarray:
+    """Even-odd point-in-polygon test at the pixel centres of a side x side box (vertices relative to centre)."""
+    c = (side - 1) / 2.0
+    px, py = np.meshgrid(np.arange(side) - c, np.arange(side) - c, indexing="ij")
+    inside = np.zeros((side, side), bool)
+    x0, y0 = vertices[:, 0], vertices[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    for a, b, c_, d in zip(x0, y0, x1, y1):
+        crosses = (b > py) != (d > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xi = a + (py - b) * (c_ - a) / (d - b)
+        inside ^= crosses & (px < xi)
+    return inside
+
+
+def _cross_section(rng: np.random.Generator, kind: int, side: int) -> np.ndarray:
+    """Draw a base cross-section mask (side x side) of kind 0 (ellipse) or n-gon (kind + 2 vertices)."""
+    r_max = max(float(MIN_RADIUS), side / 2.0)
+    if kind == 0:
+        a, b = rng.uniform(MIN_RADIUS, r_max, size=2)
+        c = (side - 1) / 2.0
+        px, py = np.meshgrid(np.arange(side) - c, np.arange(side) - c, indexing="ij")
+        return (px / a) ** 2 + (py / b) ** 2 <= 1.0
+    n = kind + 2
+    angles = (np.arange(n) + rng.random(n)) * (2 * np.pi / n)  # one vertex per angular sector
+    radii = rng.uniform(MIN_RADIUS, r_max, size=n)
+    verts = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    return _polygon_mask(verts, side)
+
+
+def _profile(rng: np.random.Generator, kind: int, height: int) -> np.ndarray:
+    """Per-slice scale factors (height,) of a height profile."""
+    z = np.arange(height, dtype=np.float64)
+    if kind == 0:  # prism
+        return np.ones(height)
+    if kind == 1:  # pyramid / cone: full size at the bottom, shrinking linearly to an apex at the top
+        return 1.0 - z / height
+    brk = int(rng.integers(BREAK_MARGIN, max(BREAK_MARGIN, height - BREAK_MARGIN) + 1))
+    ends = rng.uniform(*END_SCALE, size=2) if kind == 2 else rng.uniform(*WAIST_SCALE, size=2)
+    mid = rng.uniform(*WAIST_SCALE) if kind == 2 else rng.uniform(*END_SCALE)
+    return np.interp(z, [0.0, float(brk), float(height - 1)], [ends[0], mid, ends[1]])
+
+
+def _index_map(scales: np.ndarray, side: int) -> np.ndarray:
+    """Per-slice map (H, S) from box pixel to base pixel for shapes scaled about the box centre."""
+    c = (side - 1) / 2.0
+    i = np.arange(side, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        src = np.rint((i[None, :] - c) / scales[:, None] + c)
+    ok = np.isfinite(src) & (src >= 0) & (src <= side - 1) & (scales[:, None] > 0)
+    return np.where(ok, src, -1).astype(np.int32)
+
+
+def _draw_object(rng: np.random.Generator, patch: tuple[int, int, int]) -> PrimitiveObject:
+    """Draw one unplaced object (class, shape, profile) fitting the patch."""
+    cls = int(rng.integers(NUM_PRIMITIVE_CLASSES))
+    kind, prof = divmod(cls, len(PROFILES))
+    side = int(min(rng.integers(BOX_SIDE[0], BOX_SIDE[1] + 1), patch[0], patch[1]))
+    height = int(min(rng.integers(HEIGHT[0], HEIGHT[1] + 1), patch[2]))
+    base = _cross_section(rng, kind, side)
+    index = _index_map(_profile(rng, prof, height), side)
+    obj = PrimitiveObject(label=cls + 1, origin=(0, 0, 0), base=base, index=index)
+    obj.volume = int(object_mask(obj).sum())
+    return obj
+
+
+def draw_primitive_params(
+    rng: np.random.Generator, patch: tuple[int, int, int], n_objects: int = 20
+) -> PrimitiveParams:
+    """Draw and place the primitives of one sample (PrimGeoSeg's assembly, exact occupancy test).
+
+    Args:
+        rng: the sample's generator.
+        patch: (X, Y, Z) patch size; boxes larger than the patch are clipped to it.
+        n_objects: objects drawn (PrimGeoSeg: 20 per 96^3); some may be dropped for overlap.
+
+    Raises:
+        ConfigError: bad patch size or object count.
+    """
+    patch = tuple(int(v) for v in patch)  # type: ignore[assignment]
+    if len(patch) != 3 or any(v < 8 for v in patch):
+        raise ConfigError(f"patch must be three sizes of at least 8 voxels, got {patch}")
+    if n_objects < 0:
+        raise ConfigError(f"n_objects must be >= 0, got {n_objects}")
+    objs = [_draw_object(rng, patch) for _ in range(n_objects)]
+    objs.sort(key=lambda o: -o.volume)  # largest first (stable: ties keep draw order)
+    occupied = np.zeros(patch, bool)
+    placed: list[PrimitiveObject] = []
+    dropped = 0
+    for obj in objs:
+        mask = object_mask(obj)
+        sx, sy, sz = mask.shape
+        # All candidate positions are drawn up front: the rng advances the same way whatever happens.
+        xs = rng.integers(0, patch[0] - sx + 1, size=MAX_TRIES)
+        ys = rng.integers(0, patch[1] - sy + 1, size=MAX_TRIES)
+        zs = rng.integers(0, patch[2] - sz + 1, size=MAX_TRIES)
+        for x, y, z in zip(xs, ys, zs):
+            overlap = np.count_nonzero(occupied[x:x + sx, y:y + sy, z:z + sz] & mask)
+            if overlap <= MAX_OVERLAP * obj.volume:
+                obj.origin = (int(x), int(y), int(z))
+                occupied[x:x + sx, y:y + sy, z:z + sz] |= mask
+                placed.append(obj)
+                break
+        else:
+            dropped += 1
+    return PrimitiveParams(patch=patch, objects=placed, dropped=dropped)  # type: ignore[arg-type]
+
+
+def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int], device="cpu") -> torch.Tensor:
+    """Paint each sample's objects into an int64 label batch [B, X, Y, Z] on ``device`` (later object wins).
+
+    Raises:
+        ConfigError: a sample was drawn for another patch size.
+    """
+    patch = tuple(int(v) for v in patch)  # type: ignore[assignment]
+    out = torch.zeros((len(params), *patch), dtype=torch.int64, device=device)
+    for b, p in enumerate(params):
+        if tuple(p.patch) != patch:
+            raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {patch}")
+        for obj in p.objects:
+            base = torch.as_tensor(obj.base, device=device)
+            idx = torch.as_tensor(obj.index, dtype=torch.int64, device=device)
+            valid = idx >= 0
+            safe = idx.clamp(min=0)
+            m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]  # (H, S, S)
+            x, y, z = obj.origin
+            sx, sy, sz = obj.size
+            region = out[b, x:x + sx, y:y + sy, z:z + sz]
+            region.masked_fill_(m.permute(1, 2, 0), obj.label)
+    return out

@@ -1,0 +1,337 @@
+"""Label patches to images: contour shells, Gaussian-mixture fills, boundary-safe texture, PrimGeoSeg contours.
+
+Two steps, as everywhere in synthesis: :func:`draw_render_params` draws everything random for one sample
+in numpy (small arrays only), :func:`apply_render` turns a batch of label patches into images with torch,
+deterministically, on the labels' device. Sample ``b`` depends only on ``label[b]`` and ``params[b]``.
+
+Render modes (labels are never changed; every organ's label is the full organ):
+
+* ``shell``: the paper's contour shells. Each organ shows only its boundary band (voxels of the organ within
+  a per-organ thickness of 1-3 voxels, Chebyshev distance, of a voxel with another label) with a random
+  intensity; organ cores and background share one random background intensity.
+* ``fill``: SynthSeg-like Gaussian mixture, one mean and std per class (background included).
+* ``shell+fill``: ``fill`` with each organ's shell drawn in its own contrasting intensity.
+* ``texture``: ``fill`` means plus smooth multi-scale noise texture in organ cores only; a clean band near
+  every boundary keeps the plain organ intensity (the "Texture-Shape Dilemma" buffer), and the texture
+  fades in linearly over a short ramp.
+* ``contour``: PrimGeoSeg's image: per axial (Z) slice, a 2-pixel outline inside each object with intensity
+  128/255 on 0; computed in-plane only, so shells are open at the top and bottom; no artefacts by default.
+
+Artefacts (:mod:`anatosynth.synth.artefacts`) follow for all modes but ``contour``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from anatosynth.errors import ConfigError
+from anatosynth.synth.artefacts import (
+    DEFAULT_ARTEFACTS,
+    NO_ARTEFACTS,
+    ArtefactParams,
+    ArtefactRanges,
+    apply_artefacts,
+    draw_artefacts,
+    hash_gaussian,
+)
+
+__all__ = [
+    "RENDERS",
+    "RenderParams",
+    "draw_render_params",
+    "apply_render",
+    "boundary_distance",
+    "SHELL_THICKNESS",
+    "FILL_MEAN",
+    "FILL_STD",
+    "SHELL_CONTRAST",
+    "TEXTURE_AMPLITUDE",
+    "TEXTURE_BAND",
+    "TEXTURE_RAMP",
+    "CONTOUR_VALUE",
+    "CONTOUR_WIDTH",
+]
+
+RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
+
+SHELL_THICKNESS = (1, 3)  # voxels, inclusive, per organ
+FILL_MEAN = (25 / 255, 225 / 255)  # SynthSeg U[25, 225] scaled to [0, 1]
+FILL_STD = (5 / 255, 25 / 255)  # SynthSeg U[5, 25] scaled to [0, 1]
+SHELL_CONTRAST = (0.2, 0.8)  # shell intensity = (base + U[0.2, 0.8]) mod 1
+TEXTURE_AMPLITUDE = (0.05, 0.2)  # per-organ texture std in organ cores
+TEXTURE_BAND = (2, 4)  # voxels, inclusive, per sample: texture-free band near boundaries
+TEXTURE_RAMP = 2  # voxels over which the texture fades in after the band
+TEXTURE_SCALES = (8, 4)  # texture octaves: random grids of patch // 8 and patch // 4, upsampled
+CONTOUR_VALUE = 128 / 255
+CONTOUR_WIDTH = 2  # pixels, in-plane
+
+
+@dataclass
+class RenderParams:
+    """Everything random for rendering ONE sample.
+
+    Attributes:
+        render: one of :data:`RENDERS`.
+        num_classes: label values 0..num_classes-1 (0 = background) that the sample may contain.
+        mean: (C,) base intensity of each class in [0, 1].
+        std: (C,) per-class Gaussian std of the fill (0 for shell, texture and contour).
+        shell_value: (C,) intensity of each class's shell.
+        shell_thickness: (C,) shell thickness in voxels (0 = no shell; always 0 for background).
+        shell_2d: measure the shell in-plane (per Z slice) instead of in 3-D (``contour``).
+        texture_amp: (C,) texture std in each class's core (0 = plain; always 0 for background).
+        texture_mix: (C, 2) weights of the two texture octaves per class.
+        texture_grids: the two coarse random grids (float32), upsampled trilinearly to the patch.
+        texture_band: texture-free band (voxels) near every boundary.
+        seed: 31-bit seed of the sample's per-voxel fill noise.
+        artefacts: the sample's :class:`~anatosynth.synth.artefacts.ArtefactParams`.
+    """
+
+    render: str
+    num_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+    shell_value: np.ndarray
+    shell_thickness: np.ndarray
+    shell_2d: bool = False
+    texture_amp: np.ndarray | None = None
+    texture_mix: np.ndarray | None = None
+    texture_grids: list[np.ndarray] = field(default_factory=list, repr=False)
+    texture_band: int = 0
+    seed: int = 0
+    artefacts: ArtefactParams = field(default_factory=ArtefactParams)
+
+    @property
+    def max_distance(self) -> int:
+        """How far from a boundary (voxels) this sample needs the boundary distance."""
+        d = int(self.shell_thickness.max()) if self.shell_thickness.size else 0
+        if self.texture_amp is not None and np.any(self.texture_amp > 0):
+            d = max(d, self.texture_band + TEXTURE_RAMP)
+        return d
+
+
+def _check_patch(patch: Sequence[int]) -> tuple[int, int, int]:
+    p = tuple(int(v) for v in patch)
+    if len(p) != 3 or any(v < 8 for v in p):
+        raise ConfigError(f"patch must be three sizes of at least 8 voxels, got {tuple(patch)}")
+    return p  # type: ignore[return-value]
+
+
+def draw_render_params(
+    rng: np.random.Generator,
+    num_classes: int,
+    render: str,
+    patch: tuple[int, int, int],
+    artefacts: ArtefactRanges | None = None,
+) -> RenderParams:
+    """Draw the rendering of one sample.
+
+    Args:
+        rng: the sample's generator (e.g. ``np.random.default_rng(SeedSequence(...))``).
+        num_classes: number of label values including background (labels 0..num_classes-1).
+        render: one of :data:`RENDERS`.
+        patch: (X, Y, Z) patch size, needed for the texture grids.
+        artefacts: artefact ranges; default :data:`DEFAULT_ARTEFACTS`, or none for ``contour``.
+
+    Raises:
+        ConfigError: unknown render mode or too few classes.
+    """
+    if render not in RENDERS:
+        raise ConfigError(f"unknown render mode {render!r}; choose one of {', '.join(RENDERS)}")
+    if int(num_classes) < 1:
+        raise ConfigError(f"num_classes must be at least 1 (background), got {num_classes}")
+    C = int(num_classes)
+    patch = _check_patch(patch)
+    if artefacts is None:
+        artefacts = NO_ARTEFACTS if render == "contour" else DEFAULT_ARTEFACTS
+    # Fixed draw order for every mode, so the same rng state gives related samples across modes.
+    u_mean = rng.random(C)
+    u_std = rng.random(C)
+    u_contrast = rng.random(C)
+    thick = rng.integers(SHELL_THICKNESS[0], SHELL_THICKNESS[1] + 1, size=C)
+    u_amp = rng.random(C)
+    mix = rng.standard_normal((C, 2))
+    band = int(rng.integers(TEXTURE_BAND[0], TEXTURE_BAND[1] + 1))
+    seed = int(rng.integers(0, 2**31 - 1))
+    art = draw_artefacts(rng, artefacts)
+
+    zeros = np.zeros(C, np.float32)
+    organ = np.arange(C) > 0
+    mean = (FILL_MEAN[0] + (FILL_MEAN[1] - FILL_MEAN[0]) * u_mean).astype(np.float32)
+    std = (FILL_STD[0] + (FILL_STD[1] - FILL_STD[0]) * u_std).astype(np.float32)
+    contrast = SHELL_CONTRAST[0] + (SHELL_CONTRAST[1] - SHELL_CONTRAST[0]) * u_contrast
+    thickness = np.where(organ, thick, 0).astype(np.uint8)
+    p = RenderParams(render=render, num_classes=C, mean=mean, std=std, shell_value=zeros.copy(),
+                     shell_thickness=np.zeros(C, np.uint8), seed=seed, artefacts=art)
+    if render == "shell":
+        background = float(u_mean[0])  # U[0, 1]
+        p.mean = np.full(C, background, np.float32)
+        p.std = zeros.copy()
+        p.shell_value = np.mod(background + contrast, 1.0).astype(np.float32)
+        p.shell_thickness = thickness
+    elif render == "shell+fill":
+        p.shell_value = np.mod(mean + contrast, 1.0).astype(np.float32)
+        p.shell_thickness = thickness
+    elif render == "texture":
+        p.std = zeros.copy()
+        amp = TEXTURE_AMPLITUDE[0] + (TEXTURE_AMPLITUDE[1] - TEXTURE_AMPLITUDE[0]) * u_amp
+        p.texture_amp = np.where(organ, amp, 0.0).astype(np.float32)
+        p.texture_mix = (mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+        p.texture_grids = [rng.standard_normal(tuple(max(2, s // k) for s in patch)).astype(np.float32)
+                           for k in TEXTURE_SCALES]
+        p.texture_band = band
+    elif render == "contour":
+        p.mean = zeros.copy()
+        p.std = zeros.copy()
+        p.shell_value = np.where(organ, CONTOUR_VALUE, 0.0).astype(np.float32)
+        p.shell_thickness = np.where(organ, CONTOUR_WIDTH, 0).astype(np.uint8)
+        p.shell_2d = True
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# Boundary distance by separable min/max shifts (no pooling kernels: exact, cheap on uint8)
+# ----------------------------------------------------------------------------------------------------
+
+def _shift_reduce(x: torch.Tensor, dims: Sequence[int], op) -> torch.Tensor:
+    """Cube (or square) neighbourhood reduction of radius 1 along ``dims``; borders replicate."""
+    for d in dims:
+        n = x.shape[d]
+        if n < 2:
+            continue
+        y = x.clone()
+        y.narrow(d, 1, n - 1).copy_(op(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1)))
+        y.narrow(d, 0, n - 1).copy_(op(y.narrow(d, 0, n - 1), x.narrow(d, 1, n - 1)))
+        x = y
+    return x
+
+
+def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = False) -> torch.Tensor:
+    """Chebyshev distance (voxels) from each voxel to the nearest voxel with a different label.
+
+    Args:
+        label: integer labels [B, X, Y, Z].
+        max_distance: distances above this are returned as ``max_distance + 1``.
+        in_plane: measure within each Z slice only (X, Y), as for per-slice contours.
+
+    Returns:
+        uint8 tensor [B, X, Y, Z]; 1 means a differently labelled voxel touches this one (26- or
+        8-neighbourhood). The patch border is not a boundary.
+    """
+    dims = (1, 2) if in_plane else (1, 2, 3)
+    lab = label.to(torch.uint8) if int(label.max()) < 256 else label.to(torch.int32)
+    near = _shift_reduce(lab, dims, torch.maximum) != _shift_reduce(lab, dims, torch.minimum)
+    dist = torch.full(label.shape, max_distance + 1, dtype=torch.uint8, device=label.device)
+    for r in range(1, max_distance + 1):
+        if r > 1:
+            near = _shift_reduce(near, dims, torch.logical_or)
+        dist.sub_(near.to(torch.uint8))
+    return dist
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------------
+
+def _table(values: list[np.ndarray], cmax: int, dtype, device) -> torch.Tensor:
+    """Stack per-sample class tables into [B, cmax] (padding unused classes with 0)."""
+    out = np.zeros((len(values), cmax), dtype=np.asarray(values[0]).dtype)
+    for b, v in enumerate(values):
+        out[b, : len(v)] = v
+    return torch.as_tensor(out, device=device).to(dtype)
+
+
+def _gather(table: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
+    return table.gather(1, flat).view(shape)
+
+
+def _check_labels(label: torch.Tensor, params: Sequence[RenderParams]) -> None:
+    if label.dim() != 4 or label.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ConfigError(f"label must be an integer tensor [B, X, Y, Z], got {tuple(label.shape)} {label.dtype}")
+    if label.shape[0] != len(params):
+        raise ConfigError(f"{label.shape[0]} label patches but {len(params)} render params")
+    lo = label.flatten(1).amin(1).tolist()
+    hi = label.flatten(1).amax(1).tolist()
+    for b, p in enumerate(params):
+        if p.render not in RENDERS:
+            raise ConfigError(f"sample {b}: unknown render mode {p.render!r}")
+        if lo[b] < 0 or hi[b] >= p.num_classes:
+            raise ConfigError(f"sample {b}: labels {lo[b]}..{hi[b]} outside 0..{p.num_classes - 1}")
+
+
+def _texture(params: list[RenderParams], lab: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """Texture term of the samples in ``params`` (all textured): amp[L] * ramp(dist) * sum_j mix[L, j] F_j."""
+    B = lab.shape[0]
+    shape = tuple(lab.shape[1:])
+    cmax = max(p.num_classes for p in params)
+    flat = lab.reshape(B, -1)
+    out = torch.zeros(lab.shape, dtype=torch.float32, device=lab.device)
+    for j in range(len(TEXTURE_SCALES)):
+        grids = torch.stack([torch.as_tensor(p.texture_grids[j], device=lab.device) for p in params])[:, None]
+        f = torch.nn.functional.interpolate(grids, size=shape, mode="trilinear", align_corners=True)[:, 0]
+        w = _gather(_table([p.texture_mix[:, j] for p in params], cmax, torch.float32, lab.device), flat, lab.shape)
+        out.add_(w * f)
+    band = torch.tensor([p.texture_band for p in params], dtype=torch.float32, device=lab.device).view(-1, 1, 1, 1)
+    ramp = ((dist.float() - band) * (1.0 / TEXTURE_RAMP)).clamp_(0.0, 1.0)
+    amp = _gather(_table([p.texture_amp for p in params], cmax, torch.float32, lab.device), flat, lab.shape)
+    return out * ramp * amp
+
+
+def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.Tensor:
+    """Render a batch of label patches into images.
+
+    Args:
+        label: integer labels [B, X, Y, Z] on any device (values 0..num_classes-1 of each sample).
+        params: one :class:`RenderParams` per sample (modes may be mixed).
+
+    Returns:
+        float32 image [B, 1, X, Y, Z] on the labels' device, values in [0, 1].
+
+    Raises:
+        ConfigError: wrong shape or dtype, or labels outside a sample's classes.
+    """
+    params = list(params)
+    _check_labels(label, params)
+    lab = label.long()
+    B = lab.shape[0]
+    dev = lab.device
+    cmax = max(p.num_classes for p in params)
+    flat = lab.reshape(B, -1)
+    img = _gather(_table([p.mean for p in params], cmax, torch.float32, dev), flat, lab.shape).clone()
+
+    # Per-class Gaussian fill noise (only samples that have any).
+    fill = [b for b, p in enumerate(params) if np.any(p.std > 0)]
+    if fill:
+        idx = torch.tensor(fill, device=dev)
+        z = hash_gaussian([params[b].seed for b in fill], 1, tuple(lab.shape[1:]), dev)
+        std = _gather(_table([params[b].std for b in fill], cmax, torch.float32, dev), flat[idx], z.shape)
+        img.index_copy_(0, idx, img.index_select(0, idx) + std * z)
+
+    # Boundary distances, shells and textures, grouped by 3-D / in-plane distance.
+    for in_plane in (False, True):
+        group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and p.max_distance > 0]
+        if not group:
+            continue
+        idx = torch.tensor(group, device=dev)
+        sub = lab.index_select(0, idx)
+        gp = [params[b] for b in group]
+        dist = boundary_distance(sub, max(p.max_distance for p in gp), in_plane=in_plane)
+        val = img.index_select(0, idx)
+        shelled = [i for i, p in enumerate(gp) if p.shell_thickness.any()]
+        if shelled:
+            sflat = sub.reshape(len(group), -1)
+            thick = _gather(_table([p.shell_thickness for p in gp], cmax, torch.uint8, dev), sflat, sub.shape)
+            sval = _gather(_table([p.shell_value for p in gp], cmax, torch.float32, dev), sflat, sub.shape)
+            val = torch.where(dist <= thick, sval, val)  # thickness 0 never matches (dist >= 1)
+        tex = [i for i, p in enumerate(gp) if p.texture_amp is not None and np.any(p.texture_amp > 0)]
+        if tex:
+            tidx = torch.tensor(tex, device=dev)
+            t = _texture([gp[i] for i in tex], sub.index_select(0, tidx), dist.index_select(0, tidx))
+            val.index_copy_(0, tidx, val.index_select(0, tidx) + t)
+        img.index_copy_(0, idx, val)
+
+    img = apply_artefacts(img, [p.artefacts for p in params])
+    return img[:, None]
