@@ -36,8 +36,8 @@ _SUBJECT = re.compile(r"^[0-9a-f]{16}$")
 _HASH = re.compile(r"^([0-9a-f]{16}|[0-9a-f]{64})$")
 _ORGAN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SUSPICIOUS = [
-    (re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|(19|20)\d{6}"), "a date"),
     (re.compile(r"\d+(\.\d+){3,}"), "a DICOM UID"),
+    (re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|(19|20)\d{6}"), "a date"),
     (re.compile(r"\.(nii|gz|dcm|nrrd|mha|mhd|json|npz|npy)\b|[/\\]", re.I), "a file name or path"),
     (re.compile(r"descrip|aux_file|db_name|intent_name|patient|accession|institution", re.I), "header text"),
 ]
