@@ -3,6 +3,7 @@
 Everything random is drawn in numpy (:func:`draw_artefacts`) and stored in an :class:`ArtefactParams`;
 :func:`apply_artefacts` then applies it with torch, batched, in a fixed order:
 Gaussian blur -> multiplicative bias field -> Gaussian noise -> min-max rescaling -> gamma -> clamp.
+(Each step is skipped for a sample that does not use it.)
 
 Per-voxel random values (noise) come from a counter-based integer hash of (sample seed, stream, voxel
 index) computed with int32 torch ops, so CPU and CUDA give the same bits and a sample never depends on
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,14 +27,17 @@ __all__ = [
     "DEFAULT_ARTEFACTS",
     "NO_ARTEFACTS",
     "draw_artefacts",
-    "apply_artefacts",
+    "apply_artefacts_",
+    "upsample_separable",
+    "gaussian_into",
     "hash_bits",
     "hash_gaussian",
     "mix_key",
 ]
 
 _M1, _M2, _M3 = 0x2C1B3C6D, 0x297A2D39, 0x5BD1E995  # odd multipliers < 2**31 (int32-safe constants)
-GAMMA_KNOTS = 1024
+GAMMA_KNOTS = 4096  # gamma is applied through a table of this many entries
+NOISE_STREAM = 7  # hash stream of the acquisition noise (render fill noise uses stream 1)
 BIAS_GRID = 4
 
 
@@ -161,26 +166,32 @@ def hash_bits(seed: int, stream: int, n: int, device) -> torch.Tensor:
     return _hash32_into(out, torch.empty_like(out), mix_key(seed, stream))
 
 
-def hash_gaussian(seeds: list[int], stream: int, shape: tuple[int, ...], device) -> torch.Tensor:
-    """Approximately standard-normal field [B, *shape] from per-sample seeds.
+def gaussian_into(out: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """Fill a flat float32 tensor with approximately standard-normal values from (seed, stream, index).
 
-    Each voxel's value is the centred, scaled sum of the four bytes of its 32-bit hash (Irwin-Hall with
-    4 terms, 1021 levels, tails bounded at about +-3.46 std: harmless for image noise). It depends only on
-    (seed, stream, voxel index): identical on CPU and CUDA and for any batch size.
+    Each value is the centred, scaled sum of the four bytes of the voxel's 32-bit hash (Irwin-Hall with
+    4 terms, 1021 levels, tails bounded at about +-3.46 std: harmless for image noise).
     """
-    n = int(np.prod(shape))
-    out = torch.empty((len(seeds), n), dtype=torch.float32, device=device)
-    h = torch.empty(n, dtype=torch.int32, device=device)
+    n = out.numel()
+    h = torch.empty(n, dtype=torch.int32, device=out.device)
     tmp = torch.empty_like(h)
+    _hash32_into(h, tmp, mix_key(seed, stream))
+    torch.bitwise_right_shift(h, 8, out=tmp)
+    tmp.bitwise_and_(0x00FF00FF)
+    h.bitwise_and_(0x00FF00FF).add_(tmp)  # two 16-bit lanes, each the sum of two bytes (<= 510)
+    torch.bitwise_right_shift(h, 16, out=tmp)
+    h.bitwise_and_(0xFFFF).add_(tmp).sub_(510)  # sum of the four bytes minus its mean
+    return out.copy_(h.view(out.shape)).mul_(1.0 / math.sqrt(4.0 * (256.0**2 - 1.0) / 12.0))
+
+
+def hash_gaussian(seeds: Sequence[int], stream: int, shape: tuple[int, ...], device) -> torch.Tensor:
+    """Approximately standard-normal field [B, *shape], one per seed (see :func:`gaussian_into`).
+
+    The values depend only on (seed, stream, voxel index): identical on CPU and CUDA, for any batch size.
+    """
+    out = torch.empty((len(seeds), int(np.prod(shape))), dtype=torch.float32, device=device)
     for b, seed in enumerate(seeds):
-        _hash32_into(h, tmp, mix_key(seed, stream))
-        torch.bitwise_right_shift(h, 8, out=tmp)
-        tmp.bitwise_and_(0x00FF00FF)
-        h.bitwise_and_(0x00FF00FF).add_(tmp)  # two 16-bit lanes, each the sum of two bytes (<= 510)
-        torch.bitwise_right_shift(h, 16, out=tmp)
-        h.bitwise_and_(0xFFFF).add_(tmp)  # sum of the four bytes, 0..1020
-        torch.sub(h, 510, out=tmp)
-        out[b].copy_(tmp).mul_(1.0 / math.sqrt(4.0 * (256.0**2 - 1.0) / 12.0))
+        gaussian_into(out[b], seed, stream)
     return out.view(len(seeds), *shape)
 
 
@@ -197,63 +208,93 @@ def _blur_taps(sigma: float) -> np.ndarray:
 
 
 def _blur_one(x: torch.Tensor, taps: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur of one volume [X, Y, Z] by shifted sums (replicate borders)."""
+    """Separable Gaussian blur of one volume [X, Y, Z] by shifted sums (replicate borders).
+
+    Multiplications and additions are separate elementwise ops (no fused multiply-add), so the result
+    is the same for any thread count or batch composition.
+    """
     r = len(taps) // 2
+    tmp = torch.empty_like(x)
     for d in range(3):
         n = x.shape[d]
         out = x * float(taps[r])
         for s in range(1, r + 1):
-            for w, sign in ((float(taps[r - s]), 1), (float(taps[r + s]), -1)):
-                k = min(s, n)
-                if sign > 0:  # out[i] += w * x[i - s]
-                    out.narrow(d, k, n - k).add_(x.narrow(d, 0, n - k) * w)
-                    out.narrow(d, 0, k).add_(x.narrow(d, 0, 1) * w)
-                else:  # out[i] += w * x[i + s]
-                    out.narrow(d, 0, n - k).add_(x.narrow(d, k, n - k) * w)
-                    out.narrow(d, n - k, k).add_(x.narrow(d, n - 1, 1) * w)
+            k = min(s, n)
+            for w, fwd in ((float(taps[r - s]), True), (float(taps[r + s]), False)):
+                # fwd: out[i] += w * x[i - s] (x[0] beyond the border); else out[i] += w * x[i + s]
+                src, dst = (x.narrow(d, 0, n - k), out.narrow(d, k, n - k)) if fwd else \
+                    (x.narrow(d, k, n - k), out.narrow(d, 0, n - k))
+                t = tmp.narrow(d, 0, n - k)
+                torch.mul(src, w, out=t)
+                dst.add_(t)
+                edge = x.narrow(d, 0, 1) if fwd else x.narrow(d, n - 1, 1)
+                (out.narrow(d, 0, k) if fwd else out.narrow(d, n - k, k)).add_(edge * w)
         x = out
     return x
 
 
-def _gamma_one(x: torch.Tensor, gamma: float) -> torch.Tensor:
-    """x ** gamma for x in [0, 1] through a piecewise-linear table (exact elementwise ops only)."""
-    lut_np = (np.linspace(0.0, 1.0, GAMMA_KNOTS + 1) ** gamma).astype(np.float32)
-    lut = torch.as_tensor(lut_np, device=x.device)
-    t = x.clamp(0.0, 1.0) * float(GAMMA_KNOTS)
-    i = t.floor().clamp_(max=GAMMA_KNOTS - 1)
-    f = t - i
-    i = i.long()
-    lo = lut[i]
-    return lo + (lut[i + 1] - lo) * f
+def _lerp_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from n_in knots spanning n_out voxels (align_corners): index, w0, w1."""
+    pos = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / max(n_out - 1, 1))
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 2)
+    w1 = pos - i0
+    return i0, (1.0 - w1), w1
 
 
-def apply_artefacts(img: torch.Tensor, params: list[ArtefactParams]) -> torch.Tensor:
-    """Apply each sample's artefacts to img [B, X, Y, Z] (float32); returns a new tensor in [0, 1].
+def upsample_separable(grid: np.ndarray, shape: tuple[int, int, int], device) -> torch.Tensor:
+    """Trilinear upsampling (align_corners) of a small grid to ``shape`` as a torch tensor on ``device``.
 
-    Steps that a sample does not use are skipped for it (never applied as an identity), so its bytes
+    Y and Z are interpolated in numpy on the small grid; X in torch with two row gathers, two products
+    and one sum per voxel (exact elementwise ops: the same bytes for any batch or thread count).
+    """
+    g = np.asarray(grid, np.float64)
+    for axis in (2, 1):
+        i0, w0, w1 = _lerp_weights(g.shape[axis], shape[axis])
+        sh = [1, 1, 1]
+        sh[axis] = -1
+        g = np.take(g, i0, axis=axis) * w0.reshape(sh) + np.take(g, i0 + 1, axis=axis) * w1.reshape(sh)
+    i0, w0, w1 = _lerp_weights(g.shape[0], shape[0])
+    gt = torch.as_tensor(g.astype(np.float32), device=device)
+    idx = torch.as_tensor(i0, device=device)
+    a = gt.index_select(0, idx).mul_(torch.as_tensor(w0.astype(np.float32), device=device).view(-1, 1, 1))
+    b = gt.index_select(0, idx + 1).mul_(torch.as_tensor(w1.astype(np.float32), device=device).view(-1, 1, 1))
+    return a.add_(b)
+
+
+def _rescale_gamma_(x: torch.Tensor, rescale: bool, gamma: float) -> None:
+    """In place: min-max rescale to [0, 1] and/or gamma through a 4096-entry table (nearest entry)."""
+    if rescale:
+        lo, hi = x.amin(), x.amax()
+        scale = 1.0 / torch.clamp(hi - lo, min=1e-6)
+    else:
+        lo = torch.zeros((), device=x.device)
+        scale = torch.ones((), device=x.device)
+    if gamma == 1.0:
+        x.sub_(lo).mul_(scale)
+        return
+    lut = torch.as_tensor((np.linspace(0.0, 1.0, GAMMA_KNOTS) ** gamma).astype(np.float32), device=x.device)
+    t = (x - lo).mul_(scale * float(GAMMA_KNOTS - 1)).add_(0.5).clamp_(0.0, float(GAMMA_KNOTS - 1))
+    x.copy_(lut[t.long()])
+
+
+def apply_artefacts_(img: torch.Tensor, params: Sequence[ArtefactParams]) -> torch.Tensor:
+    """Apply each sample's artefacts to img [B, X, Y, Z] (float32) in place; returns img, clamped to [0, 1].
+
+    Each sample is processed on its own with the steps it uses (never an identity step), so its bytes
     do not depend on the other samples of the batch.
     """
-    B = img.shape[0]
-    out = img.clone()
+    shape = tuple(img.shape[1:])
+    n = int(np.prod(shape))
     for b, p in enumerate(params):
+        x = img[b]
         if p.blur_sigma > 0:
-            out[b] = _blur_one(out[b], _blur_taps(p.blur_sigma))
+            x.copy_(_blur_one(x, _blur_taps(p.blur_sigma)))
         if p.bias is not None:
-            g = torch.as_tensor(p.bias, device=img.device)[None, None]
-            field_ = torch.nn.functional.interpolate(g, size=tuple(img.shape[1:]), mode="trilinear",
-                                                     align_corners=True)[0, 0]
-            out[b] = out[b] * field_
-    noisy = [b for b, p in enumerate(params) if p.noise_std > 0]
-    if noisy:
-        z = hash_gaussian([params[b].seed for b in noisy], 7, tuple(img.shape[1:]), img.device)
-        std = torch.tensor([params[b].noise_std for b in noisy], dtype=img.dtype, device=img.device)
-        idx = torch.tensor(noisy, device=img.device)
-        out.index_copy_(0, idx, out.index_select(0, idx) + z * std.view(-1, 1, 1, 1))
-    for b, p in enumerate(params):
-        if p.rescale:
-            lo, hi = out[b].amin(), out[b].amax()
-            out[b] = (out[b] - lo) / torch.clamp(hi - lo, min=1e-6)
-        if p.gamma != 1.0:
-            out[b] = _gamma_one(out[b], p.gamma)
-    assert out.shape[0] == B
-    return out.clamp_(0.0, 1.0)
+            x.mul_(upsample_separable(p.bias, shape, img.device))
+        if p.noise_std > 0:
+            z = torch.empty(n, dtype=torch.float32, device=img.device)
+            gaussian_into(z, p.seed, NOISE_STREAM)
+            x.add_(z.view(shape).mul_(p.noise_std))
+        if p.rescale or p.gamma != 1.0:
+            _rescale_gamma_(x, p.rescale, p.gamma)
+    return img.clamp_(0.0, 1.0)

@@ -34,9 +34,10 @@ from anatosynth.synth.artefacts import (
     NO_ARTEFACTS,
     ArtefactParams,
     ArtefactRanges,
-    apply_artefacts,
+    apply_artefacts_,
     draw_artefacts,
-    hash_gaussian,
+    gaussian_into,
+    upsample_separable,
 )
 
 __all__ = [
@@ -62,10 +63,12 @@ SHELL_THICKNESS = (1, 3)  # voxels, inclusive, per organ
 FILL_MEAN = (25 / 255, 225 / 255)  # SynthSeg U[25, 225] scaled to [0, 1]
 FILL_STD = (5 / 255, 25 / 255)  # SynthSeg U[5, 25] scaled to [0, 1]
 SHELL_CONTRAST = (0.2, 0.8)  # shell intensity = (base + U[0.2, 0.8]) mod 1
-TEXTURE_AMPLITUDE = (0.05, 0.2)  # per-organ texture std in organ cores
+TEXTURE_AMPLITUDE = (0.05, 0.25)  # per-organ texture std in organ cores
 TEXTURE_BAND = (2, 4)  # voxels, inclusive, per sample: texture-free band near boundaries
 TEXTURE_RAMP = 2  # voxels over which the texture fades in after the band
-TEXTURE_SCALES = (8, 4)  # texture octaves: random grids of patch // 8 and patch // 4, upsampled
+TEXTURE_SCALES = (8, 3)  # texture octaves: random grids of about patch / 8 and patch / 3, upsampled
+TEXTURE_NORM = 1.0 / (2.0 / 3.0) ** 1.5  # trilinear upsampling of white noise keeps (2/3)^3 of its variance
+FILL_STREAM = 1  # hash stream of the per-class fill noise
 CONTOUR_VALUE = 128 / 255
 CONTOUR_WIDTH = 2  # pixels, in-plane
 
@@ -238,14 +241,10 @@ def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = F
 
 def _table(values: list[np.ndarray], cmax: int, dtype, device) -> torch.Tensor:
     """Stack per-sample class tables into [B, cmax] (padding unused classes with 0)."""
-    out = np.zeros((len(values), cmax), dtype=np.asarray(values[0]).dtype)
+    out = np.zeros((len(values), cmax), dtype=np.float64)
     for b, v in enumerate(values):
         out[b, : len(v)] = v
     return torch.as_tensor(out, device=device).to(dtype)
-
-
-def _gather(table: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
-    return table.gather(1, flat).view(shape)
 
 
 def _check_labels(label: torch.Tensor, params: Sequence[RenderParams]) -> None:
@@ -253,31 +252,43 @@ def _check_labels(label: torch.Tensor, params: Sequence[RenderParams]) -> None:
         raise ConfigError(f"label must be an integer tensor [B, X, Y, Z], got {tuple(label.shape)} {label.dtype}")
     if label.shape[0] != len(params):
         raise ConfigError(f"{label.shape[0]} label patches but {len(params)} render params")
-    lo = label.flatten(1).amin(1).tolist()
-    hi = label.flatten(1).amax(1).tolist()
-    for b, p in enumerate(params):
+    lo, hi = torch.aminmax(label.reshape(label.shape[0], -1), dim=1)
+    for b, (p, l0, l1) in enumerate(zip(params, lo.tolist(), hi.tolist())):
         if p.render not in RENDERS:
             raise ConfigError(f"sample {b}: unknown render mode {p.render!r}")
-        if lo[b] < 0 or hi[b] >= p.num_classes:
-            raise ConfigError(f"sample {b}: labels {lo[b]}..{hi[b]} outside 0..{p.num_classes - 1}")
+        if l0 < 0 or l1 >= p.num_classes:
+            raise ConfigError(f"sample {b}: labels {l0}..{l1} outside 0..{p.num_classes - 1}")
 
 
-def _texture(params: list[RenderParams], lab: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-    """Texture term of the samples in ``params`` (all textured): amp[L] * ramp(dist) * sum_j mix[L, j] F_j."""
+def _distances(lab: torch.Tensor, params: list[RenderParams]) -> torch.Tensor | None:
+    """Boundary distance of every sample that needs one (3-D, or in-plane for contours); others 255."""
+    dist = None
     B = lab.shape[0]
-    shape = tuple(lab.shape[1:])
-    cmax = max(p.num_classes for p in params)
-    flat = lab.reshape(B, -1)
-    out = torch.zeros(lab.shape, dtype=torch.float32, device=lab.device)
-    for j in range(len(TEXTURE_SCALES)):
-        grids = torch.stack([torch.as_tensor(p.texture_grids[j], device=lab.device) for p in params])[:, None]
-        f = torch.nn.functional.interpolate(grids, size=shape, mode="trilinear", align_corners=True)[:, 0]
-        w = _gather(_table([p.texture_mix[:, j] for p in params], cmax, torch.float32, lab.device), flat, lab.shape)
-        out.add_(w * f)
-    band = torch.tensor([p.texture_band for p in params], dtype=torch.float32, device=lab.device).view(-1, 1, 1, 1)
-    ramp = ((dist.float() - band) * (1.0 / TEXTURE_RAMP)).clamp_(0.0, 1.0)
-    amp = _gather(_table([p.texture_amp for p in params], cmax, torch.float32, lab.device), flat, lab.shape)
-    return out * ramp * amp
+    for in_plane in (False, True):
+        group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and p.max_distance > 0]
+        if not group:
+            continue
+        reach = max(params[b].max_distance for b in group)
+        if len(group) == B:
+            return boundary_distance(lab, reach, in_plane=in_plane)
+        if dist is None:
+            dist = torch.full(lab.shape, 255, dtype=torch.uint8, device=lab.device)
+        idx = torch.tensor(group, device=lab.device)
+        dist.index_copy_(0, idx, boundary_distance(lab.index_select(0, idx), reach, in_plane=in_plane))
+    return dist
+
+
+def _add_texture_(x: torch.Tensor, lab: torch.Tensor, dist: torch.Tensor, p: RenderParams) -> None:
+    """Add one sample's texture in place: sum_j amp[L] mix[L, j] F_j, faded in after the clean band."""
+    shape = tuple(lab.shape)
+    flat = lab.reshape(-1)
+    tex = torch.zeros(shape, dtype=torch.float32, device=lab.device)
+    for j, grid in enumerate(p.texture_grids):
+        f = upsample_separable(grid * TEXTURE_NORM, shape, lab.device)
+        w = torch.as_tensor((p.texture_amp * p.texture_mix[:, j]).astype(np.float32), device=lab.device)
+        tex.add_(f.mul_(w[flat].view(shape)))
+    ramp = (dist.float() - float(p.texture_band)).mul_(1.0 / TEXTURE_RAMP).clamp_(0.0, 1.0)
+    x.add_(tex.mul_(ramp))
 
 
 def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.Tensor:
@@ -300,38 +311,28 @@ def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.T
     dev = lab.device
     cmax = max(p.num_classes for p in params)
     flat = lab.reshape(B, -1)
-    img = _gather(_table([p.mean for p in params], cmax, torch.float32, dev), flat, lab.shape).clone()
+    dist = _distances(lab, params)
 
-    # Per-class Gaussian fill noise (only samples that have any).
+    # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
+    cls = flat
+    if any(p.shell_thickness.any() for p in params):
+        thick = _table([p.shell_thickness for p in params], cmax, torch.uint8, dev).gather(1, flat)
+        cls = flat + (dist.reshape(B, -1) <= thick).long() * cmax  # thickness 0 never matches (dist >= 1)
+    values = _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax, torch.float32, dev)
+    img = values.gather(1, cls).view(lab.shape)
+
     fill = [b for b, p in enumerate(params) if np.any(p.std > 0)]
-    if fill:
-        idx = torch.tensor(fill, device=dev)
-        z = hash_gaussian([params[b].seed for b in fill], 1, tuple(lab.shape[1:]), dev)
-        std = _gather(_table([params[b].std for b in fill], cmax, torch.float32, dev), flat[idx], z.shape)
-        img.index_copy_(0, idx, img.index_select(0, idx) + std * z)
+    if fill:  # per-class Gaussian fill noise (shell voxels get none)
+        stds = _table([np.concatenate([p.std, np.zeros_like(p.std)]) for p in params], 2 * cmax, torch.float32, dev)
+        n = flat.shape[1]
+        z = torch.empty(n, dtype=torch.float32, device=dev)
+        for b in fill:
+            gaussian_into(z, params[b].seed, FILL_STREAM)
+            img[b].add_(z.mul_(stds[b].gather(0, cls[b])).view(lab.shape[1:]))
 
-    # Boundary distances, shells and textures, grouped by 3-D / in-plane distance.
-    for in_plane in (False, True):
-        group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and p.max_distance > 0]
-        if not group:
-            continue
-        idx = torch.tensor(group, device=dev)
-        sub = lab.index_select(0, idx)
-        gp = [params[b] for b in group]
-        dist = boundary_distance(sub, max(p.max_distance for p in gp), in_plane=in_plane)
-        val = img.index_select(0, idx)
-        shelled = [i for i, p in enumerate(gp) if p.shell_thickness.any()]
-        if shelled:
-            sflat = sub.reshape(len(group), -1)
-            thick = _gather(_table([p.shell_thickness for p in gp], cmax, torch.uint8, dev), sflat, sub.shape)
-            sval = _gather(_table([p.shell_value for p in gp], cmax, torch.float32, dev), sflat, sub.shape)
-            val = torch.where(dist <= thick, sval, val)  # thickness 0 never matches (dist >= 1)
-        tex = [i for i, p in enumerate(gp) if p.texture_amp is not None and np.any(p.texture_amp > 0)]
-        if tex:
-            tidx = torch.tensor(tex, device=dev)
-            t = _texture([gp[i] for i in tex], sub.index_select(0, tidx), dist.index_select(0, tidx))
-            val.index_copy_(0, tidx, val.index_select(0, tidx) + t)
-        img.index_copy_(0, idx, val)
+    for b, p in enumerate(params):
+        if p.texture_amp is not None and np.any(p.texture_amp > 0):
+            _add_texture_(img[b], lab[b], dist[b], p)
 
-    img = apply_artefacts(img, [p.artefacts for p in params])
+    apply_artefacts_(img, [p.artefacts for p in params])
     return img[:, None]

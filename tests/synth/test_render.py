@@ -190,10 +190,23 @@ def test_blur_keeps_constants_and_sums():
     assert abs(float(art._blur_one(spike, art._blur_taps(0.7)).sum()) - 1.0) < 1e-5
 
 
-def test_gamma_table_approximates_power():
+def test_gamma_table_approximates_power_and_rescale_spans_unit_range():
     x = torch.linspace(0, 1, 1001)
     for g in (0.75, 1.3):
-        assert torch.allclose(art._gamma_one(x, g), x**g, atol=2e-3)
+        y = x.clone()
+        art._rescale_gamma_(y, False, g)
+        assert torch.allclose(y, x**g, atol=1e-3)
+    y = torch.linspace(0.2, 0.7, 1001)
+    art._rescale_gamma_(y, True, 1.0)
+    assert float(y.min()) == 0.0 and abs(float(y.max()) - 1.0) < 1e-6
+
+
+def test_separable_upsampling_equals_trilinear():
+    grid = np.random.default_rng(0).standard_normal((4, 5, 3)).astype(np.float32)
+    ours = art.upsample_separable(grid, (32, 40, 16), "cpu")
+    ref = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=(32, 40, 16),
+                                          mode="trilinear", align_corners=True)[0, 0]
+    assert torch.allclose(ours, ref, atol=1e-5)
 
 
 def test_hash_matches_numpy_uint32_reference():
@@ -247,3 +260,18 @@ def test_cuda_matches_cpu(render):
     assert torch.equal(art.hash_bits(9, 1, 4096, "cuda").cpu(), art.hash_bits(9, 1, 4096, "cpu"))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
     assert torch.equal(gpu[1:], apply_render(lab[1:].cuda(), ps[1:]))
+
+
+@pytest.mark.parametrize("render", ["shell+fill", "texture"])
+def test_bytes_do_not_depend_on_thread_count(render):
+    lab = labels(2)
+    ps = params(render, 2, FULL)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = apply_render(lab, ps)
+        torch.set_num_threads(3)
+        three = apply_render(lab, ps)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, three)
