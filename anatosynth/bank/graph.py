@@ -7,8 +7,9 @@ rebuilt from the bank itself; so building, merging and the phantom all go throug
 Per organ pair and subject having both organs (see docs/method.md):
 
 * contact: some voxel of b is a 26-neighbour of (or equal to) a voxel of a;
-* gap: smallest centre-to-centre distance between a voxel of a and a voxel of b (0 on contact);
-  exact up to :data:`GAP_SEARCH_MM`, beyond it the distance between bounding boxes (a lower bound);
+* gap: smallest centre-to-centre distance between a voxel of a and a voxel of b (0 on contact),
+  from k-d trees of the two surfaces; exact up to :data:`GAP_SEARCH_MM`, beyond it the distance
+  between bounding boxes (a lower bound, at least :data:`GAP_SEARCH_MM`);
 * overlap observed: the masks share voxels, or one lies at least half inside the other's
   hole-filled mask (containment, e.g. a lesion in an organ); the policy is ``"allowed"`` only then;
 * direction: unit vector from a's centroid to b's; the edge keeps the normalised mean and its
@@ -17,16 +18,16 @@ Per organ pair and subject having both organs (see docs/method.md):
 
 from __future__ import annotations
 
-import edt
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from anatosynth.bank.model import Edge, Organ, OrganShape, ShapeBank
 from anatosynth.bank.names import organ_sort_key
 
 __all__ = ["GAP_SEARCH_MM", "assemble_bank", "anchor_stats", "pair_relations"]
 
-GAP_SEARCH_MM = 20.0
+GAP_SEARCH_MM = 50.0
 
 
 def _grid_lo(shape: OrganShape, ref_mm: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -44,12 +45,16 @@ def anchor_stats(centroids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return pts.mean(axis=0), _cov(pts)
 
 
-def _contained(inner: np.ndarray, inner_lo: np.ndarray, filled: np.ndarray, outer_lo: np.ndarray) -> bool:
-    """Whether at least half of ``inner`` lies inside ``filled`` (the outer organ's hole-filled mask)."""
+def _contained(inner: np.ndarray, inner_lo: np.ndarray, outer: np.ndarray, outer_lo: np.ndarray,
+               fill) -> bool:
+    """Whether at least half of ``inner`` lies inside the outer organ's hole-filled mask ``fill()``."""
     lo = np.maximum(inner_lo, outer_lo)
-    hi = np.minimum(inner_lo + inner.shape, outer_lo + filled.shape)
+    hi = np.minimum(inner_lo + inner.shape, outer_lo + outer.shape)
     if np.any(hi <= lo):
         return False
+    if inner.sum() > 2 * np.prod(hi - lo):  # fewer than half of inner's voxels fit in the common box
+        return False
+    filled = fill()
     a = filled[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, outer_lo))]
     b = inner[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, inner_lo))]
     return bool((a & b).sum() * 2 >= inner.sum())
@@ -61,6 +66,43 @@ def _box_gap(lo_a, hi_a, lo_b, hi_b, spacing) -> float:
     return float(np.linalg.norm(d * spacing))
 
 
+def _surface(mask: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Grid indices (N, 3) of a mask's boundary voxels (a face neighbour outside the mask).
+
+    The voxel of a set nearest to any outside point is always such a boundary voxel, so distances
+    between organs need only their surfaces: far fewer points than their volumes.
+    """
+    inner = ndimage.binary_erosion(mask, border_value=0)
+    return np.argwhere(mask & ~inner) + lo
+
+
+def _nearest(tree_mm: cKDTree, points_mm: np.ndarray) -> float:
+    """Exact smallest distance (mm) from ``points_mm`` to the tree, or inf beyond GAP_SEARCH_MM.
+
+    A sparse sample first gives an upper bound; the full query then only searches within it.
+    """
+    bound = float(tree_mm.query(points_mm[::16], distance_upper_bound=GAP_SEARCH_MM)[0].min())
+    if not np.isfinite(bound):
+        bound = GAP_SEARCH_MM
+    return float(tree_mm.query(points_mm, distance_upper_bound=bound + 1e-6)[0].min())
+
+
+def _within(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The grid points inside the index box [lo, hi)."""
+    keep = np.all((points >= lo) & (points < hi), axis=1)
+    return points[keep]
+
+
+def _shared_voxels(a: np.ndarray, lo_a: np.ndarray, b: np.ndarray, lo_b: np.ndarray) -> bool:
+    lo = np.maximum(lo_a, lo_b)
+    hi = np.minimum(lo_a + a.shape, lo_b + b.shape)
+    if np.any(hi <= lo):
+        return False
+    sa = a[tuple(slice(int(l - o), int(h - o)) for l, h, o in zip(lo, hi, lo_a))]
+    sb = b[tuple(slice(int(l - o), int(h - o)) for l, h, o in zip(lo, hi, lo_b))]
+    return bool((sa & sb).any())
+
+
 def pair_relations(shapes: dict[str, OrganShape], spacing) -> dict[tuple[str, str], tuple[bool, float, bool]]:
     """Contact, gap (mm) and observed overlap for every organ pair of one subject (keys in bank order)."""
     sp = np.asarray(spacing, dtype=np.float64)
@@ -68,45 +110,45 @@ def pair_relations(shapes: dict[str, OrganShape], spacing) -> dict[tuple[str, st
     ref = np.asarray(shapes[names[0]].origin_mm, dtype=np.float64) if names else np.zeros(3)
     lo = {n: _grid_lo(shapes[n], ref, sp) for n in names}
     hi = {n: lo[n] + shapes[n].mask.shape for n in names}
-    touch = float(np.linalg.norm(sp)) + 1e-6
-    margin = np.ceil(GAP_SEARCH_MM / sp).astype(np.int64)
-    out = {}
-    cache: dict[str, np.ndarray] = {}
+    surf = {n: _surface(shapes[n].mask, lo[n]) for n in names}
+    trees: dict[tuple[str, bool], cKDTree] = {}
+    filled_cache: dict[str, np.ndarray] = {}
+
+    def tree(name: str, mm: bool) -> cKDTree:
+        """k-d tree of an organ's surface: in grid indices (26-neighbour tests) or in mm (gaps)."""
+        if (name, mm) not in trees:
+            trees[(name, mm)] = cKDTree(surf[name] * sp if mm else surf[name])
+        return trees[(name, mm)]
 
     def filled(name: str) -> np.ndarray:
-        if name not in cache:
-            cache[name] = ndimage.binary_fill_holes(shapes[name].mask)
-        return cache[name]
+        if name not in filled_cache:
+            filled_cache[name] = ndimage.binary_fill_holes(shapes[name].mask)
+        return filled_cache[name]
 
+    out = {}
     for i, a in enumerate(names):
-        others = names[i + 1:]
-        if not others:
-            break
-        box_lo, box_hi = lo[a] - margin, hi[a] + margin
-        near = [b for b in others if np.all(lo[b] < box_hi) and np.all(hi[b] > box_lo)]
-        dist = None
-        if near:
-            local = np.zeros(tuple(box_hi - box_lo), dtype=bool)
-            sl = tuple(slice(int(x), int(y)) for x, y in zip(lo[a] - box_lo, hi[a] - box_lo))
-            local[sl] = shapes[a].mask
-            dist = edt.edt(~local, anisotropy=tuple(sp), black_border=False, parallel=1)
-        for b in others:
-            if b not in near:
-                out[(a, b)] = (False, _box_gap(lo[a], hi[a], lo[b], hi[b], sp), False)
+        for b in names[i + 1:]:
+            box = _box_gap(lo[a], hi[a], lo[b], hi[b], sp)
+            if box > GAP_SEARCH_MM:
+                out[(a, b)] = (False, box, False)
                 continue
-            s_lo, s_hi = np.maximum(lo[b], box_lo), np.minimum(hi[b], box_hi)
-            mb = shapes[b].mask[tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(s_lo, s_hi, lo[b]))]
-            db = dist[tuple(slice(int(x - o), int(y - o)) for x, y, o in zip(s_lo, s_hi, box_lo))][mb]
-            if db.size == 0:
-                out[(a, b)] = (False, max(GAP_SEARCH_MM, _box_gap(lo[a], hi[a], lo[b], hi[b], sp)), False)
+            if _shared_voxels(shapes[a].mask, lo[a], shapes[b].mask, lo[b]):
+                out[(a, b)] = (True, 0.0, True)
                 continue
-            d = float(db.min())
-            contact = d <= touch
-            overlap = d == 0.0
-            if contact and not overlap:  # containment implies contact: only then fill holes
-                overlap = _contained(shapes[b].mask, lo[b], filled(a), lo[a]) or \
-                    _contained(shapes[a].mask, lo[a], filled(b), lo[b])
-            out[(a, b)] = (contact, 0.0 if contact else d, overlap)
+            # query the smaller of the two surfaces (each cut to the other's box) against the other's tree
+            pa, pb = _within(surf[a], lo[b] - 1, hi[b] + 1), _within(surf[b], lo[a] - 1, hi[a] + 1)
+            q, other = (pa, b) if len(pa) < len(pb) else (pb, a)
+            contact = bool(q.size) and bool(np.any(tree(other, False).query(q, p=np.inf, distance_upper_bound=1.5)[0] <= 1))
+            if contact:
+                overlap = _contained(shapes[b].mask, lo[b], shapes[a].mask, lo[a], lambda: filled(a)) or \
+                    _contained(shapes[a].mask, lo[a], shapes[b].mask, lo[b], lambda: filled(b))
+                out[(a, b)] = (True, 0.0, overlap)
+                continue
+            reach = np.ceil(GAP_SEARCH_MM / sp).astype(np.int64)
+            pa, pb = _within(surf[a], lo[b] - reach, hi[b] + reach), _within(surf[b], lo[a] - reach, hi[a] + reach)
+            q, other = (pa, b) if len(pa) < len(pb) else (pb, a)
+            d = _nearest(tree(other, True), q * sp) if q.size else np.inf
+            out[(a, b)] = (False, d if np.isfinite(d) else max(GAP_SEARCH_MM, box), False)
     return out
 
 

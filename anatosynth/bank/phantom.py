@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from anatosynth.bank.graph import assemble_bank
@@ -117,12 +118,24 @@ def _paint(label: np.ndarray, value: int, inside, lo_mm: np.ndarray, hi_mm: np.n
     hit = inside(np.stack(np.meshgrid(*coarse, indexing="ij"), axis=-1))
     if not hit.any():
         return
-    idx = np.nonzero(hit)
+    near = ndimage.binary_dilation(hit, structure=np.ones((3, 3, 3), bool))
+    idx = np.nonzero(near)
     lo2 = np.maximum(lo + np.array([i.min() for i in idx]) * stride - stride, lo)
     hi2 = np.minimum(lo + np.array([i.max() for i in idx]) * stride + stride + 1, hi)
-    fine = _axes_mm(lo2, hi2, spacing)
-    mask = inside(np.stack(np.meshgrid(*fine, indexing="ij"), axis=-1))
-    label[tuple(slice(a, b) for a, b in zip(lo2, hi2))][mask] = value
+    # fine voxels whose nearest coarse sample is in or next to the organ
+    fine_k = [np.minimum((np.arange(a, b) - l + stride // 2) // stride, n - 1)
+              for a, b, l, n in zip(lo2, hi2, lo, near.shape)]
+    cand = near[np.ix_(*fine_k)]
+    fidx = np.nonzero(cand)
+    pts = np.stack([(BODY_LO[i] + spacing[i] * (lo2[i] + fidx[i])).astype(np.float32) for i in range(3)], axis=-1)
+    keep = inside(pts)
+    region = label[tuple(slice(a, b) for a, b in zip(lo2, hi2))]
+    region[tuple(f[keep] for f in fidx)] = value
+
+
+def _mat(x: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``x @ m`` for (..., 3) points as three broadcast products (no BLAS threads for tiny matrices)."""
+    return x[..., 0:1] * m[0] + x[..., 1:2] * m[1] + x[..., 2:3] * m[2]
 
 
 def _paint_blob(label: np.ndarray, value: int, blob: Blob, d: _Draw, spacing: np.ndarray) -> None:
@@ -134,10 +147,10 @@ def _paint_blob(label: np.ndarray, value: int, blob: Blob, d: _Draw, spacing: np
                            d.amps.astype(np.float32))
 
     def inside(pts: np.ndarray) -> np.ndarray:
-        q = (pts - centre) @ m
+        q = _mat(pts - centre, m)
         r = np.sqrt((q * q).sum(-1))
         u = q / np.maximum(r, 1e-6)[..., None]
-        wobble = 1.0 + (amps * np.cos(u @ freqs + phases)).sum(-1)
+        wobble = 1.0 + (amps * np.cos(_mat(u, freqs) + phases)).sum(-1)
         if blob.taper:
             r = r / np.clip(1.0 + blob.taper * u[..., 0] * np.minimum(r, 1.5), 0.3, None)
         return r <= wobble
@@ -162,7 +175,7 @@ def _paint_tube(label: np.ndarray, value: int, tube: Tube, d: _Draw, spacing: np
         ok = np.isfinite(dist)
         res = np.zeros(len(dist), bool)
         res[ok] = dist[ok] <= radius[idx[ok]]
-        return res.reshape(pts.shape[:3])
+        return res.reshape(pts.shape[:-1])
 
     _paint(label, value, inside, centre.min(0) - reach, centre.max(0) + reach, spacing, stride=2)
 
