@@ -317,7 +317,9 @@ def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.T
     cls = flat
     if any(p.shell_thickness.any() for p in params):
         thick = _table([p.shell_thickness for p in params], cmax, torch.uint8, dev).gather(1, flat)
-        cls = flat + (dist.reshape(B, -1) <= thick).long() * cmax  # thickness 0 never matches (dist >= 1)
+        small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
+        shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
+        cls = shell.add_(flat.to(small)).long()
     values = _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax, torch.float32, dev)
     img = values.gather(1, cls).view(lab.shape)
 
