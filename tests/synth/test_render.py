@@ -225,7 +225,11 @@ def test_hash_gaussian_is_standardised_and_seeded():
     z = art.hash_gaussian([1, 2], 0, (64, 64, 64), "cpu")
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1.0) < 0.01
     assert torch.equal(z[1:], art.hash_gaussian([2], 0, (64, 64, 64), "cpu"))
-    assert float((z[0] * z[1]).mean()).__abs__() < 0.01  # seeds are independent
+    assert abs(float((z[0] * z[1]).mean())) < 0.01  # seeds are independent
+    for d in range(3):  # neighbouring voxels are uncorrelated along every axis
+        n = z.shape[d + 1] - 1
+        assert abs(float((z[0].narrow(d, 0, n) * z[0].narrow(d, 1, n)).mean())) < 0.01
+    assert abs(float((z[0] ** 4).mean()) - 2.7) < 0.05  # Irwin-Hall(4) kurtosis: 3 - 6/(5*4)
 
 
 def test_bad_inputs_raise_config_errors():
