@@ -51,12 +51,14 @@ def _merge(args) -> int:
 
 def _inspect(args) -> int:
     from anatosynth.bank import load_bank
-    from anatosynth.bank.report import draw_bank, summary
+    from anatosynth.bank.report import draw_bank, draw_subject, summary
 
     bank = load_bank(args.bank)
     info = summary(bank)
     if args.png:
         draw_bank(bank, args.png)
+    if args.slices:
+        draw_subject(bank, args.slices)
     if args.json:
         json.dump(info, sys.stdout, indent=1)
         print()
@@ -73,8 +75,9 @@ def _inspect(args) -> int:
     for e in sorted(touching, key=lambda e: -e["contact"]):
         print(f"  {e['a']} - {e['b']}: contact {e['contact']:.2f}, b is {e['direction']} of a "
               f"(consistency {e['consistency']:.2f}), overlap {e['overlap']}")
-    if args.png:
-        print(f"wrote {args.png}")
+    for png in (args.png, args.slices):
+        if png:
+            print(f"wrote {png}")
     return 0
 
 
@@ -120,6 +123,7 @@ def register(sub) -> None:
     i.add_argument("bank", metavar="BANK", help="bank file or builtin:phantom")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument("--png", metavar="FILE", help="write a figure of anchors and contact graph")
+    i.add_argument("--slices", metavar="FILE", help="write orthogonal slices of the first subject's organs")
     i.set_defaults(func=_inspect)
 
     a = verbs.add_parser("audit", help="check that a bank is label-only and de-identified (exit 1 if not)")

@@ -8,7 +8,7 @@ import numpy as np
 
 from anatosynth.bank.model import ShapeBank
 
-__all__ = ["summary", "draw_bank"]
+__all__ = ["summary", "draw_bank", "subject_label_map", "draw_subject"]
 
 
 def _r(a, nd: int = 2):
@@ -92,5 +92,63 @@ def draw_bank(bank: ShapeBank, path: str | Path, title: str | None = None) -> Pa
     fig.tight_layout()
     path = Path(path)
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def subject_label_map(bank: ShapeBank, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rebuild one subject's label map (bank labels, RAS, bank spacing) from its stored shapes.
+
+    Returns:
+        the int16 label map and the body-frame position (mm) of its voxel ``[0, 0, 0]``.
+    """
+    sp = np.asarray(bank.spacing)
+    shapes = [(o.label, s) for o in bank.organs for s in o.shapes if s.subject == subject]
+    if not shapes:
+        raise KeyError(subject)
+    ref = shapes[0][1].origin_mm
+    los = {lab: np.rint((s.origin_mm - ref) / sp).astype(int) for lab, s in shapes}
+    lo = np.min(list(los.values()), axis=0)
+    hi = np.max([los[lab] + s.mask.shape for lab, s in shapes], axis=0)
+    out = np.zeros(tuple(hi - lo), np.int16)
+    for lab, s in shapes:
+        a = los[lab] - lo
+        region = out[tuple(slice(x, x + n) for x, n in zip(a, s.mask.shape))]
+        region[s.mask] = lab
+    return out, ref + lo * sp
+
+
+def draw_subject(bank: ShapeBank, path: str | Path, subject: str | None = None) -> Path:
+    """PNG of one subject's organs in three orthogonal slices through the body-frame origin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from anatosynth.io.volume import atomic_write_bytes
+
+    subject = subject or bank.subjects[0]
+    lab, origin = subject_label_map(bank, subject)
+    sp = np.asarray(bank.spacing)
+    centre = np.clip(np.rint(-origin / sp).astype(int), 0, np.array(lab.shape) - 1)
+    colours = ListedColormap([(1, 1, 1, 1)] + [plt.get_cmap("tab20")(k % 20) for k in range(len(bank.organs))])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    views = [("coronal", lab[:, centre[1], :], sp[0], sp[2]), ("axial", lab[:, :, centre[2]], sp[0], sp[1]),
+             ("sagittal", lab[centre[0], :, :], sp[1], sp[2])]
+    for ax, (name, sl, dx, dy) in zip(axes, views):
+        ax.imshow(sl.T, origin="lower", cmap=colours, vmin=0, vmax=len(bank.organs), interpolation="nearest",
+                  aspect=dy / dx)
+        if name != "sagittal":
+            ax.invert_xaxis()  # patient right on the viewer's left
+        ax.set_title(f"{name} slice through the body-frame origin", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(o.label)) for o in bank.organs]
+    fig.legend(handles, [o.name for o in bank.organs], loc="lower center", ncol=7, fontsize=8, frameon=False)
+    fig.suptitle(f"subject {subject}: {len(bank.shapes_of(subject))} organs", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = Path(path)
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path

@@ -92,3 +92,16 @@ def test_inspect_png_and_json(banks, capsys):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     names = [o["name"] for o in info["organs"]]
     assert names[:3] == ["liver", "kidney_right", "spleen"] and len(info["subjects"]) == 6
+
+
+def test_phantom_agrees_with_flare_anatomy(banks):
+    """The built-in phantom's measured graph matches the FLARE22 bank's (its design target)."""
+    flare = load_bank(banks[0] / "flare.bank")
+    phantom = load_bank("builtin:phantom")
+    cos, same_contact = [], []
+    for e in flare.edges:
+        p = phantom.relation(e.a, e.b)
+        cos.append(float(np.dot(e.direction, p.direction)))
+        same_contact.append((e.contact >= 0.5) == (p.contact >= 0.5))
+    assert np.mean(np.array(cos) > 0.7) >= 0.9, np.round(cos, 2)
+    assert np.mean(same_contact) >= 0.85
