@@ -14,6 +14,7 @@ line each:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -158,9 +159,15 @@ def audit_bank(path: str | Path) -> list[str]:
     Raises:
         InputError: the file is not a readable bank at all.
     """
-    manifest, blob, entries = read_raw(path)
+    manifest, blob, entries = read_raw(path, strict=False)
     out = [f"unexpected entry {e!r} in the bank file (only {MANIFEST} and {MASKS} are allowed)"
            for e in entries if e not in (MANIFEST, MASKS)]
     masks = _check_manifest(manifest, out)
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        out.append(f"{MASKS}: holds a {blob.dtype} array of shape {blob.shape}, not bit-packed masks "
+                   "(possible image intensities)")
+        return out
+    if hashlib.sha256(blob.tobytes()).hexdigest() != manifest.get("masks_sha256"):
+        out.append(f"{MASKS}: does not match the manifest checksum (changed after writing)")
     _check_blob(blob, masks, out)
     return out

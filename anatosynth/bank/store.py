@@ -80,8 +80,14 @@ def save_bank(bank: ShapeBank, path: str | Path) -> Path:
     return atomic_write_bytes(path, write)
 
 
-def read_raw(path: str | Path) -> tuple[dict, np.ndarray, list[str]]:
-    """Manifest, mask blob and the list of zip entries, checking integrity but not meaning."""
+def read_raw(path: str | Path, strict: bool = True) -> tuple[dict, np.ndarray, list[str]]:
+    """Manifest, mask blob and the list of zip entries, checking integrity but not meaning.
+
+    Args:
+        path: bank file.
+        strict: also require a flat ``uint8`` mask blob matching the manifest checksum (the audit
+            passes False so that it can report such problems as violations).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "bank file not found")
@@ -110,8 +116,10 @@ def read_raw(path: str | Path) -> tuple[dict, np.ndarray, list[str]]:
                                f"(this anatosynth reads version {BANK_FORMAT_VERSION})")
     try:
         blob = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError) as err:  # includes pickled object arrays
         raise InputError(path, f"damaged mask data ({err})") from None
+    if not strict:
+        return manifest, blob, names
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise InputError(path, f"mask data must be a flat uint8 array, found {blob.dtype} {blob.shape}")
     if hashlib.sha256(blob.tobytes()).hexdigest() != manifest.get("masks_sha256"):

@@ -55,6 +55,13 @@ def test_planted_intensity_array_is_caught(bank_file, tmp_path, capsys):
     assert "VIOLATION" in capsys.readouterr().out
 
 
+def test_intensities_replacing_the_masks_are_caught(bank_file, tmp_path):
+    ct = np.random.default_rng(1).normal(40, 300, 4096).astype(np.int16)
+    bad = _plant(bank_file, tmp_path / "ct.bank", blob_fn=lambda b: ct)
+    assert any("int16" in p and "intensities" in p for p in audit_bank(bad))
+    assert main(["bank", "audit", str(bad)]) == 1
+
+
 def test_intensities_hidden_in_the_manifest_are_caught(bank_file, tmp_path):
     bad = _plant(bank_file, tmp_path / "m.bank",
                  lambda m: m["organs"][0]["shapes"][0].update(intensity=[12.5, -1000.0, 40.0]))
