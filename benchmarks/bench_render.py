@@ -135,7 +135,8 @@ def figures(out: Path) -> None:
         p = draw_render_params(np.random.default_rng(2026 + i), 13, mode, PATCH)
         img = apply_render(lab, [p])[0, 0].numpy()
         name = mode.replace("+", "_")
-        save_figure(img, lab[0].numpy(), f"render='{mode}' (12 ellipsoids, seed {2026 + i})", out / f"render_{name}.png")
+        title = f"render='{mode}' (12 ellipsoids, seed {2026 + i})"
+        save_figure(img, lab[0].numpy(), title, out / f"render_{name}.png")
         print(out / f"render_{name}.png")
     pp = draw_primitive_params(np.random.default_rng(2026), PATCH)
     plab = apply_primitives([pp], PATCH)

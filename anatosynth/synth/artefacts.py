@@ -1,7 +1,7 @@
 """Acquisition artefacts and device-independent random fields for rendered patches.
 
 Everything random is drawn in numpy (:func:`draw_artefacts`) and stored in an :class:`ArtefactParams`;
-:func:`apply_artefacts` then applies it with torch, batched, in a fixed order:
+:func:`apply_artefacts_` then applies it in place with torch, sample by sample, in a fixed order:
 Gaussian blur -> multiplicative bias field -> Gaussian noise -> min-max rescaling -> gamma -> clamp.
 (Each step is skipped for a sample that does not use it.)
 
