@@ -33,12 +33,14 @@ BODY_HI = np.array([180.0, 130.0, 170.0])
 
 @dataclass(frozen=True)
 class Blob:
-    """Deformed ellipsoid: centre, semi-axes (mm), rotation (Euler degrees about x, y, z), taper along x."""
+    """Deformed ellipsoid: centre, semi-axes (mm), rotation (Euler degrees about x, y, z), taper along x,
+    and an optional dent (centre x, y, z and radius in semi-axis units) carved from it, e.g. a hilum."""
 
     centre: tuple[float, float, float]
     semi: tuple[float, float, float]
     euler: tuple[float, float, float] = (0.0, 0.0, 0.0)
     taper: float = 0.0
+    dent: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,12 @@ class Tube:
 # Target volumes (ICRP 89 adult reference, ml): liver ~1500-1800, spleen ~150, kidneys ~150 each,
 # pancreas ~80-140, stomach (wall + content, moderately filled) ~250-400, gallbladder ~30-50, adrenals ~5.
 PHANTOM_ORGANS: dict[str, Blob | Tube] = {
-    "liver": Blob((55, 5, 60), (82, 64, 56), (0, 0, -10), taper=0.3),
-    "stomach": Blob((-46, 26, 45), (38, 30, 58), (10, -25, 0)),
-    "spleen": Blob((-90, -20, 50), (28, 24, 55), (0, 20, -30)),
-    "kidney_right": Blob((65, -55, -15), (28, 22, 55), (-10, 15, 0)),
-    "kidney_left": Blob((-62, -50, 2), (28, 22, 55), (-10, -15, 0)),
+    "liver": Blob((50, 8, 60), (82, 64, 56), (0, 0, -10), taper=0.3),
+    "stomach": Tube(((-52, 15, 78), (-48, 28, 50), (-38, 42, 24), (-18, 46, 12), (0, 38, 16)),
+                    (30, 31, 27, 19, 12)),
+    "spleen": Blob((-90, -20, 50), (28, 24, 55), (0, 20, -30), dent=(1.0, 0.5, 0.0, 0.6)),
+    "kidney_right": Blob((65, -55, -15), (28, 22, 55), (-10, 15, 0), dent=(-1.05, 0.1, 0.0, 0.45)),
+    "kidney_left": Blob((-62, -50, 2), (28, 22, 55), (-10, -15, 0), dent=(1.05, 0.1, 0.0, 0.45)),
     "duodenum": Tube(((-5, 35, 22), (20, 25, 10), (45, 15, -5), (48, 5, -30), (30, 0, -52), (0, 0, -55), (-22, 5, -40)),
                      (13, 13, 12, 12, 11, 11, 11)),
     "pancreas": Tube(((30, 5, -25), (5, 10, -5), (-30, 5, 10), (-65, -10, 25), (-88, -20, 35)),
@@ -153,7 +156,11 @@ def _paint_blob(label: np.ndarray, value: int, blob: Blob, d: _Draw, spacing: np
         wobble = 1.0 + (amps * np.cos(_mat(u, freqs) + phases)).sum(-1)
         if blob.taper:
             r = r / np.clip(1.0 + blob.taper * u[..., 0] * np.minimum(r, 1.5), 0.3, None)
-        return r <= wobble
+        keep = r <= wobble
+        if blob.dent is not None:
+            dent = np.asarray(blob.dent[:3], np.float32)
+            keep &= ((q - dent) ** 2).sum(-1) > blob.dent[3] ** 2
+        return keep
 
     reach = semi.max() * (1.0 + amps.sum()) * (1.0 + 1.5 * abs(blob.taper))
     _paint(label, value, inside, centre - reach, centre + reach, spacing)
