@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
-from anatosynth.errors import AnatosynthError
+__all__ = ["register"]
 
 
-def _not_yet(args):
-    raise AnatosynthError(f"'{args.verb}' is not implemented yet")
+def _run(args) -> int:
+    from anatosynth.evaluate.evaluate import evaluate
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cases = [c for c in args.cases.split(",") if c] if args.cases else None
+    summary = evaluate(args.data, args.model, args.out, cases=cases, overlap=args.overlap, sw_batch=args.sw_batch,
+                       save_predictions=not args.no_predictions, progress=not args.quiet)
+    mean = summary.get("mean_dice")
+    print(f"evaluated {summary['n_cases']} case(s) ({summary['cases_from']}); mean Dice "
+          f"{'n/a' if mean is None else f'{mean:.4f}'}; reports in {args.out} (summary.md, summary.json, per_case.csv)")
+    return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="sliding-window inference and Dice/HD95 reports")
-    p.set_defaults(func=_not_yet)
+    p = sub.add_parser(
+        "evaluate", help="sliding-window inference and Dice/HD95 reports",
+        description="Predict a dataset's cases with a fine-tuned run (predictions in each case's original "
+                    "geometry and label ids) and report per-class Dice and HD95.")
+    p.add_argument("--data", required=True, help="dataset folder, dataset.json or datalist JSON")
+    p.add_argument("--model", required=True, help="fine-tuned run folder (or its model.pt)")
+    p.add_argument("--out", required=True, help="report folder (summary.json, per_case.csv, summary.md, predictions/)")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated case names (default: the run's evaluation split, else all cases)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--no-predictions", action="store_true", help="do not write prediction NIfTI files")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

@@ -1,14 +1,86 @@
-"""CLI of ``anatosynth finetune``."""
+"""CLI of ``anatosynth finetune``: train on real labelled scans, from scratch or from pre-trained weights."""
 
 from __future__ import annotations
 
-from anatosynth.errors import AnatosynthError
+from anatosynth.errors import ConfigError
+
+__all__ = ["register", "parse_patch", "parse_pair"]
 
 
-def _not_yet(args):
-    raise AnatosynthError(f"'{args.verb}' is not implemented yet")
+def parse_patch(text: str) -> tuple[int, int, int]:
+    """``96`` → (96, 96, 96); ``96,96,32`` or ``96x96x32`` → (96, 96, 32)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--patch must be N or X,Y,Z (integers), got {text!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or min(values) < 8:
+        raise ConfigError(f"--patch must be N or X,Y,Z with sizes >= 8, got {text!r}")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def parse_pair(text: str) -> tuple[float, float]:
+    """``-175,250`` → (-175.0, 250.0)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--window must be LOW,HIGH (two numbers), got {text!r}") from None
+    return lo, hi
+
+
+def _run(args) -> int:
+    from anatosynth.io.canonical import parse_spacing
+    from anatosynth.train.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        data=args.data, out=args.out, init=args.init, model=args.model, feature_size=args.feature_size,
+        patch=parse_patch(args.patch), steps=args.steps, train_cases=args.train_cases,
+        val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
+        spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, crops=args.crops, val_every=args.val_every,
+        val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch, overwrite=args.overwrite)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = finetune(cfg, progress=not args.quiet)
+    print(f"fine-tuned run written to {out} (model.pt = best on validation)")
+    return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", help="finetune a network")
-    p.set_defaults(func=_not_yet)
+    p = sub.add_parser(
+        "finetune", help="fine-tune a network on real labelled scans (from scratch or pre-trained weights)",
+        description="Fine-tune a MONAI network on a labelled dataset (MSD, nnU-Net or datalist layout). "
+                    "Classes come from the dataset's label names; --init RUN/model.pt transfers weights by "
+                    "name and shape (output head re-initialised when the classes differ).")
+    p.add_argument("--data", required=True, help="dataset folder, dataset.json or datalist JSON")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--init", default="none",
+                   help="'none' (from scratch), an anatosynth RUN/model.pt, or a MONAI/SwinUNETR checkpoint "
+                        "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
+    p.add_argument("--model", default="swinunetr", help="swinunetr | unetr | unet | dynunet (default swinunetr)")
+    p.add_argument("--feature-size", type=int, default=48, help="network width (default 48)")
+    p.add_argument("--patch", default="96", help="training/inference patch, N or X,Y,Z (default 96)")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--train-cases", type=int, default=None,
+                   help="number of training cases drawn by --seed (default: all but ~20%% held out)")
+    p.add_argument("--val-cases", default=None, help="comma-separated case names forming the evaluation set")
+    p.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
+    p.add_argument("--val-max-cases", type=int, default=4, help="evaluation cases used for validation (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and crops")
+    p.add_argument("--spacing", default="1.5,1.5,2.0", help="target spacing in mm (default 1.5,1.5,2.0)")
+    p.add_argument("--modality", default=None, help="CT or MR (default: from dataset.json)")
+    p.add_argument("--window", default="-175,250", help="CT window in HU, LOW,HIGH (default -175,250)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default min(steps/10, 100))")
+    p.add_argument("--crops", type=int, default=2, help="crops per step from one case (default 2; BTCV uses 4)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for validation (default 0.5)")
+    p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)

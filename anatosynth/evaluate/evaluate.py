@@ -1,0 +1,121 @@
+"""``anatosynth evaluate``: predict real scans with a fine-tuned run and score them against their labels.
+
+For each case: load and check image and label (same geometry), preprocess as at training time
+(the run's ``metadata.json``), sliding-window inference, probabilities brought back to the original
+grid, argmax, class indices mapped to the dataset's own label ids (by class name), prediction saved as
+``predictions/CASE.nii.gz`` with the image's affine, then Dice/HD95 per class on the original grid.
+
+Which cases: ``cases`` if given; otherwise the run's evaluation split (``split.json``) when all those
+cases are in the dataset; otherwise every case with an image. Cases without a label map are predicted
+but not scored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from anatosynth.errors import InputError
+from anatosynth.io import Volume, check_same_geometry, load_image, load_label, read_dataset, save_volume
+from anatosynth.io.datasets import Dataset
+from anatosynth.io.volume import ensure_writable_dir
+from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
+from anatosynth.evaluate.metrics import ClassScore, case_scores
+from anatosynth.evaluate.report import summarise, write_reports
+from anatosynth.train.preprocess import ClassMap, prepare_image
+
+__all__ = ["evaluate", "dataset_classes", "choose_cases"]
+
+
+def dataset_classes(run: Run, dataset: Dataset, source: str | Path) -> ClassMap:
+    """The run's classes with the dataset's label ids, matched by name.
+
+    Raises:
+        InputError: the run and the dataset do not name the same foreground classes.
+    """
+    by_name = {name: ident for ident, name in dataset.labels.items()}
+    run_fg, data_fg = run.classes.names[1:], [n for i, n in sorted(dataset.labels.items()) if i != 0]
+    missing, extra = [n for n in run_fg if n not in by_name], [n for n in data_fg if n not in run_fg]
+    if missing or extra:
+        parts = ([f"run classes not in the dataset: {', '.join(missing)}"] if missing else []) + \
+                ([f"dataset classes the run does not predict: {', '.join(extra)}"] if extra else [])
+        raise InputError(source, "class names differ from the run's; " + "; ".join(parts))
+    return ClassMap([0] + [int(by_name[n]) for n in run_fg], list(run.classes.names))
+
+
+def choose_cases(dataset: Dataset, run: Run, cases: list[str] | None) -> tuple[list, str]:
+    """Cases to evaluate and a short note saying why these."""
+    if cases:
+        return dataset.select(cases).cases, "named on the command line"
+    split = read_split(run.path)
+    names = {c.name for c in dataset.cases}
+    if split and split.get("eval") and all(n in names for n in split["eval"]):
+        return dataset.select(list(split["eval"])).cases, "the run's evaluation split (split.json)"
+    return [c for c in dataset.cases if c.image is not None], "all cases of the dataset"
+
+
+def _id_dtype(ids: list[int]) -> str:
+    return "uint8" if max(ids) < 256 else ("uint16" if max(ids) < 65536 else "int32")
+
+
+def _load_pair(case, names: dict[int, str]) -> tuple[Volume, Volume | None]:
+    """Image and (optional) label of a case, checked to share one geometry and known label ids."""
+    image = load_image(case.image)
+    if case.label is None:
+        return image, None
+    label = load_label(case.label, names=names)
+    check_same_geometry(image, label, case.label)
+    return image, label
+
+
+def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
+             overlap: float = 0.5, sw_batch: int = 1, save_predictions: bool = True,
+             progress: bool = True) -> dict:
+    """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
+
+    Raises:
+        InputError: unreadable run or data, class names that do not match, image/label geometry mismatch,
+            label ids not named by the dataset.
+    """
+    from tqdm import tqdm
+
+    from anatosynth.errors import ConfigError
+
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
+    if sw_batch < 1:
+        raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
+    run = load_run(run_path)
+    dataset = read_dataset(data)
+    classes = dataset_classes(run, dataset, data)
+    chosen, why = choose_cases(dataset, run, cases)
+    if not chosen:
+        raise InputError(data, "no cases to evaluate")
+    missing_image = [c.name for c in chosen if c.image is None]
+    if missing_image:
+        raise InputError(data, f"cases without an image: {', '.join(missing_image)}")
+    out = ensure_writable_dir(out)
+    pred_dir = ensure_writable_dir(out / "predictions") if save_predictions else None
+    fg = {name: ident for name, ident in zip(classes.names[1:], classes.ids[1:])}
+    scores: dict[str, dict[str, ClassScore]] = {}
+    unlabelled, seconds = [], {}
+    for case in tqdm(chosen, desc="evaluating", unit="case", disable=not progress):
+        start = time.time()
+        image, label = _load_pair(case, dict(dataset.labels))
+        prepared = prepare_image(case.name, image, run.preprocess)
+        run_pred = predict_prepared(run, prepared, overlap, sw_batch)
+        pred = Volume(classes.to_ids(run.classes.to_index(run_pred.array)), image.affine.copy())
+        if pred_dir is not None:
+            save_volume(pred, pred_dir / f"{case.name}.nii.gz", dtype=_id_dtype(classes.ids))
+        if label is None:
+            unlabelled.append(case.name)
+        else:
+            scores[case.name] = case_scores(pred.array, label.array, fg, image.spacing)
+        seconds[case.name] = round(time.time() - start, 2)
+    summary = summarise(scores, classes.names[1:])
+    summary = {"n_cases": len(scores), "cases_from": why, "unlabelled_cases": unlabelled,
+               "run": {"model": str(run.path), "data": str(data), "overlap": overlap, "sw_batch": sw_batch,
+                       "architecture": run.metadata.get("model"), "preprocess": run.preprocess.to_dict()},
+               "label_ids": dict(zip(classes.names[1:], classes.ids[1:])), "seconds": seconds, **summary}
+    write_reports(summary, out, title=f"Evaluation of {Path(run.path).name} on {dataset.name or Path(data).name}")
+    return summary

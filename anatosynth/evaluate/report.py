@@ -1,0 +1,124 @@
+"""Evaluation reports: ``summary.json``, ``per_case.csv`` and ``summary.md`` (a table for people).
+
+Undefined values (see :mod:`anatosynth.evaluate.metrics`) are ``null`` in JSON, empty in CSV and
+``n/a`` in Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from anatosynth.evaluate.metrics import ClassScore
+from anatosynth.io.volume import atomic_write_bytes
+
+__all__ = ["summarise", "write_reports", "markdown_table"]
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def _stats(values: list[float]) -> dict:
+    arr = _finite(values)
+    if arr.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
+
+
+def _json_value(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def summarise(scores: dict[str, dict[str, ClassScore]], class_names: list[str]) -> dict:
+    """Aggregate per-case scores (case → class → score) into per-class and overall statistics."""
+    classes = {}
+    for name in class_names:
+        rows = [scores[c][name] for c in scores]
+        counts = {s: sum(1 for r in rows if r.status == s) for s in ("ok", "missed", "false_positive", "absent")}
+        classes[name] = {"dice": _stats([r.dice for r in rows]), "hd95": _stats([r.hd95 for r in rows]),
+                         "cases": len(rows), **{f"n_{k}": v for k, v in counts.items()}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        case_means = {c: float(np.nanmean([s.dice for s in per.values()])) if per else math.nan
+                      for c, per in scores.items()}
+    class_means = [v["dice"]["mean"] for v in classes.values() if v["dice"]["mean"] is not None]
+    hd_means = [v["hd95"]["mean"] for v in classes.values() if v["hd95"]["mean"] is not None]
+    return {
+        "classes": classes,
+        "mean_dice": float(np.mean(class_means)) if class_means else None,
+        "mean_hd95": float(np.mean(hd_means)) if hd_means else None,
+        "case_mean_dice": {c: _json_value(v) for c, v in case_means.items()},
+        "per_case": {c: {n: {"dice": _json_value(s.dice), "hd95": _json_value(s.hd95), "status": s.status,
+                             "ref_voxels": s.ref_voxels, "pred_voxels": s.pred_voxels}
+                         for n, s in per.items()} for c, per in scores.items()},
+    }
+
+
+def _fmt(stats: dict, digits: int) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _cell(v: float, digits: int) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def markdown_table(summary: dict, title: str = "Evaluation") -> str:
+    """Per-class table (Dice and HD95 mean ± std with n) and a per-case Dice table."""
+    lines = [f"# {title}", ""]
+    meta = summary.get("run", {})
+    if meta:
+        lines += [f"Model: `{meta.get('model')}` · data: `{meta.get('data')}` · cases: {summary.get('n_cases')} · "
+                  f"sliding-window overlap {meta.get('overlap')}", ""]
+    lines += ["| class | Dice (mean ± std) | n | HD95 mm (mean ± std) | n | absent in both | missed | false positive |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, c in summary["classes"].items():
+        lines.append(f"| {name} | {_fmt(c['dice'], 3)} | {c['dice']['n']} | {_fmt(c['hd95'], 1)} | {c['hd95']['n']} | "
+                     f"{c['n_absent']} | {c['n_missed']} | {c['n_false_positive']} |")
+    md, mh = summary.get("mean_dice"), summary.get("mean_hd95")
+    lines.append(f"| **mean of classes** | **{_cell(md, 3)}** | | **{_cell(mh, 1)}** | | | | |")
+    lines += ["", "Dice 0 when a class is missed or predicted where the reference has none; HD95 is then undefined. "
+              "A class absent from both reference and prediction is n/a and left out of the means "
+              "(std is the population std over the n defined values).", ""]
+    names = list(summary["classes"])
+    if summary["per_case"] and len(summary["per_case"]) <= 200:
+        lines += ["## Dice per case", "", "| case | " + " | ".join(names) + " | mean |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for case, per in summary["per_case"].items():
+            cells = [_cell(per[n]["dice"], 3) for n in names]
+            lines.append(f"| {case} | " + " | ".join(cells) + f" | {_cell(summary['case_mean_dice'][case], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(summary: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "class", "dice", "hd95_mm", "status", "ref_voxels", "pred_voxels"])
+    for case, per in summary["per_case"].items():
+        for name, s in per.items():
+            w.writerow([case, name, "" if s["dice"] is None else f"{s['dice']:.6f}",
+                        "" if s["hd95"] is None else f"{s['hd95']:.4f}", s["status"], s["ref_voxels"], s["pred_voxels"]])
+    return buf.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_reports(summary: dict, out: str | Path, title: str = "Evaluation") -> dict[str, Path]:
+    """Write summary.json, per_case.csv and summary.md into ``out`` (each atomically)."""
+    out = Path(out)
+    paths = {"json": out / "summary.json", "csv": out / "per_case.csv", "md": out / "summary.md"}
+    _write(paths["json"], json.dumps(summary, indent=1) + "\n")
+    _write(paths["csv"], _csv(summary))
+    _write(paths["md"], markdown_table(summary, title))
+    return paths

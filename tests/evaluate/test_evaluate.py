@@ -1,0 +1,71 @@
+"""``anatosynth evaluate`` on a tiny synthetic dataset: geometry, label ids, reports, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from anatosynth.cli import main
+from anatosynth.errors import InputError
+from anatosynth.evaluate.evaluate import evaluate
+
+
+def test_predictions_land_in_original_geometry_with_dataset_ids(tiny_run, synthetic_dataset, tmp_path):
+    summary = evaluate(synthetic_dataset, tiny_run, tmp_path / "report", progress=False)
+    assert summary["cases_from"].startswith("the run's evaluation split")
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert sorted(summary["per_case"]) == sorted(split["eval"])
+    for case in split["eval"]:
+        pred = nib.load(tmp_path / "report" / "predictions" / f"{case}.nii.gz")
+        ref = nib.load(synthetic_dataset / "labelsTr" / f"{case}.nii.gz")
+        assert pred.shape == ref.shape
+        np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 200, 500}
+    assert set(summary["classes"]) == {"ball", "box"}
+    assert summary["label_ids"] == {"ball": 200, "box": 500}
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "| ball |" in md and "| box |" in md
+
+
+def test_cases_option_and_unknown_case(tiny_run, synthetic_dataset, tmp_path):
+    summary = evaluate(synthetic_dataset, tiny_run, tmp_path / "r", cases=["case_00"], progress=False,
+                       save_predictions=False)
+    assert list(summary["per_case"]) == ["case_00"]
+    assert not (tmp_path / "r" / "predictions").exists()
+    with pytest.raises(InputError, match="not in dataset"):
+        evaluate(synthetic_dataset, tiny_run, tmp_path / "r2", cases=["nope"], progress=False)
+
+
+def test_class_names_must_match(tiny_run, synthetic_dataset, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_dataset, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"]["500"] = "cube"
+    (other / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="class names differ.*box.*cube"):
+        evaluate(other, tiny_run, tmp_path / "r", progress=False)
+
+
+def test_geometry_mismatch_is_a_clear_cli_error(tiny_run, synthetic_dataset, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(synthetic_dataset, bad)
+    lab = nib.load(bad / "labelsTr" / "case_02.nii.gz")
+    shifted = lab.affine.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), shifted), bad / "labelsTr" / "case_02.nii.gz")
+    code = main(["evaluate", "--data", str(bad), "--model", str(tiny_run), "--out", str(tmp_path / "r"),
+                 "--cases", "case_02", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "case_02.nii.gz" in err and "affines differ" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_run_folder_without_finetune_metadata(tmp_path, capsys):
+    code = main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""Fine-tuning: deterministic splits, run folder contents, seeding and clear errors (tiny synthetic data)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from anatosynth.cli import main
+from anatosynth.errors import ConfigError
+from anatosynth.io.datasets import Case
+from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, make_split
+from anatosynth.train.finetune_cli import parse_patch
+
+
+def _write_dataset(root: Path, n: int = 3, seed: int = 0, shape=(26, 24, 16)) -> Path:
+    """A tiny MSD-style CT dataset with non-contiguous ids 200 ('ball') and 500 ('box'), LPS at 2x2x3 mm."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    affine = np.diag([-2.0, -2.0, 3.0, 1.0])
+    entries = []
+    for i in range(n):
+        grid = np.indices(shape)
+        c = np.array(shape) / 2 + rng.integers(-2, 3, 3)
+        label = np.zeros(shape, np.uint16)
+        label[((grid - c[:, None, None, None]) ** 2 * np.array([1, 1, 4])[:, None, None, None]).sum(0) < 30] = 200
+        label[2:8, 2:7, 2:6] = 500
+        image = np.where(label == 200, 150, np.where(label == 500, 60, -100)) + rng.normal(0, 15, shape)
+        nib.save(nib.Nifti1Image(image.astype(np.int16), affine), root / "imagesTr" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"c{i}.nii.gz")
+        entries.append({"image": f"imagesTr/c{i}.nii.gz", "label": f"labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "modality": {"0": "CT"}, "labels": {"0": "background", "200": "ball", "500": "box"},
+        "training": entries}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return _write_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def _cfg(data: Path, out: Path, **kw) -> FinetuneConfig:
+    base = dict(data=str(data), out=str(out), model="unet", feature_size=4, patch=(32, 32, 32), steps=3,
+                train_cases=2, seed=3, spacing=(3.0, 3.0, 3.0), val_every=2)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _cases(n: int) -> list[Case]:
+    return [Case(f"c{i:02d}", Path(f"i{i}"), Path(f"l{i}")) for i in range(n)]
+
+
+def test_split_is_deterministic_and_disjoint():
+    a = make_split(_cases(10), 4, seed=7)
+    assert a == make_split(_cases(10), 4, seed=7)
+    assert a != make_split(_cases(10), 4, seed=8)
+    assert len(a["train"]) == 4 and len(a["eval"]) == 6 and not set(a["train"]) & set(a["eval"])
+    assert a["val"] == a["eval"][:4]
+    b = make_split(_cases(10), 2, seed=7, val_cases=["c00", "c01"])
+    assert b["eval"] == ["c00", "c01"] and not {"c00", "c01"} & set(b["train"]) and len(b["train"]) == 2
+
+
+def test_split_errors():
+    with pytest.raises(ConfigError, match="leaves no evaluation case"):
+        make_split(_cases(3), 3, seed=0)
+    with pytest.raises(ConfigError, match="no training cases left"):
+        make_split(_cases(2), 1, seed=0, val_cases=["c00", "c01"])
+    with pytest.raises(ConfigError, match="not among the labelled cases"):
+        make_split(_cases(3), 1, seed=0, val_cases=["zz"])
+    unlabelled = [Case("u", Path("i"), None)] + _cases(2)
+    assert "u" not in make_split(unlabelled, 1, seed=0)["eval"]
+
+
+def test_class_dice_marks_absent_classes():
+    pred = np.array([0, 1, 1, 2])
+    ref = np.array([0, 1, 2, 2])
+    d = class_dice(pred, ref, 4)
+    assert d[0] == pytest.approx(2 / 3) and d[1] == pytest.approx(2 / 3) and np.isnan(d[2])
+
+
+def test_parse_patch():
+    assert parse_patch("96") == (96, 96, 96)
+    assert parse_patch("96x96x32") == (96, 96, 32)
+    with pytest.raises(ConfigError):
+        parse_patch("4")
+
+
+def test_finetune_writes_a_complete_seeded_run(dataset, tmp_path):
+    run = finetune(_cfg(dataset, tmp_path / "a"), progress=False)
+    for name in ("config.yaml", "config.json", "split.json", "train.log", "model.pt", "last.pt", "metadata.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["class_names"] == ["background", "ball", "box"] and meta["label_ids"] == [0, 200, 500]
+    assert meta["preprocess"]["modality"] == "CT" and meta["preprocess"]["spacing"] == [3.0, 3.0, 3.0]
+    assert meta["model"]["out_channels"] == 3 and 1 <= meta["best_step"] <= 3
+    assert "val dice" in (run / "train.log").read_text()
+    again = finetune(_cfg(dataset, tmp_path / "b"), progress=False)
+    assert (run / "split.json").read_text() == (again / "split.json").read_text()
+    w1 = torch.load(run / "last.pt", weights_only=True)
+    w2 = torch.load(again / "last.pt", weights_only=True)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
+
+    # --init from that run: same classes, everything transferred
+    third = finetune(_cfg(dataset, tmp_path / "c", init=str(run / "model.pt"), steps=1), progress=False)
+    report = json.loads((third / "transfer.json").read_text())
+    assert report["n_skipped"] == 0 and report["n_not_initialised"] == 0 and not report["head_reinitialised"]
+
+
+def test_existing_run_is_not_overwritten(dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"x")
+    code = main(["finetune", "--data", str(dataset), "--out", str(out), "--model", "unet", "--feature-size", "4",
+                 "--patch", "32", "--steps", "1", "--train-cases", "1", "--quiet"])
+    assert code == 2 and (out / "model.pt").read_bytes() == b"x"
+
+
+def _cli(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--data", str(dataset), "--out", str(out), "--model", "unet", "--feature-size", "4",
+            "--patch", "32", "--steps", "1", "--spacing", "3,3,3", "--quiet", *extra]
+
+
+def test_cli_errors_are_one_line_and_write_nothing(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_cli(dataset, out, "--train-cases", "3")) == 2
+    assert "leaves no evaluation case" in capsys.readouterr().err
+    from anatosynth.train.models import ModelSpec, build_model
+
+    torch.save(build_model(ModelSpec("unet", 2, 3, 4, (32, 32, 32))).state_dict(), tmp_path / "two.pt")
+    assert main(_cli(dataset, out, "--train-cases", "2", "--init", str(tmp_path / "two.pt"))) == 2
+    err = capsys.readouterr().err
+    assert "two.pt: checkpoint was trained with 2 input channel(s) but the network has 1" in err
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    lab = nib.load(bad / "labelsTr" / "c1.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:-1], lab.affine), bad / "labelsTr" / "c1.nii.gz")
+    assert main(_cli(bad, out, "--val-cases", "c0", "--train-cases", "2")) == 2
+    err = capsys.readouterr().err
+    assert "c1.nii.gz: image shape" in err and "Traceback" not in err
+    assert main(_cli(dataset, out, "--train-cases", "2", "--modality", "PET")) == 2
+    assert "unknown modality" in capsys.readouterr().err
+    assert not out.exists()
