@@ -28,6 +28,16 @@ def test_image_roundtrip_keeps_geometry(tmp_path):
     np.testing.assert_allclose(back.affine, affine)
 
 
+def test_saved_files_follow_umask(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        out = save_volume(Volume(np.zeros((2, 2, 2), np.float32), np.eye(4)), tmp_path / "m.nii.gz")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 def test_float_labels_accepted_when_integral(tmp_path, tiny_label):
     write_nifti(tmp_path / "f.nii.gz", tiny_label.astype(np.float64))
     vol = load_label(tmp_path / "f.nii.gz")
