@@ -4,8 +4,10 @@ Following Tadokoro et al. (BMVC 2023; see docs/method.md): 32 classes = 8 cross-
 random 3- to 9-gons with one vertex per angular sector) x 4 height profiles (prism, pyramid, hourglass,
 rhombus). About 20 objects per 96^3 volume, sorted largest first, each placed at a random position that
 is retried up to 100 times until at most 70% of its volume overlaps objects already placed (else it is
-dropped); later objects' labels win. No rotation, no noise. The image is PrimGeoSeg's per-slice contour
-(``render="contour"`` in :mod:`anatosynth.synth.render`); the label is the filled shape.
+dropped); later objects' labels win. No 3-D rotation, no noise. The label is the filled shape. The image is
+PrimGeoSeg's per-slice contour: either :func:`primitive_contours` (each object's own outline, union over
+objects, exactly as PrimGeoSeg draws it) or ``render="contour"`` of :mod:`anatosynth.synth.render`
+(outlines of the final label map, the same code path as every other mode).
 
 :func:`draw_primitive_params` does all the random drawing and the overlap test in numpy and stores each
 object as integer arrays (a 2-D base mask and a per-slice index map), so :func:`apply_primitives` only
@@ -31,16 +33,18 @@ __all__ = [
     "PrimitiveParams",
     "draw_primitive_params",
     "apply_primitives",
+    "primitive_contours",
     "object_mask",
 ]
 
 CROSS_SECTIONS = ("ellipse", "triangle", "quadrilateral", "pentagon", "hexagon", "heptagon", "octagon", "nonagon")
-PROFILES = ("prism", "pyramid", "hourglass", "rhombus")
+PROFILES = ("prism", "hourglass", "pyramid", "rhombus")  # PrimGeoSeg's class order
 NUM_PRIMITIVE_CLASSES = len(CROSS_SECTIONS) * len(PROFILES)  # 32
 PRIMITIVE_CLASS_NAMES: list[str] = ["background"] + [f"{c}_{p}" for c in CROSS_SECTIONS for p in PROFILES]
 
-BOX_SIDE = (30, 80)  # in-plane box side (voxels), uniform integer
-MIN_RADIUS = 15  # vertex radius / ellipse semi-axis between 15 and half the box side
+BOX_SIDE = (30, 80)  # polygon box side (voxels), uniform integer
+MIN_RADIUS = 15  # polygon vertex radius between 15 and half the box side; ellipse semi-axes from 15
+ELLIPSE_RMAX = (15, 40)  # ellipse: R_max uniform integer, semi-axes uniform integer in [15, R_max], box 2 max(a, b)
 HEIGHT = (10, 50)  # slices, uniform integer
 BREAK_MARGIN = 3  # profile break point between slice 3 and height - 3
 END_SCALE = (0.8, 1.0)  # hourglass ends / rhombus middle
@@ -113,32 +117,52 @@ def _polygon_mask(vertices: np.ndarray, side: int) -> np.ndarray:
     return inside
 
 
-def _cross_section(rng: np.random.Generator, kind: int, side: int) -> np.ndarray:
-    """Draw a base cross-section mask (side x side) of kind 0 (ellipse) or n-gon (kind + 2 vertices)."""
-    r_max = max(float(MIN_RADIUS), side / 2.0)
+def _ellipse_mask(a: float, b: float, angle_deg: float, side: int) -> np.ndarray:
+    """Filled ellipse with semi-axes a, b, rotated in-plane by angle_deg, centred in a side x side box."""
+    c = (side - 1) / 2.0
+    px, py = np.meshgrid(np.arange(side) - c, np.arange(side) - c, indexing="ij")
+    t = np.deg2rad(angle_deg)
+    u = px * np.cos(t) + py * np.sin(t)
+    v = -px * np.sin(t) + py * np.cos(t)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def _cross_section(rng: np.random.Generator, kind: int, max_side: int) -> np.ndarray:
+    """Draw a base cross-section mask of kind 0 (ellipse) or an n-gon with n = kind + 2 vertices.
+
+    As in PrimGeoSeg: ellipses have R_max ~ U{15..40}, semi-axes ~ U{15..R_max}, a box of side 2 max(a, b)
+    and an in-plane rotation ~ U{0..180} degrees; n-gons have a box side ~ U{30..80}, one vertex per
+    angular sector (integer degrees, uniform in the sector) at radius ~ U{15..side // 2}.
+    """
     if kind == 0:
-        a, b = rng.uniform(MIN_RADIUS, r_max, size=2)
-        c = (side - 1) / 2.0
-        px, py = np.meshgrid(np.arange(side) - c, np.arange(side) - c, indexing="ij")
-        return (px / a) ** 2 + (py / b) ** 2 <= 1.0
+        r_max = int(rng.integers(ELLIPSE_RMAX[0], ELLIPSE_RMAX[1] + 1))
+        a, b = rng.integers(MIN_RADIUS, r_max + 1, size=2)
+        angle = int(rng.integers(0, 181))
+        side = min(2 * int(max(a, b)), max_side)
+        return _ellipse_mask(min(a, side / 2), min(b, side / 2), angle, side)
+    side = int(min(rng.integers(BOX_SIDE[0], BOX_SIDE[1] + 1), max_side))
     n = kind + 2
-    angles = (np.arange(n) + rng.random(n)) * (2 * np.pi / n)  # one vertex per angular sector
-    radii = rng.uniform(MIN_RADIUS, r_max, size=n)
+    bins = np.linspace(0, 360, n + 1)
+    angles = np.deg2rad([rng.integers(int(bins[i]), int(bins[i + 1]) + 1) for i in range(n)])
+    radii = rng.integers(MIN_RADIUS, max(MIN_RADIUS, side // 2) + 1, size=n).astype(np.float64)
+    radii = np.minimum(radii, side / 2.0)
     verts = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
     return _polygon_mask(verts, side)
 
 
-def _profile(rng: np.random.Generator, kind: int, height: int) -> np.ndarray:
+def _profile(rng: np.random.Generator, name: str, height: int) -> np.ndarray:
     """Per-slice scale factors (height,) of a height profile."""
     z = np.arange(height, dtype=np.float64)
-    if kind == 0:  # prism
+    if name == "prism":
         return np.ones(height)
-    if kind == 1:  # pyramid / cone: full size at the bottom, shrinking linearly to an apex at the top
+    if name == "pyramid":  # pyramid / cone: full size at the bottom, shrinking linearly to an apex at the top
         return 1.0 - z / height
     brk = int(rng.integers(BREAK_MARGIN, max(BREAK_MARGIN, height - BREAK_MARGIN) + 1))
-    ends = rng.uniform(*END_SCALE, size=2) if kind == 2 else rng.uniform(*WAIST_SCALE, size=2)
-    mid = rng.uniform(*WAIST_SCALE) if kind == 2 else rng.uniform(*END_SCALE)
-    return np.interp(z, [0.0, float(brk), float(height - 1)], [ends[0], mid, ends[1]])
+    if name == "hourglass":
+        e0, mid, e1 = rng.uniform(*END_SCALE), rng.uniform(*WAIST_SCALE), rng.uniform(*END_SCALE)
+    else:  # rhombus
+        e0, mid, e1 = rng.uniform(*WAIST_SCALE), rng.uniform(*END_SCALE), rng.uniform(*WAIST_SCALE)
+    return np.interp(z, [0.0, float(brk), float(height - 1)], [e0, mid, e1])
 
 
 def _index_map(scales: np.ndarray, side: int) -> np.ndarray:
@@ -151,17 +175,17 @@ def _index_map(scales: np.ndarray, side: int) -> np.ndarray:
     return np.where(ok, src, -1).astype(np.int32)
 
 
-def _draw_object(rng: np.random.Generator, patch: tuple[int, int, int]) -> PrimitiveObject:
-    """Draw one unplaced object (class, shape, profile) fitting the patch."""
+def _draw_object(rng: np.random.Generator, patch: tuple[int, int, int]) -> tuple[PrimitiveObject, np.ndarray]:
+    """Draw one unplaced object (class, shape, profile) fitting the patch; returns it and its mask."""
     cls = int(rng.integers(NUM_PRIMITIVE_CLASSES))
     kind, prof = divmod(cls, len(PROFILES))
-    side = int(min(rng.integers(BOX_SIDE[0], BOX_SIDE[1] + 1), patch[0], patch[1]))
+    base = _cross_section(rng, kind, min(patch[0], patch[1]))
     height = int(min(rng.integers(HEIGHT[0], HEIGHT[1] + 1), patch[2]))
-    base = _cross_section(rng, kind, side)
-    index = _index_map(_profile(rng, prof, height), side)
+    index = _index_map(_profile(rng, PROFILES[prof], height), base.shape[0])
     obj = PrimitiveObject(label=cls + 1, origin=(0, 0, 0), base=base, index=index)
-    obj.volume = int(object_mask(obj).sum())
-    return obj
+    mask = object_mask(obj)
+    obj.volume = int(mask.sum())
+    return obj, mask
 
 
 def draw_primitive_params(
@@ -183,12 +207,11 @@ def draw_primitive_params(
     if n_objects < 0:
         raise ConfigError(f"n_objects must be >= 0, got {n_objects}")
     objs = [_draw_object(rng, patch) for _ in range(n_objects)]
-    objs.sort(key=lambda o: -o.volume)  # largest first (stable: ties keep draw order)
+    objs.sort(key=lambda om: -om[0].volume)  # largest first (stable: ties keep draw order)
     occupied = np.zeros(patch, bool)
     placed: list[PrimitiveObject] = []
     dropped = 0
-    for obj in objs:
-        mask = object_mask(obj)
+    for obj, mask in objs:
         sx, sy, sz = mask.shape
         # All candidate positions are drawn up front: the rng advances the same way whatever happens.
         xs = rng.integers(0, patch[0] - sx + 1, size=MAX_TRIES)
@@ -228,3 +251,42 @@ def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, i
             region = out[b, x:x + sx, y:y + sy, z:z + sz]
             region.masked_fill_(m.permute(1, 2, 0), obj.label)
     return out
+
+
+def _inplane_ring(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """Voxels of ``mask`` (H, S, S) within in-plane Chebyshev distance ``width`` of outside (box edge = outside)."""
+    core = mask
+    for _ in range(width):
+        for d in (1, 2):
+            n = core.shape[d]
+            pad = torch.nn.functional.pad(core, (1, 1) if d == 2 else (0, 0, 1, 1))
+            core = pad.narrow(d, 0, n) & pad.narrow(d, 1, n) & pad.narrow(d, 2, n)
+    return mask & ~core
+
+
+def primitive_contours(
+    params: Sequence[PrimitiveParams], patch: tuple[int, int, int], device="cpu", width: int = 2,
+    value: float = 128 / 255,
+) -> torch.Tensor:
+    """PrimGeoSeg's image, object by object: float32 [B, 1, X, Y, Z] in {0, value}.
+
+    Every placed object draws the ``width``-pixel in-plane outline of its own cross-section in every slice
+    (open top and bottom), and the image is the union of all outlines, as PrimGeoSeg's generator does
+    (outlines of objects partly hidden by later objects stay visible). ``render="contour"`` instead derives
+    the outline from the final label map.
+    """
+    patch = tuple(int(v) for v in patch)  # type: ignore[assignment]
+    drawn = torch.zeros((len(params), *patch), dtype=torch.bool, device=device)
+    for b, p in enumerate(params):
+        if tuple(p.patch) != patch:
+            raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {patch}")
+        for obj in p.objects:
+            base = torch.as_tensor(obj.base, device=device)
+            idx = torch.as_tensor(obj.index, dtype=torch.int64, device=device)
+            valid = idx >= 0
+            safe = idx.clamp(min=0)
+            m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]  # (H, S, S)
+            x, y, z = obj.origin
+            sx, sy, sz = obj.size
+            drawn[b, x:x + sx, y:y + sy, z:z + sz] |= _inplane_ring(m, width).permute(1, 2, 0)
+    return (drawn.float() * float(value))[:, None]

@@ -10,6 +10,7 @@ from scipy import ndimage
 from anatosynth.errors import ConfigError
 from anatosynth.synth.primitives import (
     NUM_PRIMITIVE_CLASSES,
+    primitive_contours,
     PRIMITIVE_CLASS_NAMES,
     PrimitiveObject,
     PrimitiveParams,
@@ -39,7 +40,8 @@ def paint_numpy(p: PrimitiveParams) -> np.ndarray:
 def test_class_names():
     assert NUM_PRIMITIVE_CLASSES == 32
     assert len(PRIMITIVE_CLASS_NAMES) == 33 and len(set(PRIMITIVE_CLASS_NAMES)) == 33
-    assert PRIMITIVE_CLASS_NAMES[:3] == ["background", "ellipse_prism", "ellipse_pyramid"]
+    assert PRIMITIVE_CLASS_NAMES[:5] == ["background", "ellipse_prism", "ellipse_hourglass", "ellipse_pyramid",
+                                         "ellipse_rhombus"]  # PrimGeoSeg's class order
     assert PRIMITIVE_CLASS_NAMES[-1] == "nonagon_rhombus"
 
 
@@ -79,6 +81,11 @@ def test_sizes_follow_primgeoseg(draws):
             s, _, h = o.size
             assert 30 <= s <= 80 and 10 <= h <= 50
             assert o.base.shape == (s, s) and o.index.shape == (h, s)
+            if o.label <= 4:  # ellipses: box side 2 max(a, b) <= 80; the larger semi-axis reaches the box edge
+                assert s % 2 == 0
+                c = (s - 1) / 2
+                px, py = np.nonzero(o.base)
+                assert abs(np.hypot(px - c, py - c).max() - s / 2) <= 1.5
 
 
 def test_torch_painting_matches_numpy_and_later_objects_win(draws):
@@ -111,7 +118,7 @@ def _single(label: int, rng_seed: int = 0) -> PrimitiveParams:
 
 def test_height_profiles_scale_the_cross_section():
     areas = {}
-    for name, label in (("prism", 1), ("pyramid", 2), ("hourglass", 3), ("rhombus", 4)):
+    for name, label in (("prism", 1), ("hourglass", 2), ("pyramid", 3), ("rhombus", 4)):
         m = object_mask(_single(label).objects[0])
         areas[name] = m.sum(axis=(0, 1))
     a = areas["prism"]
@@ -161,9 +168,33 @@ def test_bad_inputs():
         apply_primitives([p], PATCH)
 
 
+def test_per_object_contours_are_union_of_each_objects_own_outline(draws):
+    p = draws[1]
+    img = primitive_contours([p], PATCH)
+    assert img.shape == (1, 1, *PATCH) and img.dtype == torch.float32
+    assert set(img.unique().tolist()) == {0.0, float(np.float32(128 / 255))}
+    drawn = img[0, 0].numpy() > 0
+    ref = np.zeros(PATCH, bool)
+    for o in p.objects:
+        m = object_mask(o)
+        ring = m & ~ndimage.binary_erosion(m, np.ones((3, 3, 1)), iterations=2, border_value=0)  # in-plane
+        x, y, z = o.origin
+        sx, sy, sz = o.size
+        ref[x : x + sx, y : y + sy, z : z + sz] |= ring
+    np.testing.assert_array_equal(drawn, ref)
+    labels = apply_primitives([p], PATCH)[0].numpy()
+    assert np.all(labels[drawn] > 0)  # outlines lie inside objects
+    # a lone object away from the border: same image as the label-derived contour render
+    single = _single(5)
+    rp = draw_render_params(np.random.default_rng(0), 33, "contour", PATCH)
+    via_labels = apply_render(apply_primitives([single], PATCH), [rp])
+    assert torch.equal(primitive_contours([single], PATCH), via_labels)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_painting_matches_cpu(draws):
     assert torch.equal(apply_primitives(draws[:2], PATCH, "cuda").cpu(), apply_primitives(draws[:2], PATCH))
+    assert torch.equal(primitive_contours(draws[:2], PATCH, "cuda").cpu(), primitive_contours(draws[:2], PATCH))
 
 
 def test_object_dataclass_size():
