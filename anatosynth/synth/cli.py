@@ -1,14 +1,159 @@
-"""CLI verbs of the synthesis stage: ``anatosynth synth preview|export|bench``."""
+"""CLI verbs of the synthesis stage: ``anatosynth synth preview|export|bench``.
+
+Examples::
+
+    anatosynth synth preview --bank builtin:phantom --mode anatomy --render shell --n 8 --seed 0 --out preview.png
+    anatosynth synth export --bank bank.npz --n 500 --out synthetic_ds
+    anatosynth synth bench --device cpu --patch 96 --n 32 --json
+"""
 
 from __future__ import annotations
 
-from anatosynth.errors import AnatosynthError
+import argparse
+import json
+
+from anatosynth.errors import ConfigError
+
+__all__ = ["register", "parse_patch", "stream_from_args"]
+
+# kept literal here so that `anatosynth --help` does not import torch
+_MODES = ("anatomy", "random", "primitives")
+_RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 
-def _not_yet(args):
-    raise AnatosynthError(f"'{args.verb}' is not implemented yet")
+def parse_patch(text: str) -> tuple[int, int, int]:
+    """``"96"`` or ``"96x96x32"`` → (X, Y, Z); each a positive multiple of 32."""
+    from anatosynth.synth.config import check_patch
+
+    parts = str(text).lower().split("x")
+    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"patch size {text!r}: expected N or XxYxZ, e.g. 96 or 96x96x32")
+    values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
+    return check_patch(values)
+
+
+def _load_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    from pathlib import Path
+
+    import yaml
+
+    from anatosynth.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "synth config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(p, f"not a readable YAML/JSON file ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(p, "synth config must be a mapping of SynthConfig fields")
+    return data.get("synth", data) if isinstance(data.get("synth"), dict) else data
+
+
+def stream_from_args(args: argparse.Namespace):
+    """The :class:`~anatosynth.synth.SyntheticStream` the options describe (bank loaded, config checked)."""
+    from anatosynth.synth import SynthConfig, SyntheticStream
+
+    d = _load_config(getattr(args, "config", None))
+    d.update(mode=args.mode, render=args.render, patch=parse_patch(args.patch))
+    if args.no_anchors:
+        d["anchors"] = False
+    if args.no_graph:
+        d["graph"] = False
+    cfg = SynthConfig.from_dict(d)
+    bank = None
+    if cfg.mode != "primitives" or args.bank:
+        from anatosynth.bank import load_bank
+
+        bank = load_bank(args.bank or "builtin:phantom")
+    return SyntheticStream(bank, cfg, seed=args.seed)
+
+
+def _check_device(device: str) -> str:
+    from anatosynth.synth.generator import resolve_device
+
+    resolve_device(device)
+    return device
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from anatosynth.synth.preview import save_preview
+
+    if args.n < 1 or args.n > 64:
+        raise ConfigError(f"--n {args.n}: preview shows 1 to 64 samples")
+    stream = stream_from_args(args)
+    batch = stream.batch(range(args.n), _check_device(args.device))
+    cfg = stream.config
+    title = f"{cfg.mode} / {cfg.render}, seed {stream.seed}, {'x'.join(map(str, cfg.patch))} @ " \
+            f"{'x'.join(f'{v:g}' for v in stream.spacing)} mm"
+    out = save_preview(batch.image[:, 0].cpu().numpy(), batch.label.cpu().numpy(), stream.class_names,
+                       stream.spacing, args.out, title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from anatosynth.synth.export import export_dataset
+
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: export at least one sample")
+    stream = stream_from_args(args)
+    out = export_dataset(stream, args.n, args.out, _check_device(args.device), batch_size=args.batch)
+    print(f"wrote {args.n} cases to {out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from anatosynth.synth.bench import run_bench
+
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: benchmark at least one sample")
+    stream = stream_from_args(args)
+    result = run_bench(stream, n=args.n, batch=args.batch, device=_check_device(args.device))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['patches_per_s']:.2f} patches/s ({result['ms_per_patch']:.1f} ms/patch: draw "
+              f"{result['draw_ms_per_patch']:.1f}, apply {result['apply_ms_per_patch']:.1f}) on {result['device']}; "
+              f"organs placed {result['organs_placed_mean']:.2f}, forbidden overlap voxels "
+              f"{result['forbidden_overlap_voxels']}, peak RSS {result['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, n_default: int) -> None:
+    p.add_argument("--bank", default=None, help="bank file or builtin:phantom (default; not needed for primitives)")
+    p.add_argument("--mode", default="anatomy", choices=_MODES)
+    p.add_argument("--render", default="shell", choices=_RENDERS)
+    p.add_argument("--patch", default="96", help="patch size: N or XxYxZ, multiples of 32 (default 96)")
+    p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-anchors", action="store_true", help="ablation: ignore spatial anchors")
+    p.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
+    p.add_argument("--config", default=None, help="YAML/JSON file of further SynthConfig fields")
 
 
 def register(sub) -> None:
     p = sub.add_parser("synth", help="preview, export and benchmark synthetic patches")
-    p.set_defaults(func=_not_yet)
+    verbs = p.add_subparsers(dest="synth_verb", metavar="SYNTH_VERB")
+    verbs.required = True
+
+    pv = verbs.add_parser("preview", help="PNG of orthogonal slices with label overlay")
+    _common(pv, 8)
+    pv.add_argument("--out", required=True, help="output PNG")
+    pv.set_defaults(func=_preview)
+
+    pe = verbs.add_parser("export", help="write an MSD/nnU-Net dataset of synthetic patches")
+    _common(pe, 100)
+    pe.add_argument("--out", required=True, help="new (or empty) output folder")
+    pe.add_argument("--batch", type=int, default=4, help="patches made per step")
+    pe.set_defaults(func=_export)
+
+    pb = verbs.add_parser("bench", help="patches per second of the in-memory stream")
+    _common(pb, 32)
+    pb.add_argument("--batch", type=int, default=8, help="batch size")
+    pb.add_argument("--json", action="store_true", help="print JSON")
+    pb.set_defaults(func=_bench)

@@ -1,0 +1,151 @@
+"""Configuration of the synthetic stream: one dataclass, validated, saved with every run as a dict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from anatosynth.errors import ConfigError
+
+__all__ = ["MODES", "RENDER_NAMES", "WINDOW_POLICIES", "SynthConfig", "check_patch"]
+
+MODES = ("anatomy", "random", "primitives")
+# kept in step with anatosynth.synth.render.RENDERS (checked there at import time when present)
+RENDER_NAMES = ("shell", "fill", "shell+fill", "texture", "contour")
+WINDOW_POLICIES = ("organ", "body")
+
+
+def check_patch(patch) -> tuple[int, int, int]:
+    """Return ``patch`` as three ints, each a positive multiple of 32 (SwinUNETR's downsampling).
+
+    Raises:
+        ConfigError: wrong length, non-integers or an entry not divisible by 32.
+    """
+    if isinstance(patch, int):
+        patch = (patch, patch, patch)
+    try:
+        values = tuple(int(v) for v in patch)
+        exact = all(float(v) == int(v) for v in patch)
+    except (TypeError, ValueError):
+        raise ConfigError(f"patch size {patch!r}: expected three integers") from None
+    if len(values) != 3 or not exact:
+        raise ConfigError(f"patch size {patch!r}: expected three integers")
+    if any(v <= 0 or v % 32 for v in values):
+        raise ConfigError(f"patch size {'x'.join(map(str, values))}: every entry must be a positive "
+                          "multiple of 32")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class SynthConfig:
+    """How patches are synthesised. Defaults are the method's; ranges are inclusive.
+
+    Attributes:
+        mode: ``anatomy`` (anchors + graph), ``random`` (bank shapes, uniform positions, any rotation)
+            or ``primitives`` (PrimGeoSeg-style objects; no bank needed).
+        render: label-to-image rendering (see :mod:`anatosynth.synth.render`).
+        patch: patch size in voxels (X, Y, Z) at the bank's spacing; multiples of 32.
+        anchors: anatomy mode: draw each organ's position from its spatial anchor.
+        graph: anatomy mode: use placed neighbours' typical offsets and a graph-derived order.
+        scale: range of the body scale: one factor per sample for organ sizes, anchors and offsets.
+        anisotropy: per-organ, per-axis extra scale factor drawn from ``1 ± anisotropy``.
+        rotation_deg: anatomy mode: largest rotation (about a random axis); random mode rotates freely.
+        elastic_mm: standard deviation (mm) of the elastic control-point displacements.
+        elastic_points: control points per axis of the elastic field (over the organ's bounding box).
+        anchor_spread: multiplies the anchor covariance (1 = as observed over the bank's subjects).
+        jitter_mm: isotropic standard deviation added to every position covariance (few-subject banks
+            have near-singular covariances).
+        max_neighbours: placed neighbours (strongest contact first) that inform a position.
+        retries: new position draws after a forbidden overlap, before shifting.
+        max_shift_mm: largest shift to the nearest free position before the organ is dropped.
+        collision_margin: dilation (bank voxels) of each mask in the layout's overlap check. With 1
+            the coarse check is conservative, so patch-resolution overlaps (and the organ drops they
+            cause) are rare; touching organs keep a gap of at most about one coarse cell.
+        window: patch centre policy: ``organ`` (a placed organ's centroid, chosen uniformly, plus
+            jitter) or ``body`` (uniform over the placed organs' bounding box).
+        window_jitter: organ policy: jitter as a fraction of the half patch extent.
+        primitive_objects: primitives mode: objects per patch (PrimGeoSeg: 20).
+        patches_per_body: consecutive samples that share one synthetic body (each with its own
+            window and rendering); laying out a body costs more than rasterising a patch.
+    """
+
+    mode: str = "anatomy"
+    render: str = "shell"
+    patch: tuple[int, int, int] = (96, 96, 96)
+    anchors: bool = True
+    graph: bool = True
+    scale: tuple[float, float] = (0.9, 1.1)
+    anisotropy: float = 0.05
+    rotation_deg: float = 15.0
+    elastic_mm: float = 3.0
+    elastic_points: int = 5
+    anchor_spread: float = 1.0
+    jitter_mm: float = 4.0
+    max_neighbours: int = 3
+    retries: int = 2
+    max_shift_mm: float = 30.0
+    collision_margin: int = 1
+    window: str = "organ"
+    window_jitter: float = 0.5
+    primitive_objects: int = 20
+    patches_per_body: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "SynthConfig":
+        """Check every field; normalise tuples. Raises ConfigError naming the first bad field."""
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.render not in RENDER_NAMES:
+            raise ConfigError(f"unknown render {self.render!r}; choose one of {', '.join(RENDER_NAMES)}")
+        if self.window not in WINDOW_POLICIES:
+            raise ConfigError(f"unknown window policy {self.window!r}; choose one of "
+                              f"{', '.join(WINDOW_POLICIES)}")
+        self.patch = check_patch(self.patch)
+        try:
+            lo, hi = (float(v) for v in self.scale)
+        except (TypeError, ValueError):
+            raise ConfigError(f"scale {self.scale!r}: expected two numbers (min, max)") from None
+        if not 0 < lo <= hi:
+            raise ConfigError(f"scale {self.scale!r}: need 0 < min <= max")
+        self.scale = (lo, hi)
+        for name, low, high in [("anisotropy", 0.0, 0.5), ("rotation_deg", 0.0, 180.0),
+                                ("elastic_mm", 0.0, 50.0), ("anchor_spread", 0.0, 10.0),
+                                ("jitter_mm", 0.0, 100.0), ("max_shift_mm", 0.0, 500.0),
+                                ("window_jitter", 0.0, 1.0)]:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} = {value!r}: expected a number in [{low:g}, {high:g}]")
+            setattr(self, name, float(value))
+        for name, low, high in [("elastic_points", 2, 16), ("max_neighbours", 1, 64), ("retries", 0, 100),
+                                ("collision_margin", 0, 3), ("primitive_objects", 1, 200),
+                                ("patches_per_body", 1, 1024)]:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"{name} = {value!r}: expected an integer in [{low}, {high}]")
+        for name in ("anchors", "graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")
+        return self
+
+    def to_dict(self) -> dict:
+        """A JSON/YAML-ready dict (tuples as lists)."""
+        out = asdict(self)
+        out["patch"] = list(self.patch)
+        out["scale"] = list(self.scale)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SynthConfig":
+        """Build from a dict, rejecting unknown keys (typos would otherwise be silently ignored)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"synth config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown synth config keys: {', '.join(unknown)}")
+        values = dict(d)
+        for key in ("patch", "scale"):
+            if key in values and isinstance(values[key], list):
+                values[key] = tuple(values[key])
+        return cls(**values)
