@@ -70,7 +70,7 @@ def _load_pair(case, names: dict[int, str]) -> tuple[Volume, Volume | None]:
 
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
              overlap: float = 0.5, sw_batch: int = 1, save_predictions: bool = True,
-             progress: bool = True) -> dict:
+             progress: bool = True, device: str | None = "auto") -> dict:
     """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
 
     Raises:
@@ -85,7 +85,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
     if sw_batch < 1:
         raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
-    run = load_run(run_path)
+    run = load_run(run_path, device)
     dataset = read_dataset(data)
     classes = dataset_classes(run, dataset, data)
     chosen, why = choose_cases(dataset, run, cases)

@@ -12,7 +12,7 @@ from anatosynth.errors import InputError
 from anatosynth.io import Volume
 from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, to_original_grid
 
-__all__ = ["Run", "load_run", "sliding_probs", "predict_prepared"]
+__all__ = ["Run", "load_run", "resolve_device", "sliding_probs", "predict_prepared", "read_split"]
 
 
 @dataclass
@@ -27,7 +27,24 @@ class Run:
     metadata: dict
 
 
-def load_run(path: str | Path) -> Run:
+def resolve_device(name: str | None = "auto") -> "torch.device":
+    """``auto`` → the first CUDA GPU when there is one, else the CPU; otherwise the named device."""
+    import torch
+
+    from anatosynth.errors import ConfigError
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
+    return device
+
+
+def load_run(path: str | Path, device: str | None = "auto") -> Run:
     """Load ``RUN/model.pt`` and ``RUN/metadata.json`` written by ``anatosynth finetune``.
 
     Raises:
@@ -46,7 +63,7 @@ def load_run(path: str | Path) -> Run:
         raise InputError(meta_path, f"not a fine-tuned run (metadata lacks {', '.join(missing)}); "
                                     "evaluate needs a folder written by 'anatosynth finetune'")
     classes = ClassMap([int(i) for i in meta["label_ids"]], [str(n) for n in meta["class_names"]])
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return Run(folder, model, tuple(int(p) for p in meta["model"]["patch"]), classes,
                PreprocessConfig.from_dict(meta["preprocess"]), meta)
 
@@ -61,11 +78,13 @@ def sliding_probs(model, image: np.ndarray, patch, overlap: float = 0.5, sw_batc
     import torch
     from monai.inferers import sliding_window_inference
 
-    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None]
-    with torch.inference_mode():
+    device = next(model.parameters()).device
+    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None].to(device)
+    with torch.no_grad():
         logits = sliding_window_inference(x, tuple(int(p) for p in patch), int(sw_batch), model,
                                           overlap=float(overlap), mode="gaussian", progress=progress)
-        return torch.softmax(torch.as_tensor(logits)[0].float(), dim=0)
+        logits = logits.as_tensor() if hasattr(logits, "as_tensor") else logits
+        return torch.softmax(logits[0].float(), dim=0).cpu()
 
 
 def predict_prepared(run: Run, case: PreparedCase, overlap: float = 0.5, sw_batch: int = 1) -> Volume:

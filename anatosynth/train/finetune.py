@@ -63,6 +63,7 @@ class FinetuneConfig:
     val_max_cases: int = 4
     overlap: float = 0.5
     sw_batch: int = 1
+    device: str = "auto"
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -75,6 +76,8 @@ class FinetuneConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.train_cases is not None and self.train_cases < 1:
             raise ConfigError(f"--train-cases must be at least 1, got {self.train_cases}")
+        if self.model in ("unet", "dynunet") and any(p % 16 for p in self.patch):
+            raise ConfigError(f"{self.model} needs a patch divisible by 16 (four 2x downsamplings), got {self.patch}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.lr <= 0:
@@ -244,8 +247,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     from anatosynth.train.schedule import build_scheduler
     from anatosynth.train.transfer import transfer_weights
 
+    from anatosynth.evaluate.inference import resolve_device
+
+    device = resolve_device(cfg.device)
     dataset, classes, pre = _dataset_and_classes(cfg)
-    split = make_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.val_cases, cfg.val_max_cases)
+    # a datalist's own "validation" list is the evaluation set unless --val-cases says otherwise
+    listed = [c.name for c in dataset.cases if c.split == "validation" and c.label is not None]
+    split = make_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.val_cases or listed or None, cfg.val_max_cases)
     by_name = {c.name: c for c in dataset.cases}
     train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train")
     val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val")
@@ -259,8 +267,10 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     if cfg.init.lower() != "none":
         def rebuild(n: int):
             return build_model(ModelSpec(spec.name, spec.in_channels, n, spec.feature_size, spec.patch))
-        report = transfer_weights(model, cfg.init, rebuild=rebuild, new_class_names=classes.names)
+        report = transfer_weights(model, cfg.init, rebuild=rebuild, new_class_names=classes.names,
+                                  spec=spec.to_dict())
 
+    model.to(device)
     out = _prepare_out(Path(cfg.out), cfg.overwrite)
     handler = _attach_log(out)
     writer = SummaryWriter(str(out / "tensorboard"))
@@ -269,6 +279,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
         write_json(out / "config.json", config)
         _write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         write_json(out / "split.json", {**split, "dataset": str(dataset.root), "classes": classes.names})
+        log.info("device %s; torch threads %d", device, torch.get_num_threads())
         log.info("dataset %s (%s, %s): %d train, %d eval, %d val cases; classes %s", dataset.name,
                  dataset.layout, pre.modality, len(split["train"]), len(split["eval"]), len(split["val"]),
                  ", ".join(classes.names[1:]))
@@ -282,7 +293,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
                     "label_ids": classes.ids, "preprocess": pre.to_dict(), "dataset": dataset.name,
                     "init": cfg.init, "seed": cfg.seed}
         _train_loop(cfg, model, train, val, classes, out, writer, metadata,
-                    DiceCELoss(to_onehot_y=True, softmax=True), build_scheduler, save_model, write_json, progress)
+                    DiceCELoss(to_onehot_y=True, softmax=True), build_scheduler, save_model, write_json, progress,
+                    device)
     finally:
         writer.close()
         log.removeHandler(handler)
@@ -291,7 +303,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
 
 
 def _train_loop(cfg, model, train, val, classes, out, writer, metadata, loss_fn, build_scheduler,
-                save_model, write_json, progress) -> None:
+                save_model, write_json, progress, device) -> None:
     """The optimisation loop with periodic validation and best-checkpoint keeping."""
     import torch
     from tqdm import tqdm
@@ -308,6 +320,7 @@ def _train_loop(cfg, model, train, val, classes, out, writer, metadata, loss_fn,
     bar = tqdm(range(1, cfg.steps + 1), desc="fine-tuning", unit="step", disable=not progress)
     for step in bar:
         image, label = _batch(pipeline, train[int(rng.integers(len(train)))])
+        image, label = image.to(device), label.to(device)
         loss = loss_fn(model(image), label)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

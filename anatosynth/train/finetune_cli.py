@@ -40,7 +40,8 @@ def _run(args) -> int:
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, crops=args.crops, val_every=args.val_every,
-        val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch, overwrite=args.overwrite)
+        val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch, device=args.device,
+        overwrite=args.overwrite)
     if args.threads:
         import torch
 
@@ -80,6 +81,7 @@ def register(sub) -> None:
     p.add_argument("--crops", type=int, default=2, help="crops per step from one case (default 2; BTCV uses 4)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for validation (default 0.5)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -76,6 +76,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
         InputError: missing or unreadable file, or no tensors inside.
     """
     path = Path(path)
+    if path.is_dir() and (path / "model.pt").is_file():  # a run folder
+        path = path / "model.pt"
     if not path.is_file():
         raise InputError(path, "checkpoint file not found")
     try:
@@ -183,9 +185,21 @@ def _first_conv(model: torch.nn.Module) -> tuple[str, torch.Tensor] | None:
     return None
 
 
+def _check_architecture(meta: dict | None, spec: dict | None, source: str | Path) -> None:
+    """A clear error when an anatosynth checkpoint's metadata names another network or width."""
+    saved = (meta or {}).get("model")
+    if not isinstance(saved, dict) or not spec:
+        return
+    diff = [k for k in ("name", "feature_size") if k in saved and saved[k] != spec.get(k)]
+    if diff:
+        raise InputError(source, f"checkpoint is a {saved.get('name')} with feature size {saved.get('feature_size')}, "
+                                 f"but the network being fine-tuned is a {spec.get('name')} with feature size "
+                                 f"{spec.get('feature_size')} (set --model/--feature-size to match)")
+
+
 def transfer_weights(model: torch.nn.Module, source: str | Path, *, classes_differ: bool | None = None,
                      rebuild: Callable[[int], torch.nn.Module] | None = None,
-                     new_class_names: list[str] | None = None) -> TransferReport:
+                     new_class_names: list[str] | None = None, spec: dict | None = None) -> TransferReport:
     """Copy matching tensors from the checkpoint at ``source`` into ``model`` (in place).
 
     Args:
@@ -196,12 +210,14 @@ def transfer_weights(model: torch.nn.Module, source: str | Path, *, classes_diff
             or when the head's shape differs.
         rebuild: builds the same network with another class count (to find the head's keys).
         new_class_names: class names of the fine-tuning task, compared with the checkpoint's metadata.
+        spec: the network's ``ModelSpec.to_dict()``, compared with the checkpoint's metadata if any.
 
     Raises:
         InputError: the checkpoint cannot be read, was made for a different number of input channels,
             or shares no tensor with the network.
     """
     state, meta = load_checkpoint(source)
+    _check_architecture(meta, spec, source)
     target = model.state_dict()
     renamed, layout, origin = rename_keys(state, set(target))
     report = TransferReport(str(source), layout)

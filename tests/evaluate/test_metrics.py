@@ -49,6 +49,7 @@ def test_false_positive_and_absent_classes(cube):
     assert math.isnan(absent.dice) and math.isnan(absent.hd95) and absent.status == "absent"
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_crop_does_not_change_hd95():
     ref = np.zeros((40, 40, 40), bool)
     ref[2:10, 2:10, 2:10] = True

@@ -148,3 +148,18 @@ def test_cli_errors_are_one_line_and_write_nothing(dataset, tmp_path, capsys):
     assert main(_cli(dataset, out, "--train-cases", "2", "--modality", "PET")) == 2
     assert "unknown modality" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_datalist_validation_list_is_the_evaluation_set(dataset, tmp_path):
+    meta = json.loads((dataset / "dataset.json").read_text())
+    datalist = {"labels": meta["labels"], "modality": "CT", "training": meta["training"][:2],
+                "validation": meta["training"][2:]}
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    run = finetune(_cfg(dataset / "datalist.json", tmp_path / "run", steps=1, train_cases=None), progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert split["eval"] == ["c2"] and sorted(split["train"]) == ["c0", "c1"]
+
+
+def test_unet_patch_must_divide_by_16(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        _cfg(dataset, tmp_path / "x", patch=(40, 40, 40))

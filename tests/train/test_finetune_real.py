@@ -48,7 +48,7 @@ def test_chaos_t2_unet_finetune_and_evaluate(tmp_path, capsys):
     run, report = tmp_path / "run", tmp_path / "report"
     assert main(["finetune", "--data", str(data), "--out", str(run), "--model", "unet", "--feature-size", "4",
                  "--patch", "32", "--steps", "3", "--train-cases", "2", "--val-cases", "chaos_01", "--seed", "0",
-                 "--spacing", "4,4,4", "--val-every", "2", "--quiet"]) == 0
+                 "--spacing", "5,5,5", "--val-every", "2", "--overlap", "0", "--quiet"]) == 0
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["preprocess"]["modality"] == "MR"
     assert meta["class_names"] == ["background", "liver", "right_kidney", "left_kidney", "spleen"]
@@ -65,7 +65,7 @@ def test_openkbp_swinunetr_finetune_with_missing_organs(tmp_path):
     eval_cases = ["openkbp_003", "openkbp_010"]  # both lack esophagus, larynx and mandible
     assert main(["finetune", "--data", str(data), "--out", str(run), "--model", "swinunetr", "--feature-size", "12",
                  "--patch", "64,64,32", "--steps", "2", "--train-cases", "2", "--val-cases", ",".join(eval_cases),
-                 "--val-max-cases", "1", "--overlap", "0", "--seed", "1", "--spacing", "4,4,4", "--quiet"]) == 0
+                 "--val-max-cases", "1", "--overlap", "0", "--seed", "1", "--spacing", "6,6,6", "--quiet"]) == 0
     split = json.loads((run / "split.json").read_text())
     assert split["eval"] == eval_cases and len(split["train"]) == 2
     assert main(["evaluate", "--data", str(data), "--model", str(run), "--out", str(report), "--overlap", "0",

@@ -137,3 +137,12 @@ def test_unreadable_checkpoints(tmp_path, content):
         load_checkpoint(path)
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_folder_and_architecture_mismatch(tmp_path):
+    torch.save(_unet(3).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "metadata.json").write_text(json.dumps({"model": {"name": "unet", "feature_size": 4}}))
+    report = transfer_weights(_unet(3), tmp_path, rebuild=_rebuild)  # the run folder itself
+    assert report.source == str(tmp_path) and report.transferred
+    with pytest.raises(InputError, match="checkpoint is a unet with feature size 4.*swinunetr with feature size 12"):
+        transfer_weights(_swin(), tmp_path, spec={"name": "swinunetr", "feature_size": 12})
