@@ -17,10 +17,11 @@ from pathlib import Path
 
 __all__ = ["register", "run_demo", "DEMO_DEFAULTS"]
 
-# the demo's pre-training run: small enough for ~4 minutes on 2 CPU cores (see docs/sections/pretraining.md)
+# the demo's pre-training run: small enough for ~4 minutes on 2 CPU cores (see docs/sections/pretraining.md);
+# one worker process draws the next samples' placements while the current step trains
 DEMO_DEFAULTS = dict(mode="anatomy", render="shell", model="swinunetr", feature_size=12, patch=[64, 64, 32],
                      batch=1, steps=200, lr=2e-4, warmup=10, checkpoint_every=25, log_every=5, image_every=25,
-                     device="cpu", seed=0)
+                     device="cpu", seed=0, workers=1)
 
 
 def _write_preview(bank, cfg, path: Path, seed: int) -> Path:
@@ -91,13 +92,14 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
     from anatosynth.train.config import PretrainConfig
     from anatosynth.train.pretrain import RunPaths, pretrain, resume_config
 
-    out = ensure_writable_dir(Path(out))
+    out = Path(out)
     source = bank or "builtin:phantom"
     t0 = time.perf_counter()
     print(f"[1/3] shape bank: {source}", flush=True)
     shape_bank = load_bank(source)
     print(f"      {len(shape_bank.organs)} organs from {len(shape_bank.subjects)} subjects "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    ensure_writable_dir(out)
     run_dir = out / "pretrain"
     over = {"steps": steps, "minutes": float(minutes), "threads": threads, "out": str(run_dir)}
     if RunPaths(run_dir).config.is_file():

@@ -320,9 +320,6 @@ class _Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._check_out(resume)
-        if self.ctx.is_main:
-            ensure_writable_dir(self.paths.root)
-        barrier(self.ctx)
         self.bank = bank if bank is not None or stream is not None else load_bank_for(cfg)
         self.synth_cfg = getattr(stream, "config", None)
         if stream is None:
@@ -339,6 +336,9 @@ class _Trainer:
         self.resumed_from = None
         if resume and self.paths.checkpoint.exists():
             self._restore(model)
+        if self.ctx.is_main:  # only now: bad input above leaves no folder behind
+            ensure_writable_dir(self.paths.root)
+        barrier(self.ctx)
         self.model = wrap_model(model, self.ctx)
         self.net = model
         self.echo = (not sys.stderr.isatty()) if echo is None else echo
@@ -534,6 +534,8 @@ class _Trainer:
                 trace.close()
             if self.writer is not None:
                 self.writer.close()
+        if last_loss != last_loss and len(self.history):  # nothing trained this session: report the last logged
+            last_loss = float(self.history[-1, 1])
         elapsed = time.perf_counter() - t0
         overall = (self.step - start_step) / max(elapsed, 1e-9)
         self.log.info("done: step %d, %.3f steps/s over this session, weights in %s", self.step, overall,

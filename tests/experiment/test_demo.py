@@ -37,3 +37,4 @@ def test_demo_with_a_missing_bank_fails_in_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--bank", str(tmp_path / "none.bank")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.bank" in err[0]
+    assert not (tmp_path / "d").exists()  # nothing half-written

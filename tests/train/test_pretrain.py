@@ -139,3 +139,14 @@ def test_cli_trains_from_yaml_with_flag_overrides(tmp_path, capsys):
     assert "cannot change feature_size" in capsys.readouterr().err
     assert main(["pretrain", "--resume", str(run), "--steps", "3"]) == 0
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 3
+
+
+@pytest.mark.slow
+def test_draw_workers_give_the_same_run(straight, tmp_path):
+    run_a, _ = straight
+    run = tmp_path / "run"
+    pretrain(_cfg(run, workers=1), echo=False)
+    assert "1 draw worker(s)" in (run / "train.log").read_text()
+    a, b = _weights(run_a), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _trace(run) == _trace(run_a)

@@ -97,3 +97,7 @@ def test_cli_bad_options_exit_2_with_one_line(tmp_path, capsys):
     assert main(["pretrain", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    assert main(["pretrain", "--bank", str(tmp_path / "none.bank"), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.bank" in err[0]
+    assert not (tmp_path / "r2").exists()
