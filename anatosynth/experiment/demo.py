@@ -24,56 +24,16 @@ DEMO_DEFAULTS = dict(mode="anatomy", render="shell", model="swinunetr", feature_
                      device="cpu", seed=0, workers=1)
 
 
-def _write_preview(bank, cfg, path: Path, seed: int) -> Path:
-    """Preview PNG via the synthesis stage's preview when present, else a plain slice montage."""
+def _write_preview(bank, cfg, path: Path, n: int = 3) -> Path:
+    """The synthesis stage's preview of the first ``n`` training samples (the ones step 1.. will see)."""
+    from anatosynth.synth.preview import save_preview
     from anatosynth.train.pretrain import build_stream
 
-    stream, synth_cfg = build_stream(cfg, bank)
-    try:
-        from anatosynth.synth.preview import write_preview  # the synthesis stage's own preview
-    except ImportError:
-        write_preview = None
-    if write_preview is not None:
-        try:
-            return Path(write_preview(stream, path, n=3))
-        except TypeError:
-            pass
-    return _montage(stream, path, n=3)
-
-
-def _montage(stream, path: Path, n: int) -> Path:
-    """n samples x 3 orthogonal mid-slices, labels overlaid in colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-
-    from anatosynth.io.volume import atomic_write_bytes
-
-    batch = stream.batch(list(range(n)), torch.device("cpu"))
-    img, lab = batch.image[:, 0].numpy(), batch.label.numpy()
-    cmap = plt.get_cmap("tab20", max(2, int(stream.num_classes)))
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), dpi=90, squeeze=False)
-    sx, sy, sz = (float(v) for v in getattr(stream, "spacing", (1.0, 1.0, 1.0)))
-    for i in range(n):
-        cx, cy, cz = (s // 2 for s in img.shape[1:])
-        views = [(img[i, :, :, cz], lab[i, :, :, cz], "axial", sy / sx),
-                 (img[i, :, cy, :], lab[i, :, cy, :], "coronal", sz / sx),
-                 (img[i, cx, :, :], lab[i, cx, :, :], "sagittal", sz / sy)]
-        for ax, (im, lb, name, aspect) in zip(axes[i], views):
-            ax.imshow(im.T, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspect)
-            ax.imshow(np.ma.masked_equal(lb.T, 0), cmap=cmap, origin="lower", alpha=0.45, aspect=aspect,
-                      vmin=0, vmax=max(1, int(stream.num_classes) - 1), interpolation="nearest")
-            ax.set_title(f"sample {i} {name}", fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    try:
-        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    stream, _ = build_stream(cfg, bank)
+    batch = stream.batch(list(range(n)), "cpu")
+    title = f"{cfg.mode} / {cfg.render}, {'x'.join(map(str, cfg.patch))} patches, seed {cfg.seed}"
+    return save_preview(batch.image[:, 0].numpy(), batch.label.numpy(), stream.class_names, stream.spacing,
+                        path, title=title)
 
 
 def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: float = 4.0,
@@ -114,7 +74,7 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
         cfg = PretrainConfig.from_dict(d, "demo")
         resume = False
     preview = out / "preview.png"
-    _write_preview(shape_bank, cfg, preview, cfg.seed)
+    _write_preview(shape_bank, cfg, preview)
     print(f"[2/3] preview of synthetic patches: {preview}", flush=True)
     print(f"[3/3] pre-training {cfg.model} f{cfg.feature_size} on {'x'.join(map(str, cfg.patch))} patches, "
           f"batch {cfg.batch}, up to {cfg.steps} steps or {cfg.minutes:g} min on the CPU"
