@@ -69,3 +69,26 @@ def test_run_folder_without_finetune_metadata(tmp_path, capsys):
     code = main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_nnunet_layout_round_trip(synthetic_dataset, tmp_path):
+    """Fine-tune and evaluate on the same data in nnU-Net raw layout (labels name→id, _0000 images)."""
+    from anatosynth.train.finetune import FinetuneConfig, finetune
+
+    root = tmp_path / "Dataset001_Tiny"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for lab in sorted((synthetic_dataset / "labelsTr").glob("*.nii.gz")):
+        name = lab.name[:-len(".nii.gz")]
+        shutil.copy(lab, root / "labelsTr" / lab.name)
+        shutil.copy(synthetic_dataset / "imagesTr" / lab.name, root / "imagesTr" / f"{name}_0000.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "ball": 200, "box": 500},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    run = finetune(FinetuneConfig(data=str(root), out=str(tmp_path / "run"), model="unet", feature_size=4,
+                                  patch=(32, 32, 32), steps=1, train_cases=2, spacing=(3.0, 3.0, 3.0)), progress=False)
+    summary = evaluate(root, run, tmp_path / "report", progress=False)
+    assert summary["label_ids"] == {"ball": 200, "box": 500} and summary["n_cases"] == 1
+    case = next(iter(summary["per_case"]))
+    assert nib.load(tmp_path / "report" / "predictions" / f"{case}.nii.gz").shape == \
+        nib.load(root / "labelsTr" / f"{case}.nii.gz").shape
