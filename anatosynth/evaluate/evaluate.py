@@ -68,6 +68,25 @@ def _load_pair(case, names: dict[int, str]) -> tuple[Volume, Volume | None]:
     return image, label
 
 
+def _precheck_geometry(cases) -> None:
+    """Compare image and label headers of every case before any output is written (data not read)."""
+    import nibabel as nib
+    import numpy as np
+
+    for case in cases:
+        if case.label is None:
+            continue
+        try:
+            img, lab = nib.load(str(case.image)), nib.load(str(case.label))
+        except Exception:  # noqa: BLE001 - unreadable files get their precise error when loaded
+            continue
+        if tuple(img.shape[:3]) != tuple(lab.shape[:3]):
+            raise InputError(case.label, f"image shape {tuple(img.shape[:3])} and label shape "
+                                         f"{tuple(lab.shape[:3])} differ")
+        if not np.allclose(img.affine, lab.affine, atol=1e-3, rtol=1e-5):
+            raise InputError(case.label, "image and label affines differ (different geometry)")
+
+
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
              overlap: float = 0.5, sw_batch: int = 1, save_predictions: bool = True,
              progress: bool = True, device: str | None = "auto") -> dict:
@@ -94,6 +113,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     missing_image = [c.name for c in chosen if c.image is None]
     if missing_image:
         raise InputError(data, f"cases without an image: {', '.join(missing_image)}")
+    _precheck_geometry(chosen)
     out = ensure_writable_dir(out)
     pred_dir = ensure_writable_dir(out / "predictions") if save_predictions else None
     fg = {name: ident for name, ident in zip(classes.names[1:], classes.ids[1:])}

@@ -58,11 +58,11 @@ def test_geometry_mismatch_is_a_clear_cli_error(tiny_run, synthetic_dataset, tmp
     shifted[0, 3] += 5
     nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), shifted), bad / "labelsTr" / "case_02.nii.gz")
     code = main(["evaluate", "--data", str(bad), "--model", str(tiny_run), "--out", str(tmp_path / "r"),
-                 "--cases", "case_02", "--quiet"])
+                 "--cases", "case_00,case_02", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert "case_02.nii.gz" in err and "affines differ" in err and "Traceback" not in err
-    assert not (tmp_path / "r" / "summary.json").exists()
+    assert not (tmp_path / "r").exists()  # checked before anything is written
 
 
 def test_run_folder_without_finetune_metadata(tmp_path, capsys):
