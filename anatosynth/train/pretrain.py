@@ -245,7 +245,8 @@ def _versions() -> dict:
 
 def _setup_logger(paths: RunPaths, ctx: DistContext, echo: bool) -> logging.Logger:
     """File log on rank 0 (appending, so a resumed run keeps its history), echoed to stderr when asked."""
-    log = logging.getLogger(f"{LOGGER_NAME}.{id(paths)}")
+    log = logging.getLogger(f"{LOGGER_NAME}.{paths.root.resolve()}")
+    _close_logger(log)  # a run of the same folder earlier in this process
     log.setLevel(logging.INFO)
     log.propagate = False
     if ctx.is_main:
@@ -526,6 +527,11 @@ class _Trainer:
             if self.step != last_ckpt:
                 self._save_checkpoint()
             self._finish_files()
+        except BaseException:
+            self.log.info("stopped by %s at step %d; resume from the last checkpoint with --resume %s",
+                          sys.exc_info()[0].__name__, self.step, self.paths.root)
+            _close_logger(self.log)
+            raise
         finally:
             self.prefetch.close()
             if bar is not None:
