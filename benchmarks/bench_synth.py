@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_synth.py --device cpu --n 32 --threads 2
-    .venv/bin/python benchmarks/bench_synth.py --device cuda --n 512 --batch 32 --modes anatomy
+    .venv/bin/python benchmarks/bench_synth.py --device cuda --n 512 --batch 32 --workers 12 --modes anatomy
 
 Prints one JSON object per setting (see :func:`anatosynth.synth.bench.run_bench`); record the numbers,
 the command and the machine in BENCHMARKS.md. Targets (issue 4): anatomy mode, 96^3, >= 10 patches/s
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--workers", type=int, default=0, help="processes drawing parameters")
     parser.add_argument("--modes", default="anatomy,random,primitives")
     parser.add_argument("--renders", default="shell")
     parser.add_argument("--patches-per-body", type=int, default=None)
@@ -45,7 +46,7 @@ def main() -> None:
             extra = {} if args.patches_per_body is None else {"patches_per_body": args.patches_per_body}
             cfg = SynthConfig(mode=mode, render=render, patch=parse_patch(args.patch), **extra)
             stream = SyntheticStream(bank, cfg, seed=0)
-            result = run_bench(stream, n=args.n, batch=args.batch, device=args.device)
+            result = run_bench(stream, n=args.n, batch=args.batch, device=args.device, workers=args.workers)
             result["date"] = datetime.date.today().isoformat()
             result["bank"] = args.bank
             print(json.dumps(result), flush=True)

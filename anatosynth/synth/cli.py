@@ -112,7 +112,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: benchmark at least one sample")
     stream = stream_from_args(args)
-    result = run_bench(stream, n=args.n, batch=args.batch, device=_check_device(args.device))
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be 0 or more")
+    result = run_bench(stream, n=args.n, batch=args.batch, device=_check_device(args.device), workers=args.workers)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -155,5 +157,6 @@ def register(sub) -> None:
     pb = verbs.add_parser("bench", help="patches per second of the in-memory stream")
     _common(pb, 32)
     pb.add_argument("--batch", type=int, default=8, help="batch size")
+    pb.add_argument("--workers", type=int, default=0, help="processes drawing parameters (0: main process)")
     pb.add_argument("--json", action="store_true", help="print JSON")
     pb.set_defaults(func=_bench)

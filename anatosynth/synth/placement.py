@@ -176,13 +176,16 @@ class BodyModel:
                              np.asarray(mask.shape) * self.spacing, pad_mask(support))
 
     def _check_fits(self) -> None:
+        """Some organ, at the smallest scale, must fit the patch whole (sides compared sorted, as the
+        organ may be turned); otherwise patches could only ever show fragments."""
         patch_mm = np.asarray(self.config.patch) * self.spacing
-        smallest = min((g.extent_mm for gs in self.geometry for g in gs), key=lambda e: float(e.max()))
-        if smallest.max() > patch_mm.max() * (1.0 / self.config.scale[0]):
+        extents = [g.extent_mm * self.config.scale[0] for gs in self.geometry for g in gs]
+        if not any(np.all(np.sort(e) <= np.sort(patch_mm)) for e in extents):
+            smallest = min(extents, key=lambda e: float(e.max()))
             raise ConfigError(
                 f"no organ fits the patch: {'x'.join(map(str, self.config.patch))} voxels at "
                 f"{'x'.join(f'{v:g}' for v in self.spacing)} mm is {'x'.join(f'{v:.0f}' for v in patch_mm)} mm, "
-                f"the smallest organ spans {smallest.max():.0f} mm; use a larger patch or a coarser bank")
+                f"the smallest organ spans {'x'.join(f'{v:.0f}' for v in smallest)} mm; use a larger patch")
 
     def _relations(self) -> None:
         """Forbidden pairs (matrix and per-organ bitmasks) and oriented offsets between organs."""

@@ -60,7 +60,8 @@ def test_export_matches_stream(bank_file, tmp_path, toy_bank):
 
 
 def test_bench_json(bank_file, capsys):
-    assert main(["synth", "bench", "--bank", bank_file, "--patch", "32", "--n", "4", "--batch", "2", "--json"]) == 0
+    assert main(["synth", "bench", "--bank", bank_file, "--patch", "32", "--n", "4", "--batch", "2", "--workers", "1",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("patches_per_s", "ms_per_patch", "forbidden_overlap_voxels", "organs_placed_mean"):
         assert key in result

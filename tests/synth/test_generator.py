@@ -64,6 +64,21 @@ def test_same_seed_same_bytes_across_batches_and_processes(toy_bank):
     assert one.logs[0] == other.logs[2]
 
 
+def test_same_bytes_across_thread_counts(toy_bank):
+    stream = _stream(toy_bank, render="texture")
+    params = [stream.draw(i) for i in range(2)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = stream.apply(params)
+        torch.set_num_threads(2)
+        two = stream.apply(params)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.label, two.label)
+    assert one.image.numpy().tobytes() == two.image.numpy().tobytes()
+
+
 def test_different_seeds_and_indices_differ(toy_bank):
     a = _stream(toy_bank, seed=0).batch([0, 1])
     b = _stream(toy_bank, seed=1).batch([0])
