@@ -296,7 +296,7 @@ def write_progress_png(path: Path, history: torch.Tensor) -> Path | None:
     ax2.plot(h[:, 0], h[:, 2], color="tab:orange", alpha=0.6, label="learning rate")
     ax2.set_ylabel("learning rate")
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    ax2.legend(lines, [ln.get_label() for ln in lines], loc="upper right", framealpha=0.9)  # top axes: drawn last
     ax.set_title("synthetic pre-training")
     fig.tight_layout()
     try:
