@@ -150,3 +150,15 @@ def test_draw_workers_give_the_same_run(straight, tmp_path):
     a, b = _weights(run_a), _weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _trace(run) == _trace(run_a)
+
+
+def test_time_limit_stops_cleanly_and_the_run_can_continue(tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(run, mode="primitives", bank=None, steps=50, minutes=1e-6, checkpoint_every=10, log_every=10)
+    result = pretrain(cfg, echo=False)
+    assert result.step == 1  # the limit is checked after each step
+    assert read_checkpoint(run / "checkpoint.pt")["step"] == 1 and (run / "model.pt").is_file()
+    assert json.loads((run / "metadata.json").read_text())["steps_done"] == 1
+    assert "time limit" in (run / "train.log").read_text()
+    more = pretrain(resume_config(run, {"steps": 2, "minutes": 10.0}), resume=True, echo=False)
+    assert more.step == 2 and _trace(run) == {1: [0], 2: [1]}
