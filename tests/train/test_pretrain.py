@@ -162,3 +162,16 @@ def test_time_limit_stops_cleanly_and_the_run_can_continue(tmp_path):
     assert "time limit" in (run / "train.log").read_text()
     more = pretrain(resume_config(run, {"steps": 2, "minutes": 10.0}), resume=True, echo=False)
     assert more.step == 2 and _trace(run) == {1: [0], 2: [1]}
+
+
+def test_bank_file_is_hashed_into_metadata(tmp_path):
+    import hashlib
+
+    from anatosynth.bank import load_bank, save_bank
+
+    bank_file = save_bank(load_bank("builtin:phantom"), tmp_path / "phantom.bank")
+    run = tmp_path / "run"
+    pretrain(_cfg(run, bank=str(bank_file), steps=1), echo=False)
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["bank"] == str(bank_file)
+    assert meta["bank_sha256"] == hashlib.sha256(bank_file.read_bytes()).hexdigest()
