@@ -255,8 +255,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     listed = [c.name for c in dataset.cases if c.split == "validation" and c.label is not None]
     split = make_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.val_cases or listed or None, cfg.val_max_cases)
     by_name = {c.name: c for c in dataset.cases}
-    train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train")
-    val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val")
+    train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train", progress)
+    val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val", progress)
     if not any(c.label.any() for c in train):
         raise InputError(dataset.root, "the training cases hold no foreground voxels at all")
 

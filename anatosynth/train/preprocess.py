@@ -224,12 +224,13 @@ def to_original_grid(probs: np.ndarray | "torch.Tensor", affine: np.ndarray, sha
     return out
 
 
-def prepare_cases(cases, cfg: PreprocessConfig, classes: ClassMap, desc: str = "preprocessing") -> list[PreparedCase]:
+def prepare_cases(cases, cfg: PreprocessConfig, classes: ClassMap, desc: str = "preprocessing",
+                  progress: bool = True) -> list[PreparedCase]:
     """Preprocess a list of :class:`anatosynth.io.Case` with a progress bar."""
     from tqdm import tqdm
 
     prepared = []
-    for case in tqdm(cases, desc=desc, unit="case", leave=False):
+    for case in tqdm(cases, desc=desc, unit="case", leave=False, disable=not progress):
         if case.image is None:
             raise InputError(case.label, "case has no image")
         try:
