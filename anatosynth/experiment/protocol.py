@@ -5,6 +5,11 @@ and pool/bank size, shared by all seeds and datasets) and fine-tune+evaluate run
 × labelled-set size × seed, plus the scaling points). Every job has a stable key that names its folder,
 so a finished job is reused and a half-finished grid resumes where it stopped.
 
+A dataset's ``eval_cases`` fixes one evaluation set for every arm and seed (a list of case names, or a
+count: that many cases picked by a hash of their names), so that arms are compared on the same cases;
+each seed then draws its ``train_cases`` from the remaining ones. Without it, every seed evaluates on
+all cases it did not train on.
+
 Paths in a protocol (bank sources, datasets) are resolved relative to the current working directory,
 like paths given on the command line; the shipped protocols are meant to be run from the project root.
 """
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from anatosynth.errors import ConfigError
 
-__all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand"]
+__all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand", "pick_eval_cases"]
 
 TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds",
             "scaling", "baseline"}
@@ -56,6 +61,7 @@ class FinetuneJob:
     options: dict = field(default_factory=dict)
     samples: int | None = None
     subjects: int | None = None
+    eval_cases: int | list[str] | None = None  # fixed evaluation set: a count (picked by name hash) or names
 
 
 @dataclass
@@ -153,9 +159,9 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         options = _merge(options, arm.get("finetune") or {})
         options["evaluate"] = _merge(eval_defaults, options.get("evaluate") or {})
         key = f"ft-{ds['name']}-{arm['name']}-k{k}-s{seed}" + (f"-pool{samples}" if samples else "") + \
-              (f"-subj{subjects}" if subjects else "") + f"-{_digest([options, pre])}"
+              (f"-subj{subjects}" if subjects else "") + f"-{_digest([options, pre, ds.get('eval_cases')])}"
         finetunes.append(FinetuneJob(key, arm["name"], ds["name"], str(ds["path"]), seed, k, pre, options,
-                                     samples, subjects))
+                                     samples, subjects, ds.get("eval_cases")))
 
     datasets = raw["datasets"]
     for ds in datasets:
@@ -187,3 +193,19 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
                         add_finetune(arm, ds, k, seed, subjects=int(subjects))
     return Protocol(str(raw.get("name", "protocol")), raw, list(banks.values()), list(pretrains.values()),
                     finetunes, baseline)
+
+
+def pick_eval_cases(names: list[str], spec: int | list[str] | None) -> list[str] | None:
+    """The fixed evaluation set: ``spec`` names as given, or ``spec`` names picked by a stable hash."""
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        missing = [n for n in spec if n not in names]
+        if missing:
+            raise ConfigError(f"eval_cases not in the dataset: {', '.join(missing)}")
+        return list(spec)
+    n = int(spec)
+    if not 0 < n < len(names):
+        raise ConfigError(f"eval_cases must be between 1 and {len(names) - 1}, got {n}")
+    ranked = sorted(names, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    return sorted(ranked[:n])

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from anatosynth.errors import AnatosynthError
-from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol
+from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
 
@@ -125,6 +125,8 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             options = dict(job.options)
             ev = options.pop("evaluate", {}) or {}
+            if job.eval_cases is not None:
+                options["val_cases"] = self.eval_cases(job)
             self.call(["finetune", "--data", job.data, "--init", str(init) if init else "none",
                        "--train-cases", str(job.train_cases), "--seed", str(job.seed), "--out", str(folder),
                        "--quiet", *_cli_args(options)], folder)
@@ -134,6 +136,13 @@ class Runner:
                 return None
             self.mark_done(folder, {"key": job.key})
         return read_report(report)
+
+
+    def eval_cases(self, job: FinetuneJob) -> list[str]:
+        from anatosynth.io.datasets import read_dataset
+
+        names = [c.name for c in read_dataset(job.data).cases if c.image is not None and c.label is not None]
+        return pick_eval_cases(names, job.eval_cases)
 
 
 def read_report(report: Path) -> dict:

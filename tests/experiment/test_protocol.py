@@ -64,3 +64,18 @@ def test_load_protocol_rejects_unknown_keys(tmp_path):
     path.write_text(yaml.safe_dump({**RAW, "sedes": [0]}))
     with pytest.raises(ConfigError, match="unknown protocol key"):
         load_protocol(path)
+
+
+def test_pick_eval_cases_is_stable_and_checked():
+    from anatosynth.experiment.protocol import pick_eval_cases
+
+    names = [f"case_{i:02d}" for i in range(20)]
+    a = pick_eval_cases(names, 8)
+    assert len(a) == 8 and set(a) <= set(names)
+    assert a == pick_eval_cases(list(reversed(names)), 8)  # order of the listing does not matter
+    assert pick_eval_cases(names, ["case_03"]) == ["case_03"]
+    assert pick_eval_cases(names, None) is None
+    with pytest.raises(ConfigError, match="between 1 and 19"):
+        pick_eval_cases(names, 20)
+    with pytest.raises(ConfigError, match="not in the dataset: nope"):
+        pick_eval_cases(names, ["nope"])
