@@ -5,8 +5,9 @@ Recipe (MONAI's SwinUNETR BTCV recipe, scaled to a step budget):
 * cases are preprocessed once (:mod:`anatosynth.train.preprocess`) and kept in memory;
 * each step draws one training case (seeded) and ``crops`` patches from it, balanced 1:1 between
   foreground and background centres (``RandCropByPosNegLabeld``), padded when the volume is smaller
-  than the patch; random flips on each axis (p 0.2), rot90 in the axial plane (p 0.2, square patches
-  only), intensity scale and shift of 0.1 (p 0.1 each);
+  than the patch; random flips on each axis (p 0.2; none along the left-right axis when a class name
+  says left or right), rot90 in the axial plane (p 0.2, square patches only), intensity scale and
+  shift of 0.1 (p 0.1 each);
 * DiceCE loss, AdamW (lr 1e-4, weight decay 1e-5), linear warm-up then cosine decay;
 * every ``val_every`` steps (and at the end) sliding-window Dice on the validation cases; the best
   weights are kept as ``model.pt`` (``last.pt`` holds the final ones).
@@ -33,7 +34,7 @@ from anatosynth.io.datasets import Case, Dataset
 from anatosynth.train.models import ModelSpec
 from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
 
-__all__ = ["FinetuneConfig", "make_split", "finetune", "class_dice"]
+__all__ = ["FinetuneConfig", "make_split", "finetune", "class_dice", "lateralised"]
 
 log = logging.getLogger("anatosynth.finetune")
 
@@ -141,8 +142,17 @@ def class_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[floa
     return out
 
 
-def _augmentations(cfg: FinetuneConfig, seed: int):
-    """The BTCV-recipe crop and augmentation pipeline (MONAI dictionary transforms), seeded."""
+def lateralised(names: list[str]) -> bool:
+    """True when some class is one side of a pair (its name says left or right)."""
+    return any(w in ("left", "right") for n in names for w in n.lower().replace("-", "_").replace(" ", "_").split("_"))
+
+
+def _augmentations(cfg: FinetuneConfig, seed: int, flip_left_right: bool = True):
+    """The BTCV-recipe crop and augmentation pipeline (MONAI dictionary transforms), seeded.
+
+    ``flip_left_right=False`` drops flips along the first (RAS left-right) axis, which would turn a left
+    organ into a right one while its label still says left.
+    """
     from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d,
                                   RandScaleIntensityd, RandShiftIntensityd, SpatialPadd)
 
@@ -150,8 +160,8 @@ def _augmentations(cfg: FinetuneConfig, seed: int):
     steps = [SpatialPadd(keys, spatial_size=cfg.patch, mode="constant"),
              RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch, pos=1, neg=1,
                                     num_samples=cfg.crops, allow_smaller=False),
-             RandFlipd(keys, prob=0.2, spatial_axis=0), RandFlipd(keys, prob=0.2, spatial_axis=1),
-             RandFlipd(keys, prob=0.2, spatial_axis=2)]
+             *([RandFlipd(keys, prob=0.2, spatial_axis=0)] if flip_left_right else []),
+             RandFlipd(keys, prob=0.2, spatial_axis=1), RandFlipd(keys, prob=0.2, spatial_axis=2)]
     if cfg.patch[0] == cfg.patch[1]:
         steps.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
     steps += [RandScaleIntensityd("image", factors=0.1, prob=0.1),
@@ -311,7 +321,10 @@ def _train_loop(cfg, model, train, val, classes, out, writer, metadata, loss_fn,
     seq = np.random.SeedSequence(cfg.seed)
     case_seed, aug_seed = seq.spawn(2)
     rng = np.random.default_rng(case_seed)
-    pipeline = _augmentations(cfg, int(aug_seed.generate_state(1)[0]))
+    flip_lr = not lateralised(classes.names)
+    if not flip_lr:
+        log.info("left/right classes present: no flips along the left-right axis")
+    pipeline = _augmentations(cfg, int(aug_seed.generate_state(1)[0]), flip_lr)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(optimiser, cfg.warmup_steps, cfg.steps)
     best, best_step = -1.0, 0

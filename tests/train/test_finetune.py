@@ -14,7 +14,7 @@ import torch
 from anatosynth.cli import main
 from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
-from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, make_split
+from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 from anatosynth.train.finetune_cli import parse_patch
 
 
@@ -163,3 +163,9 @@ def test_datalist_validation_list_is_the_evaluation_set(dataset, tmp_path):
 def test_unet_patch_must_divide_by_16(dataset, tmp_path):
     with pytest.raises(ConfigError, match="divisible by 16"):
         _cfg(dataset, tmp_path / "x", patch=(40, 40, 40))
+
+
+def test_lateralised_class_names():
+    assert lateralised(["background", "liver", "right_kidney"])
+    assert lateralised(["background", "Left Parotid"])
+    assert not lateralised(["background", "liver", "spleen", "brightness"])
