@@ -204,14 +204,12 @@ def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig, classes: Cl
     return mean, [float(v) for v in per_class]
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    from anatosynth.io.volume import ensure_writable_dir
-
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a folder holding a run unless ``overwrite`` (checked before any work)."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     if out.is_dir() and any((out / n).exists() for n in ("model.pt", "metadata.json", "split.json")) and not overwrite:
         raise InputError(out, "already holds a run (model.pt/metadata.json); choose a new --out or pass --overwrite")
-    return ensure_writable_dir(out)
 
 
 def _attach_log(out: Path) -> logging.Handler:
@@ -252,13 +250,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from anatosynth.evaluate.inference import resolve_device
+    from anatosynth.io.volume import ensure_writable_dir
     from anatosynth.train.checkpoint import save_model, write_json
     from anatosynth.train.models import build_model
     from anatosynth.train.schedule import build_scheduler
     from anatosynth.train.transfer import transfer_weights
 
-    from anatosynth.evaluate.inference import resolve_device
-
+    _check_out(Path(cfg.out), cfg.overwrite)
     device = resolve_device(cfg.device)
     dataset, classes, pre = _dataset_and_classes(cfg)
     # a datalist's own "validation" list is the evaluation set unless --val-cases says otherwise
@@ -281,7 +280,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
                                   spec=spec.to_dict())
 
     model.to(device)
-    out = _prepare_out(Path(cfg.out), cfg.overwrite)
+    out = ensure_writable_dir(Path(cfg.out))
     handler = _attach_log(out)
     writer = SummaryWriter(str(out / "tensorboard"))
     try:
