@@ -49,6 +49,8 @@ class SynthConfig:
         scale: range of the body scale: one factor per sample for organ sizes, anchors and offsets.
         anisotropy: per-organ, per-axis extra scale factor drawn from ``1 ± anisotropy``.
         rotation_deg: anatomy mode: largest rotation (about a random axis); random mode rotates freely.
+        rotation_mm: anatomy mode: the rotation is also bounded so that no point of the organ (half its
+            largest extent from the centre) moves more than this; long organs (aorta) turn less.
         elastic_mm: standard deviation (mm) of the elastic control-point displacements.
         elastic_points: control points per axis of the elastic field (over the organ's bounding box).
         anchor_spread: multiplies the anchor covariance (1 = as observed over the bank's subjects).
@@ -76,6 +78,7 @@ class SynthConfig:
     scale: tuple[float, float] = (0.9, 1.1)
     anisotropy: float = 0.05
     rotation_deg: float = 15.0
+    rotation_mm: float = 20.0
     elastic_mm: float = 3.0
     elastic_points: int = 5
     anchor_spread: float = 1.0
@@ -109,7 +112,7 @@ class SynthConfig:
         if not 0 < lo <= hi:
             raise ConfigError(f"scale {self.scale!r}: need 0 < min <= max")
         self.scale = (lo, hi)
-        for name, low, high in [("anisotropy", 0.0, 0.5), ("rotation_deg", 0.0, 180.0),
+        for name, low, high in [("anisotropy", 0.0, 0.5), ("rotation_deg", 0.0, 180.0), ("rotation_mm", 0.0, 1000.0),
                                 ("elastic_mm", 0.0, 50.0), ("anchor_spread", 0.0, 10.0),
                                 ("jitter_mm", 0.0, 100.0), ("max_shift_mm", 0.0, 500.0),
                                 ("window_jitter", 0.0, 1.0)]:

@@ -243,7 +243,10 @@ class BodyModel:
         cfg = self.config
         s = int(rng.integers(len(self.bank.organs[k].shapes)))
         scale = body_scale * rng.uniform(1 - cfg.anisotropy, 1 + cfg.anisotropy, size=3)
-        rot = _rotation(rng, cfg.rotation_deg, self.free)
+        # bounded so that no point of the organ moves more than rotation_mm (long organs turn less)
+        half = 0.5 * float(self.geometry[k][s].extent_mm.max())
+        max_deg = min(cfg.rotation_deg, float(np.rad2deg(cfg.rotation_mm / max(half, 1e-6))))
+        rot = _rotation(rng, max_deg, self.free)
         matrix = np.diag(1.0 / scale) @ rot.T
         n = cfg.elastic_points
         elastic = np.clip(rng.normal(0.0, 1.0, size=(3, n, n, n)), -2.5, 2.5) * cfg.elastic_mm
@@ -352,7 +355,7 @@ class BodyModel:
             if si != s:
                 g = self.geometry[k][si]
                 fp = self._footprint(g, centre0, matrix, elastic)
-            shift = self._nearest_free(k, fp, occupied, prefer)
+            shift = self._nearest_free(k, fp, occupied, prefer, centre0, gauss)
             if shift is not None:
                 return self._accept(k, si, centre0, shift, matrix, elastic, g, fp, occupied,
                                     cfg.retries + 1 + n_shape, True)
@@ -360,15 +363,27 @@ class BodyModel:
                 f"{cfg.retries + 1} draws and no free position within {cfg.max_shift_mm:g} mm for any shape",
                 "blocked_by": self.bank.organs[blocker].name if blocker >= 0 else None}
 
-    def _shift_cost(self, shifts: np.ndarray, prefer: np.ndarray | None) -> np.ndarray:
-        """Cost of whole-cell shifts: length in mm, less a quarter of the part along ``prefer``."""
+    def _shift_cost(self, shifts: np.ndarray, prefer: np.ndarray | None, centre0: np.ndarray,
+                    gauss) -> np.ndarray:
+        """Cost of whole-cell shifts. With a position Gaussian: the Mahalanobis distance of the shifted
+        centre (the most probable free position wins, so an organ tightly anchored across, say,
+        left-right moves along its loose axes instead). Without one: the length in mm. Either way
+        less a small bonus for moving along ``prefer`` (the graph's typical direction)."""
         mm = shifts * self.coarse
-        cost = np.linalg.norm(mm, axis=1)
+        length = np.linalg.norm(mm, axis=1)
+        if gauss is not None:
+            mean, cov = gauss
+            d = centre0 + mm - mean
+            maha = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d))
+            cost = maha * float(np.sqrt(np.trace(cov) / 3))  # back in mm, so the bonus below keeps its scale
+        else:
+            cost = length
         if prefer is not None and np.linalg.norm(prefer) > 1e-6:
-            cost -= 0.25 * (mm @ (prefer / np.linalg.norm(prefer)))
+            cost = cost - 0.25 * (mm @ (prefer / np.linalg.norm(prefer)))
         return np.round(cost, 6)
 
-    def _nearest_free(self, k: int, fp: _Footprint, occupied, prefer: np.ndarray | None) -> np.ndarray | None:
+    def _nearest_free(self, k: int, fp: _Footprint, occupied, prefer: np.ndarray | None,
+                      centre0: np.ndarray, gauss) -> np.ndarray | None:
         """The cheapest whole-cell shift within ``max_shift_mm`` at which the footprint meets no organ
         it may not overlap, found for all shifts at once by an FFT cross-correlation of the footprint
         with the forbidden occupancy. Ties favour the graph's typical direction."""
@@ -390,7 +405,7 @@ class BodyModel:
         free = np.argwhere(overlap < 0.5) - r
         if not len(free):
             return None
-        order = np.lexsort((free[:, 2], free[:, 1], free[:, 0], self._shift_cost(free, prefer)))
+        order = np.lexsort((free[:, 2], free[:, 1], free[:, 0], self._shift_cost(free, prefer, centre0, gauss)))
         return free[order[0]].astype(np.int64)
 
     def _typical_direction(self, other: int, k: int) -> np.ndarray | None:
