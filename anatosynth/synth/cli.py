@@ -84,8 +84,9 @@ def _preview(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.n > 64:
         raise ConfigError(f"--n {args.n}: preview shows 1 to 64 samples")
+    device = _check_device(args.device)
     stream = stream_from_args(args)
-    batch = stream.batch(range(args.n), _check_device(args.device))
+    batch = stream.batch(range(args.n), device)
     cfg = stream.config
     title = f"{cfg.mode} / {cfg.render}, seed {stream.seed}, {'x'.join(map(str, cfg.patch))} @ " \
             f"{'x'.join(f'{v:g}' for v in stream.spacing)} mm"
@@ -100,8 +101,11 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: export at least one sample")
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: must be at least 1")
+    device = _check_device(args.device)
     stream = stream_from_args(args)
-    out = export_dataset(stream, args.n, args.out, _check_device(args.device), batch_size=args.batch)
+    out = export_dataset(stream, args.n, args.out, device, batch_size=args.batch)
     print(f"wrote {args.n} cases to {out}")
     return 0
 
@@ -111,10 +115,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: benchmark at least one sample")
+    if args.workers < 0 or args.batch < 1:
+        raise ConfigError(f"--workers {args.workers} / --batch {args.batch}: need workers >= 0 and batch >= 1")
+    device = _check_device(args.device)
     stream = stream_from_args(args)
-    if args.workers < 0:
-        raise ConfigError(f"--workers {args.workers}: must be 0 or more")
-    result = run_bench(stream, n=args.n, batch=args.batch, device=_check_device(args.device), workers=args.workers)
+    result = run_bench(stream, n=args.n, batch=args.batch, device=device, workers=args.workers)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
