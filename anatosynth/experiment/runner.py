@@ -151,7 +151,8 @@ def read_report(report: Path) -> dict:
     classes = summary["classes"]
     per_class = {name: 100.0 * float(c["dice"]["mean"]) for name, c in classes.items()
                  if c["dice"]["mean"] is not None and math.isfinite(float(c["dice"]["mean"]))}
-    mean = float(summary["mean_dice"]) * 100.0
+    # no scorable class at all (every class absent from reference and prediction) -> NaN, kept out of means
+    mean = float("nan") if summary.get("mean_dice") is None else float(summary["mean_dice"]) * 100.0
     return {"dice": mean, "per_class": per_class}
 
 
