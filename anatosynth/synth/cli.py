@@ -72,10 +72,17 @@ def stream_from_args(args: argparse.Namespace):
     return SyntheticStream(bank, cfg, seed=args.seed)
 
 
-def _check_device(device: str) -> str:
+def _check_device(device: str, threads: int = 0) -> str:
+    """Validate the device and apply ``--threads`` (torch intra-op threads; 0 keeps torch's default)."""
+    import torch
+
     from anatosynth.synth.generator import resolve_device
 
     resolve_device(device)
+    if threads < 0:
+        raise ConfigError(f"--threads {threads}: must be 0 (torch default) or more")
+    if threads:
+        torch.set_num_threads(threads)
     return device
 
 
@@ -84,7 +91,7 @@ def _preview(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.n > 64:
         raise ConfigError(f"--n {args.n}: preview shows 1 to 64 samples")
-    device = _check_device(args.device)
+    device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     batch = stream.batch(range(args.n), device)
     cfg = stream.config
@@ -103,7 +110,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: export at least one sample")
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be at least 1")
-    device = _check_device(args.device)
+    device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     out = export_dataset(stream, args.n, args.out, device, batch_size=args.batch)
     print(f"wrote {args.n} cases to {out}")
@@ -117,7 +124,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: benchmark at least one sample")
     if args.workers < 0 or args.batch < 1:
         raise ConfigError(f"--workers {args.workers} / --batch {args.batch}: need workers >= 0 and batch >= 1")
-    device = _check_device(args.device)
+    device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     result = run_bench(stream, n=args.n, batch=args.batch, device=device, workers=args.workers)
     if args.json:
@@ -138,6 +145,8 @@ def _common(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch default; use 1 on a busy shared machine)")
     p.add_argument("--no-anchors", action="store_true", help="ablation: ignore spatial anchors")
     p.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
     p.add_argument("--config", default=None, help="YAML/JSON file of further SynthConfig fields")

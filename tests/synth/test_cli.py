@@ -60,8 +60,13 @@ def test_export_matches_stream(bank_file, tmp_path, toy_bank):
 
 
 def test_bench_json(bank_file, capsys):
-    assert main(["synth", "bench", "--bank", bank_file, "--patch", "32", "--n", "4", "--batch", "2", "--workers", "1",
-                 "--json"]) == 0
+    before = torch.get_num_threads()
+    try:
+        assert main(["synth", "bench", "--bank", bank_file, "--patch", "32", "--n", "4", "--batch", "2",
+                     "--workers", "1", "--threads", "1", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     result = json.loads(capsys.readouterr().out)
     for key in ("patches_per_s", "ms_per_patch", "forbidden_overlap_voxels", "organs_placed_mean"):
         assert key in result
