@@ -2,12 +2,21 @@
 
 ``SyntheticStream(bank, SynthConfig(...), seed).batch(indices, device)`` gives a :class:`SynthBatch`
 (image [B, 1, X, Y, Z] float32 in [0, 1], label [B, X, Y, Z] int64, per-sample placement logs).
-Torch is imported with this package; the CLI imports it lazily.
+Names are resolved lazily (PEP 562), so importing ``anatosynth.synth.cli`` for ``anatosynth --help``
+does not import torch.
 """
 
 from __future__ import annotations
 
-from anatosynth.synth.config import MODES, SynthConfig
-from anatosynth.synth.generator import SampleParams, SynthBatch, SyntheticStream
+import importlib
 
 __all__ = ["MODES", "SynthConfig", "SyntheticStream", "SynthBatch", "SampleParams"]
+
+_WHERE = {"MODES": "config", "SynthConfig": "config", "SyntheticStream": "generator", "SynthBatch": "generator",
+          "SampleParams": "generator"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"anatosynth.synth.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'anatosynth.synth' has no attribute {name!r}")

@@ -13,6 +13,7 @@ import argparse
 import json
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "stream_from_args"]
 
@@ -22,14 +23,8 @@ _RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 
 def parse_patch(text: str) -> tuple[int, int, int]:
-    """``"96"`` or ``"96x96x32"`` → (X, Y, Z); each a positive multiple of 32."""
-    from anatosynth.synth.config import check_patch
-
-    parts = str(text).lower().split("x")
-    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"patch size {text!r}: expected N or XxYxZ, e.g. 96 or 96x96x32")
-    values = [int(p) for p in parts] * (3 if len(parts) == 1 else 1)
-    return check_patch(values)
+    """``"96"``, ``"96,96,32"`` or ``"96x96x32"`` → (X, Y, Z); each a positive multiple of 32."""
+    return _parse_patch(text, minimum=32, multiple=32, what="patch size")
 
 
 def _load_config(path: str | None) -> dict:

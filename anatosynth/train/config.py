@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from anatosynth.errors import ConfigError, InputError
+from anatosynth.options import parse_patch as _parse_patch
 from anatosynth.train.models import MODELS, ModelSpec
 
 __all__ = ["PretrainConfig", "load_yaml", "resolve_config", "RESUME_MUTABLE", "MODES", "RENDERS"]
@@ -168,18 +169,11 @@ class PretrainConfig:
 
 
 def parse_patch(value, source: str = "config") -> tuple[int, int, int]:
-    """``96`` or ``[96, 96, 32]`` → ``(96, 96, 96)`` / ``(96, 96, 32)``."""
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-        value = [value]
+    """``96``, ``"96,96,32"`` or ``[96, 96, 32]`` → ``(X, Y, Z)``; errors name ``source``."""
     try:
-        vals = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: patch must be one or three positive integers, got {value!r}") from None
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3 or any(v < 8 for v in vals):
-        raise ConfigError(f"{source}: patch must be one or three integers >= 8, got {value!r}")
-    return tuple(vals)  # type: ignore[return-value]
+        return _parse_patch(value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "parse_pair"]
 
 
 def parse_patch(text: str) -> tuple[int, int, int]:
     """``96`` → (96, 96, 96); ``96,96,32`` or ``96x96x32`` → (96, 96, 32)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"--patch must be N or X,Y,Z (integers), got {text!r}") from None
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or min(values) < 8:
-        raise ConfigError(f"--patch must be N or X,Y,Z with sizes >= 8, got {text!r}")
-    return tuple(values)  # type: ignore[return-value]
+    return _parse_patch(text, what="--patch")
 
 
 def parse_pair(text: str) -> tuple[float, float]:

@@ -73,7 +73,7 @@ def register(sub) -> None:
     g.add_argument("--bank", help="shape bank path or builtin:phantom (default)")
     g.add_argument("--mode", choices=("anatomy", "random", "primitives"))
     g.add_argument("--render", choices=("shell", "fill", "shell+fill", "texture", "contour"))
-    g.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size: one or three integers")
+    g.add_argument("--patch", nargs="+", metavar="N", help="patch size: N, X Y Z or X,Y,Z")
     g.add_argument("--samples", type=int, help="train on a fixed pool of N samples instead of the endless stream")
     g.add_argument("--no-anchors", action="store_true", help="ablation: place organs without spatial anchors")
     g.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")

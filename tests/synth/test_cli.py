@@ -75,7 +75,7 @@ def test_bench_json(bank_file, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--patch", "40"], "multiple of 32"),
-    (["--patch", "9x9"], "expected N or XxYxZ"),
+    (["--patch", "9x9"], "one or three numbers"),
     (["--bank", "/nonexistent/x.bank"], "not found"),
     (["--device", "tpu"], "device"),
 ])
