@@ -1,4 +1,5 @@
-"""Preview PNG: n samples x three orthogonal mid-slices, image in grey, labels in colour, a legend.
+"""Preview PNG: n samples x three orthogonal mid-slices, each shown twice (the image alone, then with
+its labels in colour, so a person sees what the network sees and what it must answer), and a legend.
 
 Slices are shown the radiological way: axial with the patient's right on the left and anterior at
 the top, coronal with superior at the top, sagittal with anterior on the left; pixel aspect follows
@@ -51,26 +52,28 @@ def preview_figure(images: np.ndarray, labels: np.ndarray, class_names: Sequence
     n = len(images)
     colours = label_colours(len(class_names))
     cmap = ListedColormap(colours)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.9), squeeze=False)
+    fig, axes = plt.subplots(n, 6, figsize=(14, 2.4 * n + 0.9), squeeze=False)
     for b in range(n):
         for c, ((name, img, aspect), (_, lab, _)) in enumerate(zip(orthogonal_slices(images[b], spacing),
                                                                     orthogonal_slices(labels[b], spacing))):
-            ax = axes[b, c]
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
-            ax.imshow(np.ma.masked_equal(lab, 0), cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5,
-                      alpha=0.45, aspect=aspect, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if b == 0:
-                ax.set_title(name, fontsize=9)
+            for k, overlay in enumerate((False, True)):
+                ax = axes[b, 2 * c + k]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+                if overlay:
+                    ax.imshow(np.ma.masked_equal(lab, 0), cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5,
+                              alpha=0.5, aspect=aspect, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if b == 0:
+                    ax.set_title(f"{name} + labels" if overlay else name, fontsize=9)
         axes[b, 0].set_ylabel(f"#{b}", fontsize=8)
     present = sorted(set(np.unique(labels).tolist()) - {0})
     handles = [Patch(color=colours[i], label=class_names[i]) for i in present]
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    rows = (len(handles) + 3) // 4
+    rows = (len(handles) + 6) // 7
     height = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0, min(0.4, (0.18 * rows + 0.1) / height), 1, 1 - 0.35 / height if title else 1))
     return fig
