@@ -79,3 +79,25 @@ def test_pick_eval_cases_is_stable_and_checked():
         pick_eval_cases(names, 20)
     with pytest.raises(ConfigError, match="not in the dataset: nope"):
         pick_eval_cases(names, ["nope"])
+
+
+@pytest.mark.parametrize("name", ["cpu-mini", "cpu-scaling", "gpu-short", "paper"])
+def test_shipped_protocols_are_valid(name):
+    """Every shipped protocol expands, and every job's options are accepted by the verb that runs it."""
+    from pathlib import Path
+
+    from anatosynth.cli import build_parser
+    from anatosynth.experiment.runner import _cli_args
+    from anatosynth.train.config import PretrainConfig
+
+    path = Path(__file__).resolve().parents[2] / "protocols" / f"{name}.yaml"
+    p = expand(load_protocol(path), str(path))
+    assert p.finetunes and any(j.arm == p.baseline for j in p.finetunes)
+    for job in p.pretrains:
+        PretrainConfig.from_dict({**job.config, "bank": "builtin:phantom"}, source=job.key)
+    parser = build_parser()
+    for job in p.finetunes:
+        options = dict(job.options)
+        evaluate = options.pop("evaluate")
+        parser.parse_args(["finetune", "--data", job.data, "--out", "x", *_cli_args(options)])
+        parser.parse_args(["evaluate", "--data", job.data, "--model", "x", "--out", "y", *_cli_args(evaluate)])
