@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["register", "run_demo", "DEMO_DEFAULTS"]
 
-# the demo's pre-training run: small enough for ~4 minutes on 2 CPU cores (see docs/sections/pretraining.md);
+# the demo's pre-training run: small enough for ~4 minutes on 2 CPU cores (see docs/method.md, "Pre-training");
 # one worker process draws the next samples' placements while the current step trains
 DEMO_DEFAULTS = dict(mode="anatomy", render="shell", model="swinunetr", feature_size=12, patch=[64, 64, 32],
                      batch=1, steps=200, lr=2e-4, warmup=10, checkpoint_every=25, log_every=5, image_every=25,
