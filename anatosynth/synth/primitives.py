@@ -229,6 +229,18 @@ def draw_primitive_params(
     return PrimitiveParams(patch=patch, objects=placed, dropped=dropped)  # type: ignore[arg-type]
 
 
+def _object_mask(obj, device) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+    """An object's filled mask (H, S, S), slice by slice from its cross-section and height profile, and
+    the box it occupies in the patch."""
+    base = torch.as_tensor(obj.base, device=device)
+    idx = torch.as_tensor(obj.index, dtype=torch.int64, device=device)
+    valid = idx >= 0
+    safe = idx.clamp(min=0)
+    m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]
+    box = tuple(slice(o, o + n) for o, n in zip(obj.origin, obj.size))
+    return m, box  # type: ignore[return-value]
+
+
 def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int], device="cpu") -> torch.Tensor:
     """Paint each sample's objects into an int64 label batch [B, X, Y, Z] on ``device`` (later object wins).
 
@@ -241,15 +253,8 @@ def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, i
         if tuple(p.patch) != patch:
             raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {patch}")
         for obj in p.objects:
-            base = torch.as_tensor(obj.base, device=device)
-            idx = torch.as_tensor(obj.index, dtype=torch.int64, device=device)
-            valid = idx >= 0
-            safe = idx.clamp(min=0)
-            m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]  # (H, S, S)
-            x, y, z = obj.origin
-            sx, sy, sz = obj.size
-            region = out[b, x:x + sx, y:y + sy, z:z + sz]
-            region.masked_fill_(m.permute(1, 2, 0), obj.label)
+            m, box = _object_mask(obj, device)
+            out[b][box].masked_fill_(m.permute(1, 2, 0), obj.label)
     return out
 
 
@@ -281,12 +286,6 @@ def primitive_contours(
         if tuple(p.patch) != patch:
             raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {patch}")
         for obj in p.objects:
-            base = torch.as_tensor(obj.base, device=device)
-            idx = torch.as_tensor(obj.index, dtype=torch.int64, device=device)
-            valid = idx >= 0
-            safe = idx.clamp(min=0)
-            m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]  # (H, S, S)
-            x, y, z = obj.origin
-            sx, sy, sz = obj.size
-            drawn[b, x:x + sx, y:y + sy, z:z + sz] |= _inplane_ring(m, width).permute(1, 2, 0)
+            m, box = _object_mask(obj, device)
+            drawn[b][box] |= _inplane_ring(m, width).permute(1, 2, 0)
     return (drawn.float() * float(value))[:, None]
