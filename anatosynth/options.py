@@ -6,7 +6,7 @@ import re
 
 from anatosynth.errors import ConfigError
 
-__all__ = ["parse_patch"]
+__all__ = ["parse_patch", "reject_unknown_keys"]
 
 
 def parse_patch(value, *, minimum: int = 8, multiple: int = 1, what: str = "patch") -> tuple[int, int, int]:
@@ -34,3 +34,12 @@ def parse_patch(value, *, minimum: int = 8, multiple: int = 1, what: str = "patc
     if multiple > 1 and any(v % multiple for v in values):
         raise ConfigError(f"{what} {'x'.join(map(str, values))}: every entry must be a multiple of {multiple}")
     return tuple(values)  # type: ignore[return-value]
+
+
+def reject_unknown_keys(d: dict, known, what: str) -> None:
+    """Raise :class:`ConfigError` naming the unknown keys of mapping ``d`` (typos must not be ignored)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what}: expected a mapping of options, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{what}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

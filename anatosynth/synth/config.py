@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import reject_unknown_keys
 
 __all__ = ["MODES", "RENDER_NAMES", "WINDOW_POLICIES", "SynthConfig", "check_patch"]
 
@@ -141,12 +142,7 @@ class SynthConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SynthConfig":
         """Build from a dict, rejecting unknown keys (typos would otherwise be silently ignored)."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"synth config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown synth config keys: {', '.join(unknown)}")
+        reject_unknown_keys(d, {f.name for f in fields(cls)}, "synth config")
         values = dict(d)
         for key in ("patch", "scale"):
             if key in values and isinstance(values[key], list):

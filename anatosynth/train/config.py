@@ -12,6 +12,7 @@ from pathlib import Path
 
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.options import parse_patch as _parse_patch
+from anatosynth.options import reject_unknown_keys
 from anatosynth.train.models import MODELS, ModelSpec
 
 __all__ = ["PretrainConfig", "load_yaml", "resolve_config", "RESUME_MUTABLE", "MODES", "RENDERS"]
@@ -93,12 +94,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "PretrainConfig":
         """Build and validate from a dict, rejecting unknown keys with a message naming ``source``."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a mapping of options, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(d, {f.name for f in fields(cls)}, source)
         d = dict(d)
         for name in ("lr", "weight_decay", "minutes"):  # YAML reads "1e-4" (no dot) as a string
             if isinstance(d.get(name), str):
