@@ -32,7 +32,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="report folder (summary.json, per_case.csv, summary.md, predictions/)")
     p.add_argument("--cases", default=None,
                    help="comma-separated case names (default: the run's evaluation split, else all cases)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="sliding-window overlap (default 0.25, MONAI's default; the BTCV recipe uses 0.5)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction NIfTI files")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")

@@ -88,7 +88,7 @@ def _precheck_geometry(cases) -> None:
 
 
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
-             overlap: float = 0.5, sw_batch: int = 1, save_predictions: bool = True,
+             overlap: float = 0.25, sw_batch: int = 1, save_predictions: bool = True,
              progress: bool = True, device: str | None = "auto") -> dict:
     """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
 

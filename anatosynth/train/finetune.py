@@ -62,7 +62,7 @@ class FinetuneConfig:
     crops: int = 2
     val_every: int = 100
     val_max_cases: int = 4
-    overlap: float = 0.5
+    overlap: float = 0.25
     sw_batch: int = 1
     device: str = "auto"
     overwrite: bool = False

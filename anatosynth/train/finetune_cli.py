@@ -71,7 +71,7 @@ def register(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default min(steps/10, 100))")
     p.add_argument("--crops", type=int, default=2, help="crops per step from one case (default 2; BTCV uses 4)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap for validation (default 0.5)")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap for validation (default 0.25)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
