@@ -16,7 +16,8 @@ def run_experiment(args) -> int:
     out = Path(args.out)
     print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
           f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
-    rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads)
+    rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads,
+                        jobs=args.jobs)
     if args.dry_run:
         print(f"dry run: commands written to {out / 'experiment.log'}")
         return 0
@@ -33,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="experiment folder; re-running reuses finished jobs")
     p.add_argument("--dry-run", action="store_true", help="only list the commands the protocol would run")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job (OMP_NUM_THREADS)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="fine-tune+evaluate runs at a time (default 1); on 2 cores: --jobs 2 --threads 1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_experiment)
     demo.register(sub)

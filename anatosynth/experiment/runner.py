@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,10 +60,11 @@ class Runner:
         if threads:
             self.env["OMP_NUM_THREADS"] = str(threads)
         self.log = out / "experiment.log"
+        self.lock = threading.Lock()
 
     def _say(self, text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
-        with open(self.log, "a") as f:
+        with self.lock, open(self.log, "a") as f:
             f.write(line + "\n")
 
     def call(self, args: list[str], folder: Path) -> None:
@@ -157,15 +159,21 @@ def read_report(report: Path) -> dict:
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
-                 threads: int | None = None) -> list[dict]:
-    """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows."""
+                 threads: int | None = None, jobs: int = 1) -> list[dict]:
+    """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows.
+
+    Banks and pre-training runs go one after another; fine-tune+evaluate runs go ``jobs`` at a time
+    (each its own process; give each ``threads`` so that jobs x threads matches the cores). Rows keep the
+    protocol's order whatever order the jobs finish in.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.yaml").write_text(yaml.safe_dump(protocol.raw, sort_keys=False))
     runner = Runner(out, protocol, dry_run, threads)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
-    rows: list[dict] = []
     with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:
         bank_paths = {}
         for job in protocol.banks:
@@ -177,17 +185,27 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
             bar.set_postfix_str(job.key)
             models[job.key] = runner.pretrain(job, bank_paths)
             bar.update()
-        for job in protocol.finetunes:
-            bar.set_postfix_str(job.key)
+        results: dict[str, dict] = {}
+
+        def one(job: FinetuneJob) -> None:
             result = runner.finetune(job, models.get(job.pretrain) if job.pretrain else None)
-            bar.update()
-            if result is None:
-                continue
-            rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed,
-                         "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
-                         "dice": result["dice"], "per_class": result["per_class"], "job": job.key})
-            write_results_csv(rows, out / "results.csv")
-    return rows
+            with runner.lock:
+                bar.update()
+                if result is not None:
+                    results[job.key] = result
+                    write_results_csv(_rows(protocol, results), out / "results.csv")
+
+        with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+            for future in [pool.submit(one, job) for job in protocol.finetunes]:
+                future.result()  # re-raises the first failure
+    return _rows(protocol, results)
+
+
+def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
+    return [{"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
+             "samples": job.samples, "subjects": job.subjects, "dice": results[job.key]["dice"],
+             "per_class": results[job.key]["per_class"], "job": job.key}
+            for job in protocol.finetunes if job.key in results]
 
 
 def write_results_csv(rows: list[dict], path: Path) -> None:
