@@ -17,9 +17,12 @@ def run_experiment(args) -> int:
     print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
           f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
     rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads,
-                        jobs=args.jobs)
+                        jobs=args.jobs, report_only=args.report_only)
     if args.dry_run:
         print(f"dry run: commands written to {out / 'experiment.log'}")
+        return 0
+    if not rows:
+        print("no finished fine-tune runs to report yet")
         return 0
     paths = write_reports(rows, out, protocol)
     print((out / "results.md").read_text())
@@ -36,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads per job (OMP_NUM_THREADS)")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tune+evaluate runs at a time (default 1); on 2 cores: --jobs 2 --threads 1")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: tables and plots from the jobs finished so far")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_experiment)
     demo.register(sub)

@@ -52,7 +52,8 @@ def _cli_args(options: dict) -> list[str]:
 class Runner:
     """Executes jobs as subprocesses, logging each one's output to its folder."""
 
-    def __init__(self, out: Path, protocol: Protocol, dry_run: bool = False, threads: int | None = None):
+    def __init__(self, out: Path, protocol: Protocol, dry_run: bool = False, threads: int | None = None,
+                 report_only: bool = False):
         self.out = out
         self.protocol = protocol
         self.dry_run = dry_run
@@ -60,6 +61,7 @@ class Runner:
         if threads:
             self.env["OMP_NUM_THREADS"] = str(threads)
         self.log = out / "experiment.log"
+        self.report_only = report_only
         self.lock = threading.Lock()
 
     def _say(self, text: str) -> None:
@@ -92,7 +94,7 @@ class Runner:
     def bank(self, job: BankJob) -> Path:
         folder = self.out / "banks" / job.key
         path = folder / "bank.bank"
-        if self.done(folder):
+        if self.done(folder) or self.report_only:
             return path
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -103,7 +105,7 @@ class Runner:
 
     def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
         folder = self.out / "pretrain" / job.key
-        if self.done(folder):
+        if self.done(folder) or self.report_only:
             return folder / "model.pt"
         cfg = dict(job.config)
         if job.bank is not None:
@@ -123,6 +125,8 @@ class Runner:
     def finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
         folder = self.out / "finetune" / job.key
         report = folder / "report"
+        if self.report_only:
+            return read_report(report) if self.done(folder) else None
         if not self.done(folder):
             shutil.rmtree(folder, ignore_errors=True)
             options = dict(job.options)
@@ -159,20 +163,22 @@ def read_report(report: Path) -> dict:
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
-                 threads: int | None = None, jobs: int = 1) -> list[dict]:
+                 threads: int | None = None, jobs: int = 1, report_only: bool = False) -> list[dict]:
     """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows.
 
     Banks and pre-training runs go one after another; fine-tune+evaluate runs go ``jobs`` at a time
     (each its own process; give each ``threads`` so that jobs x threads matches the cores). Rows keep the
-    protocol's order whatever order the jobs finish in.
+    protocol's order whatever order the jobs finish in. ``report_only`` runs nothing and reports the
+    finished jobs (e.g. while the grid still runs elsewhere).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "protocol.yaml").write_text(yaml.safe_dump(protocol.raw, sort_keys=False))
-    runner = Runner(out, protocol, dry_run, threads)
+    if not report_only:
+        (out / "protocol.yaml").write_text(yaml.safe_dump(protocol.raw, sort_keys=False))
+    runner = Runner(out, protocol, dry_run, threads, report_only)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
     with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:
         bank_paths = {}
@@ -193,12 +199,16 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
                 bar.update()
                 if result is not None:
                     results[job.key] = result
-                    write_results_csv(_rows(protocol, results), out / "results.csv")
+                    if not report_only:
+                        write_results_csv(_rows(protocol, results), out / "results.csv")
 
         with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
             for future in [pool.submit(one, job) for job in protocol.finetunes]:
                 future.result()  # re-raises the first failure
-    return _rows(protocol, results)
+    rows = _rows(protocol, results)
+    if report_only:
+        write_results_csv(rows, out / "results.csv")
+    return rows
 
 
 def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:

@@ -53,6 +53,12 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before
     assert list(csv.DictReader(open(out / "results.csv"))) == rows
+    # --report-only runs nothing and reports only what is finished
+    next((out / "finetune").glob("ft-chaos-anatomy-k1-s1-*/done.json")).unlink()
+    assert main(["experiment", str(path), "--out", str(out), "--quiet", "--report-only"]) == 0
+    assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before
+    assert [(r["arm"], r["seed"]) for r in csv.DictReader(open(out / "results.csv"))] == [
+        ("scratch", "0"), ("scratch", "1"), ("anatomy", "0")]
 
 
 def test_dry_run_lists_commands(tmp_path, data_dir):
