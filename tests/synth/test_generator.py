@@ -146,7 +146,7 @@ def test_config_round_trip_and_unknown_keys():
     cfg = SynthConfig(mode="random", patch=(96, 96, 32), anchors=False)
     again = SynthConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
-    with pytest.raises(ConfigError, match="synth config: unknown option\(s\) colour"):
+    with pytest.raises(ConfigError, match=r"synth config: unknown option\(s\) colour"):
         SynthConfig.from_dict({"colour": 1})
     assert check_patch(64) == (64, 64, 64)
 
