@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anatosynth.evaluate.metrics import ClassScore
-from anatosynth.io.volume import atomic_write_bytes
+from anatosynth.io.volume import atomic_write_text
 
 __all__ = ["summarise", "write_reports", "markdown_table"]
 
@@ -110,15 +110,13 @@ def _csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_reports(summary: dict, out: str | Path, title: str = "Evaluation") -> dict[str, Path]:
     """Write summary.json, per_case.csv and summary.md into ``out`` (each atomically)."""
     out = Path(out)
     paths = {"json": out / "summary.json", "csv": out / "per_case.csv", "md": out / "summary.md"}
-    _write(paths["json"], json.dumps(summary, indent=1) + "\n")
-    _write(paths["csv"], _csv(summary))
-    _write(paths["md"], markdown_table(summary, title))
+    atomic_write_text(paths["json"], json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(paths["csv"], _csv(summary))
+    atomic_write_text(paths["md"], markdown_table(summary, title))
     return paths

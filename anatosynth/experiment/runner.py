@@ -10,6 +10,7 @@ reuses everything that finished and resumes the grid.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from anatosynth.errors import AnatosynthError
+from anatosynth.io.volume import atomic_write_text
 from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
@@ -219,13 +221,12 @@ def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
 
 
 def write_results_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}"})
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}"})
+    atomic_write_text(path, buf.getvalue())
 
 
 def collect_results(path: Path) -> list[dict]:
@@ -248,8 +249,8 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
 
     summary = summarise(rows, protocol.baseline)
     table = markdown_table(summary, protocol.baseline)
-    (out / "results.md").write_text(f"# {protocol.name}\n\n{table}\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "results.md", f"# {protocol.name}\n\n{table}\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, out, protocol.baseline, bank_subjects)
     return {"table": out / "results.md", **plots}

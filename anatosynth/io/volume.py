@@ -19,7 +19,8 @@ import numpy as np
 
 from anatosynth.errors import InputError
 
-__all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "NIFTI_SUFFIXES"]
+__all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "NIFTI_SUFFIXES",
+           "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -188,6 +189,11 @@ def atomic_write_bytes(path: str | Path, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text through :func:`atomic_write_bytes` (no half-written config, report or JSON)."""
+    return atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_volume(volume: Volume, path: str | Path, dtype: np.dtype | str | None = None) -> Path:

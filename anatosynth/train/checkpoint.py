@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from anatosynth.errors import ConfigError, InputError
-from anatosynth.io.volume import atomic_write_bytes
+from anatosynth.io.volume import atomic_write_bytes, atomic_write_text
 from anatosynth.train.models import ModelSpec, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint", "check_compatible", "save_model",
@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 def write_json(path: str | Path, obj: dict) -> Path:
     """Pretty JSON, written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write_text(path, text)
 
 
 def _torch_save(path: str | Path, obj) -> Path:

@@ -31,6 +31,7 @@ import numpy as np
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
+from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.models import ModelSpec
 from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
 
@@ -227,11 +228,6 @@ def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, Prepro
     return dataset, classes, pre
 
 
-def _write_text(path: Path, text: str) -> None:
-    from anatosynth.io.volume import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
 
 def _missing_classes(cases: list[PreparedCase], classes: ClassMap) -> dict[str, list[str]]:
     return {c.name: [classes.names[i] for i in range(1, classes.num_classes) if i not in c.present]
@@ -286,7 +282,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> Path:
     try:
         config = cfg.to_dict()
         write_json(out / "config.json", config)
-        _write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         write_json(out / "split.json", {**split, "dataset": str(dataset.root), "classes": classes.names})
         log.info("device %s; torch threads %d", device, torch.get_num_threads())
         log.info("dataset %s (%s, %s): %d train, %d eval, %d val cases; classes %s", dataset.name,

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError, InputError
-from anatosynth.io.volume import atomic_write_bytes, ensure_writable_dir
+from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from anatosynth.train.checkpoint import (check_compatible, load_state_strict, read_checkpoint, save_checkpoint,
                                          save_model, write_json)
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
 from anatosynth.train.distributed import (DistContext, all_mean, barrier, broadcast_flag, init_distributed,
-                                          shutdown, unwrap_model, wrap_model)
+                                          shutdown, wrap_model)
 from anatosynth.train.models import build_model
 from anatosynth.train.schedule import build_scheduler
 
@@ -384,7 +384,7 @@ class _Trainer:
         import yaml
 
         text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
-        atomic_write_bytes(self.paths.config, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(self.paths.config, text)
         self._write_metadata()
 
     def _write_metadata(self) -> None:

@@ -63,10 +63,9 @@ class TransferReport:
         return "\n".join(lines)
 
     def write(self, path: str | Path) -> None:
-        from anatosynth.io.volume import atomic_write_bytes
+        from anatosynth.io.volume import atomic_write_text
 
-        text = json.dumps(self.to_dict(), indent=1)
-        atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
