@@ -25,7 +25,7 @@ def run_experiment(args) -> int:
         print("no finished fine-tune runs to report yet")
         return 0
     paths = write_reports(rows, out, protocol)
-    print((out / "results.md").read_text())
+    print(paths["table"].read_text())
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from anatosynth.errors import ConfigError
 
 __all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand", "pick_eval_cases"]
 
+RESERVED_NAMES = {"banks", "pretrain", "finetune"}  # job folders of an experiment folder
 TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds",
             "scaling", "baseline"}
 
@@ -100,6 +102,10 @@ def load_protocol(path: str | Path) -> dict:
         if not raw.get(key):
             raise ConfigError(f"{path}: '{key}' is required and must not be empty")
     raw.setdefault("name", Path(path).stem)
+    name = str(raw["name"])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in RESERVED_NAMES:
+        raise ConfigError(f"{path}: protocol name {name!r} must be a plain folder name (letters, digits, '._-'), "
+                          f"not one of {', '.join(sorted(RESERVED_NAMES))}: its reports go to OUT/<name>/")
     return raw
 
 

@@ -178,8 +178,11 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    if not report_only:
-        (out / "protocol.yaml").write_text(yaml.safe_dump(protocol.raw, sort_keys=False))
+    reports = report_dir(out, protocol)
+    if not dry_run:
+        reports.mkdir(exist_ok=True)
+    if not report_only and not dry_run:
+        atomic_write_text(reports / "protocol.yaml", yaml.safe_dump(protocol.raw, sort_keys=False))
     runner = Runner(out, protocol, dry_run, threads, report_only)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
     with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:
@@ -202,15 +205,24 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
                 if result is not None:
                     results[job.key] = result
                     if not report_only:
-                        write_results_csv(_rows(protocol, results), out / "results.csv")
+                        write_results_csv(_rows(protocol, results), reports / "results.csv")
 
         with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
             for future in [pool.submit(one, job) for job in protocol.finetunes]:
                 future.result()  # re-raises the first failure
     rows = _rows(protocol, results)
     if report_only:
-        write_results_csv(rows, out / "results.csv")
+        write_results_csv(rows, reports / "results.csv")
     return rows
+
+
+def report_dir(out: Path, protocol: Protocol) -> Path:
+    """Where a protocol's tables, plots and resolved YAML go: ``OUT/<protocol name>/``.
+
+    Jobs (banks, pre-training, fine-tuning) live at ``OUT`` and are shared by key, so several protocols can
+    use one experiment folder (cpu-scaling reuses cpu-mini's runs) without overwriting each other's reports.
+    """
+    return out / protocol.name
 
 
 def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
@@ -243,14 +255,16 @@ def collect_results(path: Path) -> list[dict]:
 
 
 def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
-    """results table (Markdown) and plots from result rows."""
+    """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
     from anatosynth.experiment.plots import plot_all
     from anatosynth.experiment.stats import markdown_table, summarise
 
+    reports = report_dir(out, protocol)
+    reports.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows, protocol.baseline)
     table = markdown_table(summary, protocol.baseline)
-    atomic_write_text(out / "results.md", f"# {protocol.name}\n\n{table}\n")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(reports / "results.md", f"# {protocol.name}\n\n{table}\n")
+    atomic_write_text(reports / "summary.json", json.dumps(summary, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
-    plots = plot_all(rows, out, protocol.baseline, bank_subjects)
-    return {"table": out / "results.md", **plots}
+    plots = plot_all(rows, reports, protocol.baseline, bank_subjects)
+    return {"table": reports / "results.md", **plots}

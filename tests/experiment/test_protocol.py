@@ -66,6 +66,14 @@ def test_load_protocol_rejects_unknown_keys(tmp_path):
         load_protocol(path)
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", "pretrain", ".hidden", ""])
+def test_load_protocol_rejects_names_that_are_not_a_folder_name(tmp_path, name):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**RAW, "name": name}))
+    with pytest.raises(ConfigError, match="plain folder name"):
+        load_protocol(path)
+
+
 def test_pick_eval_cases_is_stable_and_checked():
     from anatosynth.experiment.protocol import pick_eval_cases
 

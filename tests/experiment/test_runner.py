@@ -34,14 +34,16 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     path = _protocol(tmp_path, data_dir)
     out = tmp_path / "exp"
     assert main(["experiment", str(path), "--out", str(out), "--quiet", "--jobs", "2", "--threads", "1"]) == 0
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    reports = out / "tiny"  # reports per protocol name; jobs shared at the top of the folder
+    rows = list(csv.DictReader(open(reports / "results.csv")))
     # rows in protocol order although two jobs ran at a time
     assert [(r["arm"], r["seed"]) for r in rows] == [("scratch", "0"), ("scratch", "1"),
                                                      ("anatomy", "0"), ("anatomy", "1")]
     assert all(0.0 <= float(r["dice"]) <= 100.0 for r in rows)
-    table = (out / "results.md").read_text()
+    table = (reports / "results.md").read_text()
     assert "| anatomy | 1 | endless |" in table and "Δ vs scratch" in table
-    assert (out / "dice_per_arm.png").stat().st_size > 1000
+    assert (reports / "dice_per_arm.png").stat().st_size > 1000
+    assert yaml.safe_load((reports / "protocol.yaml").read_text())["name"] == "tiny"
     # one pre-training run is shared by both seeds
     assert len(list((out / "pretrain").glob("pre-anatomy-*/model.pt"))) == 1
     # the evaluation set is the same for every arm and seed
@@ -52,13 +54,22 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     log_before = (out / "experiment.log").read_text().count("$ anatosynth")
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before
-    assert list(csv.DictReader(open(out / "results.csv"))) == rows
+    assert list(csv.DictReader(open(reports / "results.csv"))) == rows
     # --report-only runs nothing and reports only what is finished
     next((out / "finetune").glob("ft-chaos-anatomy-k1-s1-*/done.json")).unlink()
     assert main(["experiment", str(path), "--out", str(out), "--quiet", "--report-only"]) == 0
     assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before
-    assert [(r["arm"], r["seed"]) for r in csv.DictReader(open(out / "results.csv"))] == [
+    assert [(r["arm"], r["seed"]) for r in csv.DictReader(open(reports / "results.csv"))] == [
         ("scratch", "0"), ("scratch", "1"), ("anatomy", "0")]
+    # a second protocol in the same folder reuses the shared jobs and keeps its own report
+    raw = yaml.safe_load(path.read_text())
+    raw.update(name="tiny-scratch", arms=[{"name": "scratch", "pretrain": "none"}])
+    (tmp_path / "tiny-scratch.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["experiment", str(tmp_path / "tiny-scratch.yaml"), "--out", str(out), "--quiet"]) == 0
+    assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before
+    assert [(r["arm"], r["seed"]) for r in csv.DictReader(open(out / "tiny-scratch" / "results.csv"))] == [
+        ("scratch", "0"), ("scratch", "1")]
+    assert len(list(csv.DictReader(open(reports / "results.csv")))) == 3
 
 
 def test_dry_run_lists_commands(tmp_path, data_dir):
@@ -67,4 +78,4 @@ def test_dry_run_lists_commands(tmp_path, data_dir):
     assert main(["experiment", str(path), "--out", str(out), "--dry-run", "--quiet"]) == 0
     log = (out / "experiment.log").read_text()
     assert log.count("$ anatosynth pretrain") == 1 and log.count("$ anatosynth finetune") == 4
-    assert "--val-cases" in log and not (out / "results.csv").exists()
+    assert "--val-cases" in log and not (out / "tiny").exists()
