@@ -168,8 +168,9 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
                  threads: int | None = None, jobs: int = 1, report_only: bool = False) -> list[dict]:
     """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows.
 
-    Banks and pre-training runs go one after another; fine-tune+evaluate runs go ``jobs`` at a time
-    (each its own process; give each ``threads`` so that jobs x threads matches the cores). Rows keep the
+    Banks are built one after another; then pre-training and fine-tune+evaluate runs go ``jobs`` at a
+    time (each its own process; give each ``threads`` so that jobs x threads matches the cores), a
+    fine-tune run starting as soon as its pre-trained model is there. Rows keep the
     protocol's order whatever order the jobs finish in. ``report_only`` runs nothing and reports the
     finished jobs (e.g. while the grid still runs elsewhere).
     """
@@ -191,15 +192,17 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
             bar.set_postfix_str(job.key)
             bank_paths[job.key] = runner.bank(job)
             bar.update()
-        models = {}
-        for job in protocol.pretrains:
-            bar.set_postfix_str(job.key)
-            models[job.key] = runner.pretrain(job, bank_paths)
-            bar.update()
         results: dict[str, dict] = {}
 
-        def one(job: FinetuneJob) -> None:
-            result = runner.finetune(job, models.get(job.pretrain) if job.pretrain else None)
+        def pretrain_one(job: PretrainJob) -> Path:
+            model = runner.pretrain(job, bank_paths)
+            with runner.lock:
+                bar.update()
+            return model
+
+        def finetune_one(job: FinetuneJob) -> None:
+            init = models[job.pretrain].result() if job.pretrain else None
+            result = runner.finetune(job, init)
             with runner.lock:
                 bar.update()
                 if result is not None:
@@ -207,9 +210,19 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
                     if not report_only:
                         write_results_csv(_rows(protocol, results), reports / "results.csv")
 
-        with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-            for future in [pool.submit(one, job) for job in protocol.finetunes]:
+        # Pre-training runs are submitted first, so a fine-tune run that waits for its model only ever
+        # waits for a run that has already started (the pool takes jobs in order): no deadlock, and
+        # scratch fine-tunes or a second pre-training run use the other cores meanwhile.
+        pool = ThreadPoolExecutor(max_workers=max(1, int(jobs)))
+        try:
+            models = {job.key: pool.submit(pretrain_one, job) for job in protocol.pretrains}
+            futures = [*models.values(), *(pool.submit(finetune_one, job) for job in protocol.finetunes)]
+            for future in futures:
                 future.result()  # re-raises the first failure
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end; start no new ones
+            raise
+        pool.shutdown()
     rows = _rows(protocol, results)
     if report_only:
         write_results_csv(rows, reports / "results.csv")
