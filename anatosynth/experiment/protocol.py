@@ -175,7 +175,13 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
             raise ConfigError(f"{source}: every dataset needs a 'name' and a 'path'")
         sizes = ds.get("train_cases", [4])
         sizes = [int(s) for s in (sizes if isinstance(sizes, list) else [sizes])]
-        for arm in arms:
+        only = ds.get("arms")  # optional: run only these arms on this dataset entry
+        if only is not None:
+            unknown = [a for a in only if a not in names]
+            if unknown or baseline not in only:
+                raise ConfigError(f"{source}: dataset {ds['name']!r}: 'arms' must name known arms and include the "
+                                  f"baseline {baseline!r} (got {', '.join(map(str, only))})")
+        for arm in (a for a in arms if only is None or a["name"] in only):
             for k in sizes:
                 for seed in seeds:
                     add_finetune(arm, ds, k, seed)

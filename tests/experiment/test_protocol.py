@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -39,6 +41,16 @@ def test_expand_counts_and_sharing():
     assert all(j.pretrain is None for j in scratch)
 
 
+def test_a_dataset_entry_can_run_a_subset_of_the_arms():
+    raw = {**RAW, "datasets": [{"name": "a", "path": "data/a"},
+                               {"name": "a-long", "path": "data/a", "arms": ["scratch", "anatomy"],
+                                "finetune": {"steps": 1000}}]}
+    p = expand(raw)
+    long = [j for j in p.finetunes if j.dataset == "a-long"]
+    assert {j.arm for j in long} == {"scratch", "anatomy"} and all(j.options["steps"] == 1000 for j in long)
+    assert {j.arm for j in p.finetunes if j.dataset == "a"} == {a["name"] for a in RAW["arms"]}
+
+
 def test_keys_are_stable_and_unique():
     a, b = expand(RAW), expand(RAW)
     assert [j.key for j in a.finetunes] == [j.key for j in b.finetunes]
@@ -53,6 +65,8 @@ def test_keys_are_stable_and_unique():
     ({"baseline": "nope"}, "baseline arm 'nope'"),
     ({"datasets": [{"name": "a"}]}, "'name' and a 'path'"),
     ({"scaling": {"arm": "ghost"}}, "scaling arm 'ghost'"),
+    ({"datasets": [{"name": "a", "path": "p", "arms": ["anatomy"]}]}, "include the baseline"),
+    ({"datasets": [{"name": "a", "path": "p", "arms": ["scratch", "ghost"]}]}, "must name known arms"),
 ])
 def test_bad_protocols(edit, message):
     with pytest.raises(ConfigError, match=message):
@@ -89,11 +103,16 @@ def test_pick_eval_cases_is_stable_and_checked():
         pick_eval_cases(names, ["nope"])
 
 
-@pytest.mark.parametrize("name", ["cpu-mini", "cpu-scaling", "gpu-short", "paper"])
+PROTOCOLS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "protocols").glob("*.yaml"))
+
+
+def test_the_documented_protocols_are_shipped():
+    assert {"cpu-mini", "cpu-scaling", "cpu-investigate", "gpu-short", "paper"} <= set(PROTOCOLS)
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
 def test_shipped_protocols_are_valid(name):
     """Every shipped protocol expands, and every job's options are accepted by the verb that runs it."""
-    from pathlib import Path
-
     from anatosynth.cli import build_parser
     from anatosynth.experiment.runner import _cli_args
     from anatosynth.train.config import PretrainConfig
