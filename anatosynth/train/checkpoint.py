@@ -14,8 +14,6 @@ Both go through a temporary sibling and ``os.replace``: a kill at any moment lea
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -40,13 +38,14 @@ def _torch_save(path: str | Path, obj) -> Path:
     return atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _torch_load(path: str | Path, what: str):
+def load_weights_only(path: str | Path, what: str):
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or unreadable file is one InputError line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds; all mean "not a usable file"
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
         raise InputError(path, f"cannot read {what} (truncated, corrupt or not a weights-only torch file: "
                                f"{first[:160]})") from None
@@ -83,7 +82,7 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, checking its format."""
-    state = _torch_load(path, "checkpoint")
+    state = load_weights_only(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise InputError(path, "not an anatosynth checkpoint (no model/step entries)")
     if state.get("format") != CHECKPOINT_FORMAT:
@@ -154,7 +153,7 @@ def load_pretrained(path: str | Path) -> tuple[torch.nn.Module, dict]:
         spec = ModelSpec.from_dict(meta["model"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise InputError(meta_path, f"not a valid run metadata file ({err.__class__.__name__})") from None
-    state = _torch_load(weights, "model weights")
+    state = load_weights_only(weights, "model weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(weights, "not a plain state_dict of tensors")
     model = build_model(spec)

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from anatosynth.errors import InputError
+from anatosynth.train.checkpoint import load_weights_only
 
 __all__ = ["TransferReport", "load_checkpoint", "rename_keys", "transfer_weights", "head_keys"]
 
@@ -77,13 +78,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
     path = Path(path)
     if path.is_dir() and (path / "model.pt").is_file():  # a run folder
         path = path / "model.pt"
-    if not path.is_file():
-        raise InputError(path, "checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds; all mean "not a usable checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise InputError(path, f"not a loadable PyTorch checkpoint ({first[:200]})") from None
+    obj = load_weights_only(path, "checkpoint")
     for _ in range(3):  # nested wrappers such as {"model": {"state_dict": ...}}
         if isinstance(obj, dict):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
