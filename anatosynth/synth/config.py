@@ -69,6 +69,15 @@ class SynthConfig:
         primitive_objects: primitives mode: objects per patch (PrimGeoSeg: 20).
         patches_per_body: consecutive samples that share one synthetic body (each with its own
             window and rendering); laying out a body costs more than rasterising a patch.
+        subject_coherence: anatomy mode: probability that a body is laid out from one bank subject:
+            every organ takes that subject's shape, centred on that subject's centroid (scaled with
+            the body, plus ``jitter_mm``) instead of the anchor/neighbour product. 0 (default) mixes
+            subjects organ by organ, as the paper describes; see docs/method.md ("Placement").
+        max_carve: largest fraction of an organ's voxels in the patch that may be carved away where,
+            at patch resolution, it meets a painted organ it may not overlap (the organ yields, as
+            organs indent each other); a larger clash drops the organ from the patch. 0 = never carve.
+        layout_tolerance: fraction of an organ's coarse layout cells that may overlap organs it may not
+            overlap before the layout counts a clash (those voxels are then carved when painting).
     """
 
     mode: str = "anatomy"
@@ -87,11 +96,14 @@ class SynthConfig:
     max_neighbours: int = 3
     retries: int = 2
     max_shift_mm: float = 30.0
-    collision_margin: int = 1
+    collision_margin: int = 0
     window: str = "organ"
     window_jitter: float = 0.5
     primitive_objects: int = 20
     patches_per_body: int = 4
+    subject_coherence: float = 0.0
+    max_carve: float = 0.25
+    layout_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -116,7 +128,8 @@ class SynthConfig:
         for name, low, high in [("anisotropy", 0.0, 0.5), ("rotation_deg", 0.0, 180.0), ("rotation_mm", 0.0, 1000.0),
                                 ("elastic_mm", 0.0, 50.0), ("anchor_spread", 0.0, 10.0),
                                 ("jitter_mm", 0.0, 100.0), ("max_shift_mm", 0.0, 500.0),
-                                ("window_jitter", 0.0, 1.0)]:
+                                ("window_jitter", 0.0, 1.0), ("subject_coherence", 0.0, 1.0),
+                                ("max_carve", 0.0, 1.0), ("layout_tolerance", 0.0, 1.0)]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{name} = {value!r}: expected a number in [{low:g}, {high:g}]")

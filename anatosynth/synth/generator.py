@@ -229,9 +229,10 @@ class SyntheticStream:
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), value > 0.5
 
     def _rasterise(self, p: SampleParams, dev: torch.device) -> tuple[torch.Tensor, list]:
-        """One sample's label map and, per organ met: (placement, clash voxels, kept voxels, forbidden
-        voxels added). An organ whose patch-resolution mask meets a painted organ it may not overlap
-        is not painted (the coarse layout check makes this rare; the log records it as dropped)."""
+        """One sample's label map and, per organ met: (placement, clash voxels of a dropped organ, kept
+        voxels, forbidden voxels added, carved voxels). An organ whose patch-resolution mask meets a
+        painted organ it may not overlap loses those voxels if they are at most ``max_carve`` of its
+        voxels in the patch; otherwise it is not painted (the log records it as dropped)."""
         cache = self._cache(dev)
         label = torch.zeros(self.patch, dtype=torch.int64, device=dev)
         words = cache["bits"].shape[1]
@@ -247,28 +248,30 @@ class SyntheticStream:
                 clash |= (occ[(w,) + window] & cache["forbidden"][pl.organ, w]) != 0
             clash &= mask
             n_clash = clash.sum()
-            keep = mask & (n_clash == 0)
+            # a small clash is carved away (the organ yields to the painted one); a larger one drops it
+            yields = n_clash <= self.config.max_carve * mask.sum()
+            keep = mask & ~clash & yields
             lab = label[window]
             lab.copy_(torch.where(keep, pl.organ + 1, lab))
             w = pl.organ // 64
             o = occ[(w,) + window]
             o.copy_(torch.where(keep, o | cache["bits"][pl.organ, w], o))
-            # forbidden voxels this organ adds to the painted patch: zero unless it is kept with a clash
-            stats.append((pl, n_clash, keep.sum(), (clash & keep).sum()))
+            # forbidden voxels this organ adds to the painted patch: zero by construction, counted anyway
+            stats.append((pl, n_clash * ~yields, keep.sum(), (clash & keep).sum(), n_clash * yields))
         if not stats:
             return label, []
         counts = torch.stack([torch.stack(s[1:]) for s in stats]).cpu().numpy()
-        return label, [(s[0], int(c), int(k), int(f)) for s, (c, k, f) in zip(stats, counts)]
+        return label, [(s[0], int(c), int(k), int(f), int(v)) for s, (c, k, f, v) in zip(stats, counts)]
 
     # ---- logs -----------------------------------------------------------------------------
     def _log(self, p: SampleParams, stats: list) -> dict:
         """The placement log: organs placed (with position, anchor distance, voxels in the patch),
         organs dropped (with reason), and the forbidden-overlap voxel count of the painted patch."""
         organs = self.bank.organs
-        in_patch = {id(pl): (c, k) for pl, c, k, _ in stats}
+        in_patch = {id(pl): (c, k, v) for pl, c, k, _, v in stats}
         placed, dropped = [], [dict(d) for d in p.dropped]
         for pl in p.placed:
-            clash, voxels = in_patch.get(id(pl), (0, 0))
+            clash, voxels, carved = in_patch.get(id(pl), (0, 0, 0))
             if clash:
                 dropped.append({"organ": organs[pl.organ].name, "reason":
                                 f"forbidden overlap at patch resolution ({clash} voxels)"})
@@ -278,13 +281,13 @@ class SyntheticStream:
                            "centre_mm": [round(float(v), 3) for v in pl.centre_mm],
                            "anchor_distance_mm": round(pl.anchor_distance_mm, 3),
                            "attempts": pl.attempts, "shift_mm": round(pl.shift_mm, 3),
-                           "voxels_in_patch": voxels})
+                           "voxels_in_patch": voxels, "carved_voxels": carved})
         return {"index": p.index, "seed": self.seed, "mode": self.config.mode,
                 "patch_origin_mm": [round(float(v), 3) for v in p.origin_mm],
                 "placed": placed, "dropped": dropped,
                 "organs_placed": len(placed),
                 "organs_in_patch": sum(1 for d in placed if d["voxels_in_patch"] > 0),
-                "forbidden_overlap_voxels": int(sum(f for *_, f in stats)),
+                "forbidden_overlap_voxels": int(sum(f for _, _, _, f, _ in stats)),
                 "anchor_distance_mm": {d["organ"]: d["anchor_distance_mm"] for d in placed}}
 
     def _primitive_log(self, p: SampleParams, label: torch.Tensor) -> dict:

@@ -159,6 +159,8 @@ class BodyModel:
         self.free = config.mode == "random"
         self.use_anchors = config.anchors and not self.free
         self.use_graph = config.graph and not self.free
+        self.coherence = config.subject_coherence if self.use_anchors else 0.0
+        self.subjects = sorted({sh.subject for o in bank.organs for sh in o.shapes})
         order = placement_order(bank, self.use_graph)
         self.order = [i for i in order if i in self.organs]
         self._relations()
@@ -227,6 +229,10 @@ class BodyModel:
         """Place every organ of the bank once, in order; see the module docstring."""
         body_scale = float(rng.uniform(*self.config.scale))
         self._body_scale = body_scale
+        # one subject's organs, at that subject's positions (drawn only when enabled: default bytes unchanged)
+        self._subject = None
+        if self.coherence > 0 and rng.uniform() < self.coherence:
+            self._subject = self.subjects[int(rng.integers(len(self.subjects)))]
         occupied: list[tuple[int, np.ndarray, np.ndarray]] = []  # (organ, first cell, hit) per placed organ
         placed: list[OrganPlacement] = []
         dropped: list[dict] = []
@@ -242,6 +248,9 @@ class BodyModel:
         """Shape choice and augmentation of organ ``k``: (shape index, matrix M, elastic field)."""
         cfg = self.config
         s = int(rng.integers(len(self.bank.organs[k].shapes)))
+        own = self._own_shape(k)
+        if own is not None:
+            s = own
         scale = body_scale * rng.uniform(1 - cfg.anisotropy, 1 + cfg.anisotropy, size=3)
         # bounded so that no point of the organ moves more than rotation_mm (long organs turn less)
         half = 0.5 * float(self.geometry[k][s].extent_mm.max())
@@ -252,13 +261,23 @@ class BodyModel:
         elastic = np.clip(rng.normal(0.0, 1.0, size=(3, n, n, n)), -2.5, 2.5) * cfg.elastic_mm
         return s, matrix, elastic.astype(np.float32)
 
+    def _own_shape(self, k: int) -> int | None:
+        """Index of the body's subject's shape of organ k (subject-coherent bodies), else None."""
+        if self._subject is None:
+            return None
+        return next((i for i, sh in enumerate(self.bank.organs[k].shapes) if sh.subject == self._subject), None)
+
     def _position_gaussian(self, k: int, body_scale: float,
                            placed: list[OrganPlacement]) -> tuple[np.ndarray, np.ndarray] | None:
         """Mean and covariance of organ k's centre: product of the anchor and neighbour Gaussians
-        (positions and offsets scaled with the body); None when neither informs it."""
+        (positions and offsets scaled with the body); None when neither informs it. A subject-coherent
+        body uses its subject's own centroid instead (the subject's own layout is overlap-free)."""
         cfg = self.config
         eye = np.eye(3) * (cfg.jitter_mm ** 2 + 1e-6)
         b = body_scale
+        own = self._own_shape(k)
+        if own is not None:
+            return b * np.asarray(self.bank.organs[k].shapes[own].centroid_mm, dtype=np.float64), eye
         terms = []
         if self.use_anchors:
             o = self.bank.organs[k]
@@ -310,9 +329,14 @@ class BodyModel:
         return _Footprint(first + lo, np.zeros(3, np.int64), hit[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
 
     def _clash(self, k: int, fp: _Footprint, shift: np.ndarray, occupied) -> int:
-        """The first placed organ that k (footprint shifted by whole cells) would overlap, or -1."""
+        """The first placed organ that k (footprint shifted by whole cells) would overlap, or -1.
+
+        Overlapping cells up to ``layout_tolerance`` of k's cells are tolerated (the organ yields those
+        voxels when it is painted, see ``max_carve``)."""
         start = fp.q + shift
         stop = start + np.asarray(fp.hit.shape)
+        allowance = self.config.layout_tolerance * float(fp.hit.sum())
+        first, overlap = -1, 0
         for j, s_j, hit_j in occupied:
             if not self.forbidden[k, j]:
                 continue
@@ -322,8 +346,12 @@ class BodyModel:
                 continue
             a = fp.hit[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, start))]
             b = hit_j[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, s_j))]
-            if np.any(a & b):
-                return j
+            n = int(np.count_nonzero(a & b))
+            if n:
+                first = j if first < 0 else first
+                overlap += n
+                if overlap > allowance:
+                    return first
         return -1
 
     def _place(self, rng: np.random.Generator, k: int, body_scale: float, placed: list[OrganPlacement],

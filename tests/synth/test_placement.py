@@ -30,14 +30,19 @@ def test_order_starts_with_largest_and_follows_contacts(toy_bank):
 
 
 def _pairwise_forbidden(stream, params) -> int:
-    """Independent check: re-rasterise every painted organ alone, count voxels shared by forbidden pairs."""
+    """Independent check on the painted label maps: every painted organ is rasterised again on its own.
+
+    Returns the number of voxels where a forbidden overlap hid an organ: a voxel of an earlier organ's
+    mask that shows a later organ it may not overlap (the later one must yield). The later organ's
+    voxels that show the earlier one are its carved voxels: they must match the log and stay within
+    ``max_carve`` of its voxels in the patch (asserted here)."""
     body = stream.body
     total = 0
     labels, logs = stream.labels(params)
-    for p, log in zip(params, logs):
-        kept = {d["label"] for d in log["placed"]}
+    for p, label, log in zip(params, labels, logs):
+        kept = {d["label"]: d for d in log["placed"]}
         masks = []
-        for pl in p.placed:
+        for pl in p.placed:  # paint order
             if pl.organ + 1 not in kept:
                 continue
             got = stream.organ_mask(p, pl, torch.device("cpu"))
@@ -47,9 +52,14 @@ def _pairwise_forbidden(stream, params) -> int:
             full[got[0]] = got[1]
             masks.append((pl.organ, full))
         for i, (a, ma) in enumerate(masks):
-            for b, mb in masks[i + 1:]:
+            shows_earlier = 0
+            for b, mb in masks[:i]:  # a is painted after b
                 if body.forbidden[a, b]:
-                    total += int((ma & mb).sum())
+                    total += int((mb & (label == a + 1)).sum())
+                    shows_earlier += int((ma & (label == b + 1)).sum())
+            entry = kept[a + 1]
+            assert shows_earlier == entry["carved_voxels"]
+            assert entry["carved_voxels"] <= stream.config.max_carve * (entry["voxels_in_patch"] + entry["carved_voxels"])
     return total
 
 
@@ -59,6 +69,8 @@ def test_no_forbidden_overlap_and_allowed_overlap_kept(toy_bank):
     assert _pairwise_forbidden(stream, params) == 0
     _, logs = stream.labels(params)
     assert all(log["forbidden_overlap_voxels"] == 0 for log in logs)
+    # touching organs meet: some voxels are carved (the check above compared them with the log)
+    assert sum(d["carved_voxels"] for log in logs for d in log["placed"]) > 0
     # the cyst may sit inside the liver (allowed edge): it must not be dropped for that
     reasons = [d for log in logs for d in log["dropped"] if d["organ"] == "cyst"]
     assert len(reasons) <= 2
@@ -141,3 +153,39 @@ def test_empty_bank_and_unfit_patch_rejected(toy_bank):
                     organs=[o for o in toy_bank.organs if o.name == "liver"])
     with pytest.raises(ConfigError, match="no organ fits the patch"):
         SyntheticStream(big, SynthConfig(patch=(32, 32, 32)))
+
+
+def test_without_carving_a_clashing_organ_is_dropped_not_cut(toy_bank):
+    stream = _stream(toy_bank, max_carve=0.0)
+    params = [stream.draw(i) for i in range(12)]
+    assert _pairwise_forbidden(stream, params) == 0
+    _, logs = stream.labels(params)
+    assert all(d["carved_voxels"] == 0 for log in logs for d in log["placed"])
+
+
+def _moved_fraction(stream, n=24) -> float:
+    placed = [pl for i in range(n) for pl in stream.layout(i * stream.config.patches_per_body).placed]
+    return float(np.mean([pl.shift_mm > 0 or pl.attempts > 1 for pl in placed]))
+
+
+def test_layout_tolerance_moves_fewer_organs(toy_bank):
+    strict = _moved_fraction(_stream(toy_bank, layout_tolerance=0.0))
+    tolerant = _moved_fraction(_stream(toy_bank, layout_tolerance=0.2))
+    assert tolerant < strict
+
+
+def test_subject_coherent_bodies_use_one_subject_at_its_own_positions(toy_bank):
+    still = dict(elastic_mm=0.0, rotation_deg=0.0, anisotropy=0.0, scale=(1.0, 1.0), jitter_mm=0.0)
+    stream = _stream(toy_bank, subject_coherence=1.0, **still)
+    for i in range(6):
+        layout = stream.layout(i * stream.config.patches_per_body)
+        subjects = {toy_bank.organs[pl.organ].shapes[pl.shape].subject for pl in layout.placed
+                    if pl.attempts == 1}
+        assert len(subjects) == 1
+        for pl in layout.placed:
+            if pl.attempts == 1:  # not moved: exactly where its subject had it
+                own = toy_bank.organs[pl.organ].shapes[pl.shape].centroid_mm
+                np.testing.assert_allclose(pl.centre_mm, own, atol=0.01)  # jitter 0 (+1e-6 mm² for stability)
+    # the ablation wins: without anchors there is no subject layout to follow
+    loose = _stream(toy_bank, subject_coherence=1.0, anchors=False)
+    assert loose.body.coherence == 0.0
