@@ -60,9 +60,9 @@ class SynthConfig:
         max_neighbours: placed neighbours (strongest contact first) that inform a position.
         retries: new position draws after a forbidden overlap, before shifting.
         max_shift_mm: largest shift to the nearest free position before the organ is dropped.
-        collision_margin: dilation (bank voxels) of each mask in the layout's overlap check. With 1
-            the coarse check is conservative, so patch-resolution overlaps (and the organ drops they
-            cause) are rare; touching organs keep a gap of at most about one coarse cell.
+        collision_margin: dilation (bank voxels) of each mask in the layout's overlap check. 0 (default)
+            lets organs touch; 1 (the earlier default) keeps them about one coarse cell apart, which
+            loses most anatomical contacts (docs/method.md, "Contacts").
         window: patch centre policy: ``organ`` (a placed organ's centroid, chosen uniformly, plus
             jitter) or ``body`` (uniform over the placed organs' bounding box).
         window_jitter: organ policy: jitter as a fraction of the half patch extent.
