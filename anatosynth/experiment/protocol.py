@@ -28,7 +28,7 @@ from anatosynth.errors import ConfigError
 __all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand", "pick_eval_cases"]
 
 RESERVED_NAMES = {"banks", "pretrain", "finetune"}  # job folders of an experiment folder
-TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds",
+TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds", "compare",
             "scaling", "baseline"}
 
 
@@ -156,6 +156,10 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         raise ConfigError(f"{source}: every arm needs a unique 'name'")
     if baseline not in names:
         raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(names)})")
+
+    for pair in raw.get("compare") or []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(a not in names for a in pair):
+            raise ConfigError(f"{source}: 'compare' entries must be two arm names, e.g. [anatomy, random]; got {pair!r}")
 
     finetunes: list[FinetuneJob] = []
 

@@ -270,14 +270,16 @@ def collect_results(path: Path) -> list[dict]:
 def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
     """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
     from anatosynth.experiment.plots import plot_all
-    from anatosynth.experiment.stats import markdown_table, summarise
+    from anatosynth.experiment.stats import compare_arms, compare_table, markdown_table, summarise
 
     reports = report_dir(out, protocol)
     reports.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows, protocol.baseline)
     table = markdown_table(summary, protocol.baseline)
-    atomic_write_text(reports / "results.md", f"# {protocol.name}\n\n{table}\n")
-    atomic_write_text(reports / "summary.json", json.dumps(summary, indent=1))
+    comparisons = compare_arms(rows, protocol.raw.get("compare") or [])
+    extra = compare_table(comparisons)
+    atomic_write_text(reports / "results.md", f"# {protocol.name}\n\n{table}\n" + (f"{extra}\n" if extra else ""))
+    atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons}, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects)
     return {"table": reports / "results.md", **plots}

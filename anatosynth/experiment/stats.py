@@ -14,7 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "PAIR_KEYS"]
+__all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "compare_arms", "compare_table",
+           "PAIR_KEYS"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
@@ -93,3 +94,32 @@ def markdown_table(summary: list[dict], baseline: str = "scratch") -> str:
                          f"{_fmt(s['mean'])} ± {_fmt(s['std'])} | {delta} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def compare_arms(rows: list[dict], pairs: Sequence[Sequence[str]], metric: str = "dice") -> list[dict]:
+    """Paired differences ``a - b`` between two pre-trained arms (e.g. anatomy vs random), per dataset and
+    labelled-set size, on the main grid (endless stream, default bank): mean, bootstrap CI, n."""
+    out = []
+    main = [r for r in rows if r.get("samples") in (None, 0) and r.get("subjects") in (None, 0)]
+    for a, b in pairs:
+        two = [r for r in main if r["arm"] in (a, b)]
+        for k, d in paired_differences(two, baseline=b, metric=metric).items():
+            group = dict(zip(GROUP_KEYS, k))
+            lo, hi = bootstrap_ci(d)
+            out.append({"dataset": group["dataset"], "train_cases": group["train_cases"], "a": a, "b": b,
+                        "n_pairs": len(d), "delta": float(np.mean(d)), "delta_lo": lo, "delta_hi": hi,
+                        "per_pair": [round(x, 4) for x in d]})
+    return out
+
+
+def compare_table(comparisons: list[dict]) -> str:
+    """A Markdown table of :func:`compare_arms` output ('' when there is none)."""
+    if not comparisons:
+        return ""
+    lines = ["**paired differences between arms** (same dataset, seed and labelled cases)", "",
+             "| dataset | labelled cases | difference | n | Δ Dice % [95% CI] | per seed |", "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['dataset']} | {c['train_cases']} | {c['a']} − {c['b']} | {c['n_pairs']} | "
+                     f"{_fmt(c['delta'])} [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}] | "
+                     f"{', '.join(f'{x:+.1f}' for x in c['per_pair'])} |")
+    return "\n".join(lines) + "\n"

@@ -66,6 +66,7 @@ def test_keys_are_stable_and_unique():
     ({"datasets": [{"name": "a"}]}, "'name' and a 'path'"),
     ({"scaling": {"arm": "ghost"}}, "scaling arm 'ghost'"),
     ({"datasets": [{"name": "a", "path": "p", "arms": ["anatomy"]}]}, "include the baseline"),
+    ({"compare": [["anatomy", "ghost"]]}, "'compare' entries must be two arm names"),
     ({"datasets": [{"name": "a", "path": "p", "arms": ["scratch", "ghost"]}]}, "must name known arms"),
 ])
 def test_bad_protocols(edit, message):

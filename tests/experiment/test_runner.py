@@ -23,6 +23,7 @@ def _protocol(tmp_path, data_dir):
         "arms": [{"name": "scratch", "pretrain": "none"},
                  {"name": "anatomy", "pretrain": {"mode": "anatomy", "render": "shell"}}],
         "seeds": [0, 1],
+        "compare": [["anatomy", "scratch"]],
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -42,6 +43,7 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     assert all(0.0 <= float(r["dice"]) <= 100.0 for r in rows)
     table = (reports / "results.md").read_text()
     assert "| anatomy | 1 | endless |" in table and "Δ vs scratch" in table
+    assert "| chaos | 1 | anatomy − scratch | 2 |" in table
     assert (reports / "dice_per_arm.png").stat().st_size > 1000
     assert yaml.safe_load((reports / "protocol.yaml").read_text())["name"] == "tiny"
     # one pre-training run is shared by both seeds
@@ -63,7 +65,7 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
         ("scratch", "0"), ("scratch", "1"), ("anatomy", "0")]
     # a second protocol in the same folder reuses the shared jobs and keeps its own report
     raw = yaml.safe_load(path.read_text())
-    raw.update(name="tiny-scratch", arms=[{"name": "scratch", "pretrain": "none"}])
+    raw.update(name="tiny-scratch", arms=[{"name": "scratch", "pretrain": "none"}], compare=[])
     (tmp_path / "tiny-scratch.yaml").write_text(yaml.safe_dump(raw))
     assert main(["experiment", str(tmp_path / "tiny-scratch.yaml"), "--out", str(out), "--quiet"]) == 0
     assert (out / "experiment.log").read_text().count("$ anatosynth") == log_before

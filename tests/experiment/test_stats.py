@@ -43,3 +43,19 @@ def test_unpaired_rows_give_no_difference():
     table = markdown_table(summarise(rows))
     assert "| random | 4 | endless | – | 1 | 50.00 ± n/a | n/a |" in table
     assert "| anatomy | 4 |" in table and "| scratch | 4 |" in table
+
+
+def test_compare_two_pretrained_arms_pairs_by_seed():
+    from anatosynth.experiment.stats import compare_arms, compare_table
+
+    rows = _rows()
+    for seed in range(4):  # random: 1 point below anatomy on every seed; one scaling row must be ignored
+        rows.append({"arm": "random", "dataset": "chaos", "seed": seed, "train_cases": 4,
+                     "dice": 70.0 + seed + 1.0 + 0.1 * (-1) ** seed})
+    rows.append({"arm": "anatomy", "dataset": "chaos", "seed": 0, "train_cases": 4, "samples": 250, "dice": 0.0})
+    (c,) = compare_arms(rows, [["anatomy", "random"]])
+    assert (c["a"], c["b"], c["n_pairs"]) == ("anatomy", "random", 4)
+    np.testing.assert_allclose(c["per_pair"], [1.0] * 4)
+    assert c["delta_lo"] == c["delta_hi"] == 1.0
+    assert "| chaos | 4 | anatomy − random | 4 | 1.00 [1.00, 1.00] | +1.0, +1.0, +1.0, +1.0 |" in compare_table([c])
+    assert compare_table([]) == ""
