@@ -37,14 +37,14 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     for ax, ds in zip(axes[0], datasets):
         main = [r for r in _main(rows) if r["dataset"] == ds]
         k = max(r["train_cases"] for r in main) if main else None
-        for i, arm in enumerate(arms):
+        shown = [a for a in arms if any(r["arm"] == a and r["train_cases"] == k for r in main)]  # arms run here
+        for i, arm in enumerate(shown):
             vals = [r["dice"] for r in main if r["arm"] == arm and r["train_cases"] == k]
-            if not vals:
-                continue
             m, s = _mean_std(vals)
-            ax.bar(i, m, yerr=s, color="0.6" if arm == baseline else f"C{i}", alpha=0.8, capsize=3)
+            colour = "0.6" if arm == baseline else f"C{arms.index(arm)}"  # one colour per arm in every panel
+            ax.bar(i, m, yerr=s, color=colour, alpha=0.8, capsize=3)
             ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, s=10, color="k", zorder=3)
-        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
+        ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right")
         ax.set_ylabel("mean foreground Dice (%)")
         ax.set_title(f"{ds}, {k} labelled cases")
         lo = min((r["dice"] for r in main), default=0)
