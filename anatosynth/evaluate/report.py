@@ -110,8 +110,6 @@ def _csv(summary: dict) -> str:
     return buf.getvalue()
 
 
-
-
 def write_reports(summary: dict, out: str | Path, title: str = "Evaluation") -> dict[str, Path]:
     """Write summary.json, per_case.csv and summary.md into ``out`` (each atomically)."""
     out = Path(out)

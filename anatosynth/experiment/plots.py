@@ -7,17 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from anatosynth.experiment.stats import main_grid
+
 __all__ = ["plot_all"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
-def _main(rows: list[dict]) -> list[dict]:
-    """Rows of the main grid (endless stream, default bank)."""
-    return [r for r in rows if not r.get("samples") and not r.get("subjects")]
 
 
 def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5) -> dict[str, Path]:
@@ -35,7 +32,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     # 1. Dice per arm (largest labelled-set size), seeds as dots
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        main = [r for r in _main(rows) if r["dataset"] == ds]
+        main = [r for r in main_grid(rows) if r["dataset"] == ds]
         k = max(r["train_cases"] for r in main) if main else None
         shown = [a for a in arms if any(r["arm"] == a and r["train_cases"] == k for r in main)]  # arms run here
         for i, arm in enumerate(shown):
@@ -59,7 +56,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     for ax, ds in zip(axes[0], datasets):
         for i, arm in enumerate(arms):
             by_k = defaultdict(list)
-            for r in _main(rows):
+            for r in main_grid(rows):
                 if r["dataset"] == ds and r["arm"] == arm:
                     by_k[r["train_cases"]].append(r["dice"])
             if not by_k:
@@ -94,7 +91,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
             for r in pts:
                 by_x[r[key]].append(r["dice"])
             # the main grid's point: endless pool / default bank
-            main = [r["dice"] for r in _main(rows) if r["dataset"] == ds and r["arm"] == arm and r["train_cases"] == k]
+            main = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == arm and r["train_cases"] == k]
             xs = sorted(by_x)
             if main:
                 x_main = (max(xs) * 4 if key == "samples" else bank_subjects)
@@ -102,7 +99,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
                 xs = sorted(by_x)
             ms = np.array([_mean_std(by_x[x]) for x in xs])
             ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm)
-            base = [r["dice"] for r in _main(rows) if r["dataset"] == ds and r["arm"] == baseline
+            base = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == baseline
                     and r["train_cases"] == k]
             if base:
                 m, s = _mean_std(base)

@@ -15,10 +15,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "compare_arms", "compare_table",
-           "PAIR_KEYS"]
+           "main_grid", "PAIR_KEYS"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
+
+
+def main_grid(rows: list[dict]) -> list[dict]:
+    """Rows of the main grid (endless stream, default bank), without the scaling points."""
+    return [r for r in rows if not r.get("samples") and not r.get("subjects")]
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 10000, alpha: float = 0.05,
@@ -100,7 +105,7 @@ def compare_arms(rows: list[dict], pairs: Sequence[Sequence[str]], metric: str =
     """Paired differences ``a - b`` between two pre-trained arms (e.g. anatomy vs random), per dataset and
     labelled-set size, on the main grid (endless stream, default bank): mean, bootstrap CI, n."""
     out = []
-    main = [r for r in rows if r.get("samples") in (None, 0) and r.get("subjects") in (None, 0)]
+    main = main_grid(rows)
     for a, b in pairs:
         two = [r for r in main if r["arm"] in (a, b)]
         for k, d in paired_differences(two, baseline=b, metric=metric).items():
