@@ -47,16 +47,19 @@ def contact_pairs(bank) -> list[tuple[int, int]]:
             if e.contact > 0.5 and e.a in names and e.b in names]
 
 
-def layout_stats(bank, config, bodies: int) -> dict:
+def draw_layouts(bank, config, bodies: int) -> list:
+    """``bodies`` layouts of one seed-0 generator (the same bodies for every setting's comparison)."""
     from anatosynth.synth.placement import BodyModel
 
     model = BodyModel(bank, config)
     rng = np.random.default_rng(0)
-    placed, dropped = [], 0
-    for _ in range(bodies):
-        layout = model.draw(rng)
-        placed += layout.placed
-        dropped += len(layout.dropped)
+    return [model.draw(rng) for _ in range(bodies)]
+
+
+def layout_stats(bank, config, bodies: int) -> dict:
+    layouts = draw_layouts(bank, config, bodies)
+    placed = [p for layout in layouts for p in layout.placed]
+    dropped = sum(len(layout.dropped) for layout in layouts)
     shifts = [p.shift_mm for p in placed if p.shift_mm > 0]
     return {"placed_per_body": len(placed) / bodies, "dropped_per_body": dropped / bodies,
             "moved_pct": 100.0 * float(np.mean([p.shift_mm > 0 or p.attempts > 1 for p in placed])),
@@ -99,14 +102,9 @@ SWITCHES = [("anatomy (anchors + graph)", dict(mode="anatomy")),
 
 
 def switch_stats(bank, config, bodies: int) -> dict:
-    from anatosynth.synth.placement import BodyModel
-
-    model = BodyModel(bank, config)
-    rng = np.random.default_rng(0)
     centres: dict[int, list] = {}
     placed = 0
-    for _ in range(bodies):
-        layout = model.draw(rng)
+    for layout in draw_layouts(bank, config, bodies):
         placed += len(layout.placed)
         for p in layout.placed:
             centres.setdefault(p.organ, []).append(p.centre_mm)

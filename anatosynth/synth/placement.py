@@ -160,7 +160,12 @@ class BodyModel:
         self.use_anchors = config.anchors and not self.free
         self.use_graph = config.graph and not self.free
         self.coherence = config.subject_coherence if self.use_anchors else 0.0
-        self.subjects = sorted({sh.subject for o in bank.organs for sh in o.shapes})
+        # subject -> {organ: index of that subject's shape}, for subject-coherent bodies
+        self.subject_shapes: dict[str, dict[int, int]] = {}
+        for k, o in enumerate(bank.organs):
+            for i, sh in enumerate(o.shapes):
+                self.subject_shapes.setdefault(sh.subject, {}).setdefault(k, i)
+        self.subjects = sorted(self.subject_shapes)
         order = placement_order(bank, self.use_graph)
         self.order = [i for i in order if i in self.organs]
         self._relations()
@@ -263,9 +268,7 @@ class BodyModel:
 
     def _own_shape(self, k: int) -> int | None:
         """Index of the body's subject's shape of organ k (subject-coherent bodies), else None."""
-        if self._subject is None:
-            return None
-        return next((i for i, sh in enumerate(self.bank.organs[k].shapes) if sh.subject == self._subject), None)
+        return None if self._subject is None else self.subject_shapes[self._subject].get(k)
 
     def _position_gaussian(self, k: int, body_scale: float,
                            placed: list[OrganPlacement]) -> tuple[np.ndarray, np.ndarray] | None:
