@@ -25,7 +25,7 @@ from anatosynth.bank.model import OrganShape, ShapeBank
 from anatosynth.bank.names import canonical_name
 from anatosynth.bank.orientation import (FIX_HINT, POLICIES, Finding, OrientationError, check_centroids,
                                          check_shapes, consensus_finding, describe_transform, fix_affine,
-                                         label_centroids, reorient_shapes)
+                                         label_centroids, named, reorient_shapes)
 from anatosynth.bank.shapes import SubjectShapes, subject_shapes
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io.volume import Volume
@@ -176,7 +176,7 @@ def build_bank(sources: Sequence[str | Path], labels: str | Path | None = None, 
     for case in tqdm(chosen, desc="bank subjects", unit="subject", disable=not progress):
         vol = load_label(case.path, require_foreground=True, names=case.label_names)
         if problems:  # the build fails anyway: only check the rest, cheaply (centroids, no resampling)
-            _, problem = _oriented(check_centroids(label_centroids(vol, case.organs)), str(case.path),
+            _, problem = _oriented(check_centroids(named(label_centroids(vol), case.organs)), str(case.path),
                                    orientation, notify)
             problems += [problem] if problem else []
             continue

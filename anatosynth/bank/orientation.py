@@ -22,7 +22,7 @@ import numpy as np
 from anatosynth.errors import InputError
 
 __all__ = ["Invariant", "INVARIANTS", "AXIS_NAMES", "TOLERANCE_MM", "Finding", "OrientationError",
-           "check_centroids", "check_shapes", "label_centroids", "describe_transform", "fix_affine",
+           "check_centroids", "check_shapes", "label_centroids", "named", "describe_transform", "fix_affine",
            "reorient_shapes", "subject_report", "bank_report", "POLICIES", "FIX_HINT", "consensus_finding"]
 
 AXIS_NAMES = ("right-left", "anterior-posterior", "superior-inferior")
@@ -216,11 +216,12 @@ def check_shapes(shapes: dict) -> Finding:
     return check_centroids({name: s.centroid_mm for name, s in shapes.items()})
 
 
-def label_centroids(volume, organs: dict[int, str]) -> dict[str, np.ndarray]:
-    """Organ centroids (mm along the R, A, S axes, arbitrary origin) of a label map in any orientation.
+def label_centroids(volume) -> dict[int, np.ndarray]:
+    """Centroid of every foreground id (mm along the R, A, S axes, arbitrary origin), in any orientation.
 
     Computed on the stored voxels and mapped through the header's axis codes, so no reorientation or
-    resampling is needed: this is what canonicalisation would give, up to a translation.
+    resampling is needed: this is what canonicalisation would give, up to a translation. One
+    bounding-box pass, then three projections per label (no voxel index lists).
     """
     import nibabel as nib
     from scipy import ndimage
@@ -228,19 +229,31 @@ def label_centroids(volume, organs: dict[int, str]) -> dict[str, np.ndarray]:
     arr = np.asarray(volume.array)
     ornt = nib.orientations.io_orientation(volume.affine)
     spacing = volume.spacing
-    boxes = ndimage.find_objects(arr.astype(np.int32, copy=False))
+    fg = arr != 0
+    if not fg.any():
+        return {}
+    others = [tuple(j for j in range(3) if j != k) for k in range(3)]
+    spans = [np.flatnonzero(fg.any(axis=others[k])) for k in range(3)]
+    lo = [int(s[0]) for s in spans]  # crop to the foreground first: halves the bounding-box pass
+    arr = arr[tuple(slice(s[0], s[-1] + 1) for s in spans)]
     out = {}
-    for ident, name in organs.items():
-        if ident <= 0 or ident > len(boxes) or boxes[ident - 1] is None:
+    for ident, box in enumerate(ndimage.find_objects(arr.astype(np.int32, copy=False)), start=1):
+        if box is None:
             continue
-        box = boxes[ident - 1]
-        idx = np.nonzero(arr[box] == ident)
-        vox = np.array([i.mean() + s.start for i, s in zip(idx, box)])
+        mask = arr[box] == ident
+        n = np.count_nonzero(mask)
+        vox = [np.count_nonzero(mask, axis=others[k]) @ np.arange(mask.shape[k]) / n + box[k].start + lo[k]
+               for k in range(3)]
         ras = np.zeros(3)
         for k, (axis, sign) in enumerate(ornt):
             ras[int(axis)] = sign * vox[k] * spacing[k]
-        out[name] = ras
+        out[ident] = ras
     return out
+
+
+def named(centroids: dict[int, np.ndarray], organs: dict[int, str]) -> dict[str, np.ndarray]:
+    """id → centroid as organ name → centroid (ids without a name are left out)."""
+    return {organs[k]: c for k, c in centroids.items() if k in organs}
 
 
 def fix_affine(affine: np.ndarray, transform: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ def run_check(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids
+    from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids, named
     from anatosynth.bank.names import canonical_name
     from anatosynth.io.datasets import read_dataset
     from anatosynth.io.volume import check_same_geometry, load_image, load_label
@@ -29,9 +29,10 @@ def run_check(args) -> int:
         if image is not None and label is not None:
             check_same_geometry(image, label, case.image)
         ref = label if label is not None else image
-        present = sorted(int(v) for v in np.unique(label.array) if v) if label is not None else []
+        centroids = label_centroids(label) if label is not None else {}
+        present = sorted(centroids)
         if label is not None:  # anatomical invariants on the organ centroids (see anatosynth.bank.orientation)
-            finding = check_centroids(label_centroids(label, organs))
+            finding = check_centroids(named(centroids, organs))
             if finding.explained and not args.ignore_orientation:
                 flipped.append(finding.message(str(case.label), _HINT))
             elif not finding.ok:
