@@ -207,6 +207,19 @@ def test_reorient_shapes_round_trip_and_spacing_guard():
         reorient_shapes(subject, np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]]), bank.spacing)
 
 
+def test_bank_without_orientation_meta_inspects_and_audits(tmp_path, capsys):
+    """Banks written before the check (no ``meta.orientation``) load, inspect and audit as before."""
+    from anatosynth.bank import save_bank
+
+    path = save_bank(load_bank("builtin:phantom"), tmp_path / "old.bank")
+    assert "orientation" not in load_bank(path).meta
+    assert main(["bank", "inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["orientation"]
+    assert len(report) == 5 and all(r["fix"] is None and r["violated"] == [] for r in report.values())
+    assert main(["bank", "audit", str(path)]) == 0
+    assert "0 with violations, 0 re-oriented" in capsys.readouterr().out
+
+
 def test_conflicting_orientation_flags_are_a_config_error(maps, tmp_path, capsys):
     assert main(["bank", "build", str(maps["good"]), "--out", str(tmp_path / "x.bank"), "--fix-orientation",
                  "--ignore-orientation", "--quiet"]) == 2
