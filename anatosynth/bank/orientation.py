@@ -158,13 +158,12 @@ class Finding:
             return "orientation looks wrong (" + " or ".join(options) + ")"
         return describe_transform(self.transform)
 
-    def observed(self, limit: int = 4) -> str:
+    def observed(self, limit: int = 3) -> str:
         """What was seen, grouped: ``"kidney_right and kidney_left anterior of liver, ..."``."""
         groups: dict[tuple[str, int, int], list[str]] = {}
         for inv in self.violated:
             groups.setdefault((inv.b, inv.axis, -inv.sign), []).append(inv.a)
-        parts = [f"{' and '.join(a)} {_WORDS[axis][0 if sign > 0 else 1]} of {b}"
-                 for (b, axis, sign), a in groups.items()]
+        parts = [f"{_listed(a)} {_WORDS[axis][0 if sign > 0 else 1]} of {b}" for (b, axis, sign), a in groups.items()]
         more = f", and {len(parts) - limit} more" if len(parts) > limit else ""
         return ", ".join(parts[:limit]) + more
 
@@ -174,6 +173,11 @@ class Finding:
             return f"{where}: {self.diagnosis} ({self.observed()}) — {hint}"
         return (f"{where}: {len(self.violated)} of {len(self.checked)} anatomical invariants violated "
                 f"({self.observed()}) in no single-axis pattern — check the labels")
+
+
+def _listed(names: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 class OrientationError(InputError):
@@ -321,7 +325,8 @@ def consensus_finding(anchors: dict[str, np.ndarray], reference: dict[str, np.nd
     b = np.array([reference[n] for n in shared], dtype=np.float64)
     a -= a.mean(axis=0)
     b -= b.mean(axis=0)
-    errors = [(round(float(np.sqrt(np.mean(np.sum((a @ t - b) ** 2, axis=1)))), 6), k) for k, t in enumerate(_TRANSFORMS)]
+    rms = [float(np.sqrt(np.mean(np.sum((a @ t - b) ** 2, axis=1)))) for t in _TRANSFORMS]
+    errors = [(round(e, 6), k) for k, e in enumerate(rms)]  # rounded: exact ties go to the simplest
     best, k = min(errors)
     if k == 0 or errors[0][0] < 3 * best:
         return None

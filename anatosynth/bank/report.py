@@ -47,9 +47,11 @@ def orientation_lines(report: dict[str, dict], verbose: bool = False) -> list[st
     """
     checked = [len(r["checked"]) for r in report.values()]
     bad = {sid: r for sid, r in report.items() if r["violated"] or r["fix"] or r["ignored"]}
-    lines = [f"orientation: {len(report)} subjects, {min(checked, default=0)}-{max(checked, default=0)} anatomical "
-             f"invariants checked each, {sum(1 for r in report.values() if r['violated'])} with violations, "
-             f"{sum(1 for r in report.values() if r['fix'])} re-oriented"]
+    lo, hi = min(checked, default=0), max(checked, default=0)
+    violated = sum(1 for r in report.values() if r["violated"])
+    fixed = sum(1 for r in report.values() if r["fix"])
+    lines = [f"orientation: {len(report)} subjects, {lo if lo == hi else f'{lo}-{hi}'} anatomical invariants "
+             f"checked each, {violated} with violations, {fixed} re-oriented"]
     for sid, r in report.items():
         if sid not in bad and not verbose:
             continue
