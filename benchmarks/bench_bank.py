@@ -1,4 +1,4 @@
-"""Benchmark the shape bank: phantom build, 5-subject FLARE22 build, file size, load time.
+"""Benchmark the shape bank: phantom build, 5-subject FLARE22 build, file size, load time, orientation check.
 
 Usage (from the repository root)::
 
@@ -16,6 +16,30 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+
+
+def _orientation_check(flare: Path, bank) -> dict:
+    """Cost of the anatomical-invariant check: on a bank's stored centroids (what ``bank build`` and
+    ``bank merge`` pay) and on raw label maps (what ``anatosynth check`` pays, reading excluded)."""
+    from anatosynth.bank.build import collect_cases
+    from anatosynth.bank.orientation import check_centroids, check_shapes, label_centroids, named
+    from anatosynth.io import load_label
+
+    t0 = time.perf_counter()
+    for sid in bank.subjects:
+        assert check_shapes(bank.shapes_of(sid)).ok
+    per_subject = (time.perf_counter() - t0) / len(bank.subjects)
+    read, centroids = [], []
+    for case in collect_cases([flare])[:5]:
+        t0 = time.perf_counter()
+        vol = load_label(case.path)
+        read.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        assert check_centroids(named(label_centroids(vol), case.organs)).ok
+        centroids.append(time.perf_counter() - t0)
+    return {"orientation_check_bank_ms_per_subject": round(per_subject * 1e3, 2),
+            "orientation_check_map_s_mean_of_5": round(sum(centroids) / 5, 3),
+            "label_map_read_s_mean_of_5": round(sum(read) / 5, 3)}
 
 
 def main() -> None:
@@ -50,6 +74,7 @@ def main() -> None:
         result["flare_load_s_best_of_5"] = round(min(times), 4)
         result["organs"] = len(bank.organs)
         result["subjects"] = len(bank.subjects)
+    result.update(_orientation_check(flare, bank))
     print(json.dumps(result, indent=1))
 
 

@@ -29,7 +29,10 @@ _ORGAN = {"name", "label", "anchor_mean_mm", "anchor_cov_mm", "shapes"}
 _SHAPE = {"subject", "shape", "offset", "nbytes", "origin_mm", "centroid_mm", "volume_ml", "axes", "extent_mm"}
 _EDGE = {"a", "b", "n_subjects", "contact", "direction", "consistency", "offset_mean_mm", "offset_cov_mm",
          "min_gap_mm", "overlap"}
-_META = {"source", "seed", "n_subjects", "frames", "fragment_voxels_dropped", "n_banks"}
+_META = {"source", "seed", "n_subjects", "frames", "fragment_voxels_dropped", "n_banks", "orientation"}
+_ORIENTATION = {"action", "finding", "transform"}
+_ACTIONS = {"fixed", "ignored"}
+_FINDING = re.compile(r"^[a-z ,()-]{1,200}$")
 _SOURCES = {"label-maps", "merge", "builtin:phantom"}
 _FRAMES = {"reference-organs", "all-organs", "unknown"}
 
@@ -128,11 +131,32 @@ def _check_manifest(m: dict, out: list[str]) -> list[tuple[str, list[int], int, 
                 out.append(f"meta.frames: unexpected entry {str(k)[:20]!r}: {str(v)[:20]!r}")
     else:
         out.append("meta.frames: expected an object")
+    _check_orientation(meta.get("orientation", {}), subjects, out)
     for key in ("seed", "n_subjects", "fragment_voxels_dropped", "n_banks"):
         if key in meta:
             _numbers(meta[key], f"meta.{key}", out)
     _strings(m, "manifest", out)
     return masks
+
+
+def _check_orientation(records, subjects, out: list[str]) -> None:
+    """``meta.orientation``: subject id → {action, finding (fixed words), transform (3x3 of -1/0/1)}."""
+    if not isinstance(records, dict):
+        out.append("meta.orientation: expected an object")
+        return
+    for sid, rec in records.items():
+        where = f"meta.orientation[{str(sid)[:20]!r}]"
+        if sid not in subjects:
+            out.append(f"{where}: not one of the bank's subject ids")
+        rec = _keys(rec, _ORIENTATION, where, out)
+        if rec.get("action") not in _ACTIONS:
+            out.append(f"{where}.action: unexpected value {str(rec.get('action'))[:40]!r}")
+        if not isinstance(rec.get("finding"), str) or not _FINDING.match(rec["finding"]):
+            out.append(f"{where}.finding: {str(rec.get('finding'))[:40]!r} is not an orientation finding")
+        t = rec.get("transform")
+        if not (isinstance(t, list) and len(t) == 3 and all(isinstance(r, list) and len(r) == 3 and
+                                                            all(v in (-1, 0, 1) for v in r) for r in t)):
+            out.append(f"{where}.transform: expected a 3x3 signed permutation")
 
 
 def _check_blob(blob: np.ndarray, masks: list[tuple[str, list[int], int, int]], out: list[str]) -> None:

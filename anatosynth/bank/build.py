@@ -13,6 +13,7 @@ the subject's canonical label content, which only someone already holding the la
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +23,12 @@ import numpy as np
 from anatosynth.bank.graph import assemble_bank
 from anatosynth.bank.model import OrganShape, ShapeBank
 from anatosynth.bank.names import canonical_name
-from anatosynth.bank.shapes import subject_shapes
+from anatosynth.bank.orientation import (FIX_HINT, POLICIES, Finding, OrientationError, check_centroids,
+                                         check_shapes, consensus_finding, describe_transform, fix_affine,
+                                         label_centroids, named, reorient_shapes)
+from anatosynth.bank.shapes import SubjectShapes, subject_shapes
 from anatosynth.errors import ConfigError, InputError
+from anatosynth.io.volume import Volume
 
 __all__ = ["SourceCase", "collect_cases", "pick_cases", "build_bank", "merge_banks", "subject_id"]
 
@@ -98,11 +103,10 @@ def subject_id(name: str, salt: bytes) -> str:
     return hashlib.sha256(salt + b":" + name.encode("utf-8")).hexdigest()[:16]
 
 
-def _load_subject(case: SourceCase, spacing, salt: str | None) -> tuple[str, dict[str, OrganShape], str, dict]:
-    from anatosynth.io import load_label
+def _cut(case: SourceCase, vol, spacing, salt: str | None) -> tuple[str, SubjectShapes]:
+    """Canonicalise one label map (RAS, bank spacing) and cut it into organ shapes in its body frame."""
     from anatosynth.io.canonical import resample_label, to_ras
 
-    vol = load_label(case.path, require_foreground=True, names=case.label_names)
     vol = resample_label(to_ras(vol), spacing)
     arr = np.ascontiguousarray(vol.array, dtype=np.int32)
     key = salt.encode("utf-8") if salt else hashlib.sha256(arr.tobytes()).digest()
@@ -110,35 +114,111 @@ def _load_subject(case: SourceCase, spacing, salt: str | None) -> tuple[str, dic
     cut = subject_shapes(arr, spacing, case.organs, sid)
     if not cut.shapes:
         raise InputError(case.path, "label map holds none of the named organs")
-    return sid, cut.shapes, cut.frame, cut.dropped_voxels
+    return sid, cut
+
+
+def _notify(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _orientation_record(finding: Finding, action: str) -> dict:
+    """What goes into ``meta.orientation`` for a subject: fixed words and numbers, no file names."""
+    return {"action": action, "finding": finding.diagnosis,
+            "transform": np.asarray(finding.transform if finding.transform is not None else np.eye(3),
+                                    dtype=int).tolist()}
+
+
+def _oriented(finding: Finding, where: str, orientation: str, notify) -> tuple[dict | None, str | None]:
+    """Apply the orientation policy to one subject: (record for meta, problem line or None)."""
+    if finding.ok:
+        return None, None
+    if not finding.explained:
+        notify(f"warning: {finding.message(where)}")
+        return None, None
+    if orientation == "ignore":
+        notify(f"warning: {finding.message(where)} (ignored: --ignore-orientation)")
+        return _orientation_record(finding, "ignored"), None
+    if orientation == "fix" and not finding.alternatives:
+        notify(f"note: {where}: {finding.diagnosis}; re-oriented (--fix-orientation)")
+        return _orientation_record(finding, "fixed"), None
+    hint = FIX_HINT if orientation == "check" else "fix the header (several orientations fit)"
+    return None, finding.message(where, hint)
 
 
 def build_bank(sources: Sequence[str | Path], labels: str | Path | None = None, subjects: int = 5,
                spacing=(1.5, 1.5, 2.0), seed: int = 0, cases: Sequence[str] | None = None,
-               salt: str | None = None, progress: bool = True) -> ShapeBank:
-    """Build a bank from label maps (see module docstring)."""
+               salt: str | None = None, progress: bool = True, orientation: str = "check",
+               notify=_notify) -> ShapeBank:
+    """Build a bank from label maps (see module docstring).
+
+    Args:
+        orientation: ``"check"`` (a subject whose organs look flipped or swapped is an
+            :class:`~anatosynth.bank.orientation.OrientationError`, nothing is built), ``"fix"``
+            (re-orient such subjects and record it in ``meta.orientation``) or ``"ignore"`` (build
+            as they are and record the warning).
+        notify: receives warning lines (default: stderr).
+    """
     from tqdm import tqdm
 
+    from anatosynth.io import load_label
+
+    if orientation not in POLICIES:
+        raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
     sp = tuple(float(v) for v in spacing)
     chosen = pick_cases(collect_cases(sources, labels), subjects, seed, cases)
     shapes: dict[str, dict[str, OrganShape]] = {}
     frames: dict[str, str] = {}
+    records: dict[str, dict] = {}
+    problems: list[str] = []
     dropped = 0
     for case in tqdm(chosen, desc="bank subjects", unit="subject", disable=not progress):
-        sid, organ_shapes, frame, lost = _load_subject(case, sp, salt)
+        vol = load_label(case.path, require_foreground=True, names=case.label_names)
+        if problems:  # the build fails anyway: only check the rest, cheaply (centroids, no resampling)
+            _, problem = _oriented(check_centroids(named(label_centroids(vol), case.organs)), str(case.path),
+                                   orientation, notify)
+            problems += [problem] if problem else []
+            continue
+        sid, cut = _cut(case, vol, sp, salt)
+        finding = check_shapes(cut.shapes)
+        record, problem = _oriented(finding, str(case.path), orientation, notify)
+        if problem:
+            problems.append(problem)
+            continue
+        if record and record["action"] == "fixed":
+            sid, cut = _cut(case, Volume(vol.array, fix_affine(vol.affine, finding.transform)), sp, salt)
         if sid in shapes:
             raise InputError(case.path, "the same subject is given twice")
-        shapes[sid], frames[sid] = organ_shapes, frame
-        dropped += sum(lost.values())
+        if record:
+            records[sid] = record
+        shapes[sid], frames[sid] = cut.shapes, cut.frame
+        dropped += sum(cut.dropped_voxels.values())
+    if problems:
+        raise OrientationError(problems)
     meta = {"source": "label-maps", "seed": int(seed), "n_subjects": len(shapes), "frames": frames,
             "fragment_voxels_dropped": int(dropped)}
+    if records:
+        meta["orientation"] = records
     return assemble_bank(sp, shapes, meta, progress=progress)
 
 
-def merge_banks(banks: Sequence[ShapeBank], progress: bool = False) -> ShapeBank:
-    """One bank holding every subject of ``banks``; organs joined by canonical name, graph recomputed."""
+def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation: str = "check",
+                names: Sequence[str] | None = None, notify=_notify) -> ShapeBank:
+    """One bank holding every subject of ``banks``; organs joined by canonical name, graph recomputed.
+
+    Every subject is checked like in :func:`build_bank` (``orientation`` is the same policy; a fix
+    mirrors or permutes the stored shapes), then each bank's consensus anchors are compared with the
+    first bank's: two banks that disagree by an axis flip or swap are refused unless ``"ignore"``.
+
+    Args:
+        names: how to call each bank in messages (its file), default ``bank 1``, ``bank 2``, ...
+    """
     if not banks:
         raise ConfigError("nothing to merge")
+    if orientation not in POLICIES:
+        raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
+    names = list(names) if names else [f"bank {i + 1}" for i in range(len(banks))]
     sp = banks[0].spacing
     for b in banks[1:]:
         if not np.allclose(b.spacing, sp, rtol=1e-6):
@@ -146,12 +226,43 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False) -> ShapeBank
                               "rebuild them with one --spacing")
     shapes: dict[str, dict[str, OrganShape]] = {}
     frames: dict[str, str] = {}
-    for b in banks:
+    records: dict[str, dict] = {}
+    problems: list[str] = []
+    anchors: list[dict[str, np.ndarray]] = []
+    for b, name in zip(banks, names):
+        old = b.meta.get("orientation") if isinstance(b.meta.get("orientation"), dict) else {}
+        own: dict[str, dict[str, OrganShape]] = {}
         for sid in b.subjects:
-            if sid in shapes:
+            if sid in shapes or sid in own:
                 raise ConfigError(f"subject {sid} is in more than one bank (the same subject twice)")
-            shapes[sid] = b.shapes_of(sid)
+            subject = b.shapes_of(sid)
+            finding = check_shapes(subject)
+            record, problem = _oriented(finding, f"{name}: subject {sid}", orientation, notify)
+            if problem:
+                problems.append(problem)
+                continue
+            if record and record["action"] == "fixed":
+                try:
+                    subject = reorient_shapes(subject, finding.transform, sp)
+                except ValueError as err:
+                    raise InputError(name, f"subject {sid}: {finding.diagnosis}, and {err}") from None
+            if record or sid in old:
+                records[sid] = record or old[sid]
+            own[sid] = subject
             frames[sid] = dict(b.meta.get("frames", {})).get(sid, "unknown") \
                 if isinstance(b.meta.get("frames"), dict) else "unknown"
+        shapes.update(own)
+        anchors.append({o: np.mean([s[o].centroid_mm for s in own.values() if o in s], axis=0)
+                        for o in {o for s in own.values() for o in s}})
+    if problems:
+        raise OrientationError(problems)
+    if orientation != "ignore":
+        for i in range(1, len(banks)):
+            t = consensus_finding(anchors[i], anchors[0])
+            if t is not None:
+                raise OrientationError([f"{names[i]}: {describe_transform(t)} relative to {names[0]} (consensus "
+                                        f"anchors of their shared organs disagree by that transform) — {FIX_HINT}"])
     meta = {"source": "merge", "n_banks": len(banks), "n_subjects": len(shapes), "frames": frames}
+    if records:
+        meta["orientation"] = records
     return assemble_bank(sp, shapes, meta, progress=progress)

@@ -22,6 +22,20 @@ def _output(path: str) -> str:
     return path
 
 
+def _policy(args) -> str:
+    """``--fix-orientation`` / ``--ignore-orientation`` → the orientation policy (default ``check``)."""
+    if args.fix_orientation and args.ignore_orientation:
+        raise ConfigError("--fix-orientation and --ignore-orientation exclude each other")
+    return "fix" if args.fix_orientation else "ignore" if args.ignore_orientation else "check"
+
+
+def _orientation_flags(p) -> None:
+    p.add_argument("--fix-orientation", action="store_true",
+                   help="re-orient subjects whose organs look flipped or swapped (recorded in the bank)")
+    p.add_argument("--ignore-orientation", action="store_true",
+                   help="keep such subjects as they are (the warning is recorded in the bank)")
+
+
 def _build(args) -> int:
     from anatosynth.bank.build import build_bank
     from anatosynth.bank.store import save_bank
@@ -29,7 +43,8 @@ def _build(args) -> int:
     out = _output(args.out)
     cases = [c for c in (args.cases or "").split(",") if c] or None
     bank = build_bank(args.src, labels=args.labels, subjects=args.subjects, spacing=_spacing(args.spacing),
-                      seed=args.seed, cases=cases, salt=args.salt, progress=not args.quiet)
+                      seed=args.seed, cases=cases, salt=args.salt, progress=not args.quiet,
+                      orientation=_policy(args))
     save_bank(bank, out)
     print(f"wrote {out}: {len(bank.subjects)} subjects, {len(bank.organs)} organs, {len(bank.edges)} edges")
     return 0
@@ -41,7 +56,8 @@ def _merge(args) -> int:
     from anatosynth.bank.store import save_bank
 
     out = _output(args.out)
-    bank = merge_banks([load_bank(p) for p in args.banks], progress=not args.quiet)
+    bank = merge_banks([load_bank(p) for p in args.banks], progress=not args.quiet, orientation=_policy(args),
+                       names=args.banks)
     save_bank(bank, out)
     print(f"wrote {out}: {len(bank.subjects)} subjects, {len(bank.organs)} organs "
           f"({', '.join(o.name for o in bank.organs)})")
@@ -50,7 +66,7 @@ def _merge(args) -> int:
 
 def _inspect(args) -> int:
     from anatosynth.bank import load_bank
-    from anatosynth.bank.report import draw_bank, draw_subject, summary
+    from anatosynth.bank.report import draw_bank, draw_subject, orientation_lines, summary
 
     bank = load_bank(args.bank)
     info = summary(bank)
@@ -74,6 +90,8 @@ def _inspect(args) -> int:
     for e in sorted(touching, key=lambda e: -e["contact"]):
         print(f"  {e['a']} - {e['b']}: contact {e['contact']:.2f}, b is {e['direction']} of a "
               f"(consistency {e['consistency']:.2f}), overlap {e['overlap']}")
+    for line in orientation_lines(info["orientation"]):
+        print(line)
     for png in (args.png, args.slices):
         if png:
             print(f"wrote {png}")
@@ -81,7 +99,10 @@ def _inspect(args) -> int:
 
 
 def _audit(args) -> int:
+    from anatosynth.bank import load_bank
     from anatosynth.bank.audit import audit_bank
+    from anatosynth.bank.orientation import bank_report
+    from anatosynth.bank.report import orientation_lines
 
     problems = audit_bank(args.bank)
     for p in problems:
@@ -90,6 +111,8 @@ def _audit(args) -> int:
         print(f"{args.bank}: {len(problems)} de-identification violation(s)", file=sys.stderr)
         return 1
     print(f"{args.bank}: OK (label-only masks, no header text, hashed subject ids)")
+    for line in orientation_lines(bank_report(load_bank(args.bank)), verbose=True):
+        print(line)
     return 0
 
 
@@ -110,12 +133,14 @@ def register(sub) -> None:
     b.add_argument("--salt", help="secret salt for the subject-id hashes (default: derived from the label content)")
     b.add_argument("--out", required=True, metavar="BANK", help="output bank file (.bank)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _orientation_flags(b)
     b.set_defaults(func=_build)
 
     m = verbs.add_parser("merge", help="merge banks by organ name (same spacing)")
     m.add_argument("banks", nargs="+", metavar="BANK")
     m.add_argument("--out", required=True, metavar="BANK")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
+    _orientation_flags(m)
     m.set_defaults(func=_merge)
 
     i = verbs.add_parser("inspect", help="summarise a bank (text or JSON) and draw its anchors and graph")
@@ -125,7 +150,8 @@ def register(sub) -> None:
     i.add_argument("--slices", metavar="FILE", help="write orthogonal slices of the first subject's organs")
     i.set_defaults(func=_inspect)
 
-    a = verbs.add_parser("audit", help="check that a bank is label-only and de-identified (exit 1 if not)")
+    a = verbs.add_parser("audit", help="check that a bank is label-only and de-identified (exit 1 if not); "
+                                            "list each subject's anatomical invariants")
     a.add_argument("bank", metavar="BANK")
     a.set_defaults(func=_audit)
     p.set_defaults(func=lambda args: p.print_help() or 2)

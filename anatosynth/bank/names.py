@@ -50,6 +50,10 @@ _BASE = {
     "small_bowel": "small_bowel", "small_intestine": "small_bowel", "bowel_small": "small_bowel",
     "colon": "colon", "large_bowel": "colon", "rectum": "rectum",
     "heart": "heart", "lung": "lung", "lungs": "lung",
+    # head and neck (OpenKBP, RTOG organ-at-risk names)
+    "parotid": "parotid_gland", "parotid_gland": "parotid_gland", "parotids": "parotid_gland",
+    "spinal_cord": "spinal_cord", "spinalcord": "spinal_cord", "cord": "spinal_cord",
+    "brainstem": "brainstem", "brain_stem": "brainstem", "mandible": "mandible", "larynx": "larynx",
 }
 
 # abbreviations that carry their side inside one token (BTCV and friends)
@@ -59,7 +63,7 @@ _FUSED = {
     "lag": "adrenal_gland_left", "rag": "adrenal_gland_right",
 }
 
-_SIDED = {"kidney", "adrenal_gland", "lung"}
+_SIDED = {"kidney", "adrenal_gland", "lung", "parotid_gland"}
 _RIGHT = {"right", "r", "rt", "dexter", "dx"}
 _LEFT = {"left", "l", "lt", "sinister", "sin"}
 
@@ -74,7 +78,8 @@ def canonical_name(raw: str) -> str:
 
     Examples:
         ``canonical_name("right_kidney") == canonical_name("Kidney (R)") == "kidney_right"``;
-        ``canonical_name("IVC") == "inferior_vena_cava"``; ``canonical_name("bladder") == "urinary_bladder"``.
+        ``canonical_name("IVC") == "inferior_vena_cava"``; ``canonical_name("bladder") == "urinary_bladder"``;
+        ``canonical_name("Parotid_R") == "parotid_gland_right"``.
     """
     norm = normalise(raw)
     if norm in _FUSED:

@@ -8,7 +8,7 @@ import numpy as np
 
 from anatosynth.bank.model import ShapeBank
 
-__all__ = ["summary", "draw_bank", "subject_label_map", "draw_subject"]
+__all__ = ["summary", "orientation_lines", "draw_bank", "subject_label_map", "draw_subject"]
 
 
 def _r(a, nd: int = 2):
@@ -32,8 +32,38 @@ def summary(bank: ShapeBank) -> dict:
               "direction": e.direction_words, "direction_vector": _r(e.direction, 3),
               "consistency": round(e.consistency, 3), "offset_mean_mm": _r(e.offset_mean_mm),
               "min_gap_mm": round(e.min_gap_mm, 2), "overlap": e.overlap} for e in bank.edges]
+    from anatosynth.bank.orientation import bank_report
+
     return {"version": bank.version, "spacing": list(bank.spacing), "frame": bank.frame,
-            "subjects": list(bank.subjects), "organs": organs, "edges": edges}
+            "subjects": list(bank.subjects), "organs": organs, "edges": edges, "orientation": bank_report(bank)}
+
+
+def orientation_lines(report: dict[str, dict], verbose: bool = False) -> list[str]:
+    """Text for ``bank inspect`` / ``bank audit``: a summary, then the subjects with a finding or fix.
+
+    Args:
+        report: subject id → :func:`~anatosynth.bank.orientation.subject_report`.
+        verbose: one line per subject even when it is clean.
+    """
+    checked = [len(r["checked"]) for r in report.values()]
+    bad = {sid: r for sid, r in report.items() if r["violated"] or r["fix"] or r["ignored"]}
+    lo, hi = min(checked, default=0), max(checked, default=0)
+    violated = sum(1 for r in report.values() if r["violated"])
+    fixed = sum(1 for r in report.values() if r["fix"])
+    lines = [f"orientation: {len(report)} subjects, {lo if lo == hi else f'{lo}-{hi}'} anatomical invariants "
+             f"checked each, {violated} with violations, {fixed} re-oriented"]
+    for sid, r in report.items():
+        if sid not in bad and not verbose:
+            continue
+        text = f"  subject {sid}: {len(r['checked'])} checked, {len(r['violated'])} violated"
+        if r["violated"]:
+            text += f" ({'; '.join(r['violated'][:4])}{'; ...' if len(r['violated']) > 4 else ''}: {r['diagnosis']})"
+        if r["fix"]:
+            text += f"; fixed at build: {r['fix']}"
+        if r["ignored"]:
+            text += f"; ignored at build: {r['ignored']}"
+        lines.append(text)
+    return lines
 
 
 _VIEWS = [("coronal (front view)", 0, 2, "R  ←  x (mm)  →  L", "inferior  ←  z (mm)  →  superior"),

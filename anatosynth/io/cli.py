@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
+_HINT = "fix the header or pass --fix-orientation to bank build"
+
 
 def run_check(args) -> int:
     """Load every case of a dataset, validate it and print one line per case with its geometry."""
     import numpy as np
     from tqdm import tqdm
 
+    from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids, named
+    from anatosynth.bank.names import canonical_name
     from anatosynth.io.datasets import read_dataset
     from anatosynth.io.volume import check_same_geometry, load_image, load_label
 
     ds = read_dataset(args.data, labels=args.labels)
+    organs = {k: canonical_name(v) for k, v in ds.foreground.items()}
+    flipped: list[str] = []
     print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, modality {ds.modality or 'n/a'}, "
           f"labels {', '.join(f'{k}={v}' for k, v in ds.foreground.items())}")
     for case in tqdm(ds.cases, desc="check", unit="case", disable=args.quiet):
@@ -21,10 +29,19 @@ def run_check(args) -> int:
         if image is not None and label is not None:
             check_same_geometry(image, label, case.image)
         ref = label if label is not None else image
-        present = sorted(int(v) for v in np.unique(label.array) if v) if label is not None else []
+        centroids = label_centroids(label) if label is not None else {}
+        present = sorted(centroids)
+        if label is not None:  # anatomical invariants on the organ centroids (see anatosynth.bank.orientation)
+            finding = check_centroids(named(centroids, organs))
+            if finding.explained and not args.ignore_orientation:
+                flipped.append(finding.message(str(case.label), _HINT))
+            elif not finding.ok:
+                tqdm.write(f"warning: {finding.message(str(case.label), _HINT)}", file=sys.stderr)
         if not args.quiet:
             tqdm.write(f"  {case.name}: shape {ref.shape}, spacing {np.round(ref.spacing, 3).tolist()}, "
                        f"{ref.orientation}, labels {present}")
+    if flipped:
+        raise OrientationError(flipped)
     print(f"ok: {len(ds.cases)} cases valid")
     return 0
 
@@ -34,5 +51,7 @@ def register(sub) -> None:
     p.add_argument("data", help="dataset folder, dataset.json/datalist JSON, or folder of label maps")
     p.add_argument("--labels", help="labels.json (id->name) overriding the dataset's label names")
     p.add_argument("--require-foreground", action="store_true", help="reject label maps with no foreground")
+    p.add_argument("--ignore-orientation", action="store_true",
+                   help="only warn when a label map's organs look flipped or swapped (default: exit 2)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run_check)

@@ -21,8 +21,8 @@ def _map(seed: int, drop: tuple[int, ...] = ()) -> np.ndarray:
     lab = np.zeros((40, 30, 20), np.uint8)
     lab[25 + s:35 + s, 5:20, 8:16] = 1
     lab[3:10, 8:18, 9:15] = 2
-    lab[26:31, 20:26, 3:8] = 3
-    lab[6:11, 20:26, 4:9] = 4
+    lab[26:31, 1:7, 3:8] = 3  # kidneys behind the liver, as in a body
+    lab[6:11, 1:7, 4:9] = 4
     for d in drop:
         lab[lab == d] = 0
     return lab

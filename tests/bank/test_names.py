@@ -36,3 +36,12 @@ def test_bank_order_is_vocabulary_then_alphabetical():
     assert sorted(names, key=organ_sort_key) == ["liver", "spleen", "kidney_left", "alpha", "zeta"]
     # FLARE22 ids 1..13 are the vocabulary's first 13 entries
     assert VOCABULARY[:3] == ("liver", "kidney_right", "spleen") and VOCABULARY[12] == "kidney_left"
+
+
+@pytest.mark.parametrize("raw, canon", [
+    ("right_parotid", "parotid_gland_right"), ("Parotid_L", "parotid_gland_left"), ("SpinalCord", "spinal_cord"),
+    ("spinal_cord", "spinal_cord"), ("Brain Stem", "brainstem"), ("Mandible", "mandible"), ("larynx", "larynx"),
+])
+def test_head_and_neck_names(raw, canon):
+    """OpenKBP / RTOG organ-at-risk names, as the orientation invariants spell them."""
+    assert canonical_name(raw) == canon
