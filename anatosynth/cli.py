@@ -22,7 +22,7 @@ STAGES = [
     ("anatosynth.io.cli", "check"),
     ("anatosynth.bank.cli", "bank"),
     ("anatosynth.synth.cli", "synth"),
-    ("anatosynth.train.cli", "pretrain, finetune"),
+    ("anatosynth.train.cli", "pretrain, finetune, release"),
     ("anatosynth.evaluate.cli", "evaluate"),
     ("anatosynth.experiment.cli", "experiment, demo"),
 ]

@@ -10,8 +10,19 @@ count: that many cases picked by a hash of their names), so that arms are compar
 each seed then draws its ``train_cases`` from the remaining ones. Without it, every seed evaluates on
 all cases it did not train on.
 
-Paths in a protocol (bank sources, datasets) are resolved relative to the current working directory,
-like paths given on the command line; the shipped protocols are meant to be run from the project root.
+Job keys hash what changes a job's result: the protocol's options *with every code-level default filled
+in* (:func:`resolved_pretrain`, :func:`resolved_finetune`) and the code's result versions
+(:data:`RESULT_VERSIONS`), so a changed default or a changed synthetic stream never silently reuses a
+stale run. Options that only change how a job runs (threads, logging, checkpoint interval) are left out.
+
+Two optional protocol keys make a grid survive a machine change: ``results: DIR`` keeps each finished
+fine-tune job's metrics as ``DIR/<job key>.json`` (committed with the repository; a job whose metrics are
+there is not run again, and ``--report-only`` draws every table and plot from them), and an arm's
+``weights: DIR`` names its released pre-trained weights (``anatosynth release``): when the folder exists,
+the grid fine-tunes from it instead of pre-training again; when not, the grid pre-trains and releases there.
+
+Paths in a protocol (bank sources, datasets, results, weights) are resolved relative to the current working
+directory, like paths given on the command line; the shipped protocols are meant to be run from the project root.
 """
 
 from __future__ import annotations
@@ -29,7 +40,22 @@ __all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol",
 
 RESERVED_NAMES = {"banks", "pretrain", "finetune"}  # job folders of an experiment folder
 TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds", "compare",
-            "scaling", "baseline"}
+            "scaling", "baseline", "results"}
+ARM_KEYS = {"name", "pretrain", "finetune", "weights"}
+# pre-training / fine-tuning options that change how a job runs, not what it computes: left out of keys
+RUN_ONLY_PRETRAIN = ("bank", "out", "threads", "workers", "minutes", "checkpoint_every", "log_every", "image_every",
+                     "trace_indices")
+RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "quiet", "seed", "train_cases",
+                     "val_cases")
+
+
+def result_versions() -> dict[str, int]:
+    """Versions of the code paths behind a job's result; each is bumped when its code changes results
+    for unchanged options (hashed into every job key)."""
+    from anatosynth.synth.config import STREAM_VERSION
+    from anatosynth.train.finetune import FINETUNE_VERSION
+
+    return {"stream": STREAM_VERSION, "finetune": FINETUNE_VERSION}
 
 
 @dataclass
@@ -49,6 +75,7 @@ class PretrainJob:
     config: dict      # PretrainConfig fields (bank filled in by the runner)
     samples: int | None = None
     subjects: int | None = None
+    weights: str | None = None  # the arm's released weights folder (used if present, else written)
 
 
 @dataclass
@@ -74,6 +101,7 @@ class Protocol:
     pretrains: list[PretrainJob]
     finetunes: list[FinetuneJob]
     baseline: str = "scratch"
+    results: str | None = None  # folder of committed per-job metrics (``results:``)
 
 
 def _digest(obj) -> str:
@@ -88,6 +116,47 @@ def _merge(base: dict, over: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def resolved_pretrain(cfg: dict) -> dict:
+    """A pre-training job's options with every code default filled in (PretrainConfig, SynthConfig)."""
+    from anatosynth.synth.config import SynthConfig
+    from anatosynth.train.config import PretrainConfig
+
+    full = _merge(PretrainConfig().to_dict(), cfg)
+    synth = {k: v for k, v in SynthConfig().to_dict().items() if k not in ("mode", "render", "patch")}
+    full["synth"] = _merge(synth, full.get("synth") or {})
+    if isinstance(full.get("patch"), int):
+        full["patch"] = [full["patch"]] * 3
+    for k in RUN_ONLY_PRETRAIN:
+        full.pop(k, None)
+    return full
+
+
+def resolved_finetune(options: dict) -> dict:
+    """Fine-tune (and its ``evaluate``) options with every code default filled in (FinetuneConfig, evaluate)."""
+    import inspect
+    from dataclasses import fields
+
+    from anatosynth.evaluate.evaluate import evaluate
+    from anatosynth.train.finetune import FinetuneConfig
+
+    base = {f.name: f.default for f in fields(FinetuneConfig) if f.name not in RUN_ONLY_FINETUNE}
+    base = {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}
+    ev_base = {k: p.default for k, p in inspect.signature(evaluate).parameters.items()
+               if k in ("overlap", "sw_batch")}
+    ev_base["no_predictions"] = False
+    options = dict(options)
+    ev = _merge(ev_base, options.pop("evaluate", None) or {})
+    full = _merge(base, options)
+    for k in ("patch", "spacing"):
+        if isinstance(full.get(k), (int, float)):
+            full[k] = [full[k]] * 3
+    for k in RUN_ONLY_FINETUNE:
+        full.pop(k, None)
+    ev.pop("no_predictions", None)  # writes files, changes no metric
+    full["evaluate"] = ev
+    return full
 
 
 def load_protocol(path: str | Path) -> dict:
@@ -119,6 +188,7 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
     eval_defaults = raw.get("evaluate") or {}
     seeds = [int(s) for s in raw["seeds"]]
     baseline = raw.get("baseline", "scratch")
+    versions = result_versions()
 
     banks: dict[str, BankJob] = {}
 
@@ -146,14 +216,23 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
             cfg["samples"] = samples
         bank = None if cfg.get("mode") == "primitives" else bank_for(subjects)
         key = f"pre-{arm['name']}" + (f"-pool{samples}" if samples else "") + \
-              (f"-subj{subjects}" if subjects else "") + f"-{_digest([cfg, bank])}"
-        pretrains.setdefault(key, PretrainJob(key, arm["name"], bank, cfg, samples, subjects))
+              (f"-subj{subjects}" if subjects else "") + f"-{_digest([resolved_pretrain(cfg), bank, versions])}"
+        weights = arm.get("weights") if samples is None and subjects is None else None
+        pretrains.setdefault(key, PretrainJob(key, arm["name"], bank, cfg, samples, subjects,
+                                              str(weights) if weights else None))
         return key
 
     arms = raw["arms"]
     names = [a.get("name") for a in arms if isinstance(a, dict)]
     if len(names) != len(arms) or not all(names) or len(set(names)) != len(names):
         raise ConfigError(f"{source}: every arm needs a unique 'name'")
+    for arm in arms:
+        unknown = sorted(set(arm) - ARM_KEYS)
+        if unknown:
+            raise ConfigError(f"{source}: arm {arm['name']!r}: unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(ARM_KEYS))}")
+        if arm.get("weights") and arm.get("pretrain", "none") in (None, "none"):
+            raise ConfigError(f"{source}: arm {arm['name']!r} names 'weights' but does not pre-train")
     if baseline not in names:
         raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(names)})")
 
@@ -168,8 +247,13 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         options = _merge(ft_defaults, ds.get("finetune") or {})
         options = _merge(options, arm.get("finetune") or {})
         options["evaluate"] = _merge(eval_defaults, options.get("evaluate") or {})
+        init = pre
+        job = pretrains.get(pre) if pre else None
+        if job is not None and job.weights:  # released weights: the fine-tune depends on their bytes
+            init = released_digest(job.weights) or pre
         key = f"ft-{ds['name']}-{arm['name']}-k{k}-s{seed}" + (f"-pool{samples}" if samples else "") + \
-              (f"-subj{subjects}" if subjects else "") + f"-{_digest([options, pre, ds.get('eval_cases')])}"
+              (f"-subj{subjects}" if subjects else "") + \
+              f"-{_digest([resolved_finetune(options), init, ds.get('eval_cases'), versions])}"
         finetunes.append(FinetuneJob(key, arm["name"], ds["name"], str(ds["path"]), seed, k, pre, options,
                                      samples, subjects, ds.get("eval_cases")))
 
@@ -207,8 +291,23 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
                 for subjects in scaling.get("subjects", []):
                     if int(subjects) != int(bank_spec.get("subjects", 5)):  # the default is the main grid's
                         add_finetune(arm, ds, k, seed, subjects=int(subjects))
+    results = raw.get("results")
     return Protocol(str(raw.get("name", "protocol")), raw, list(banks.values()), list(pretrains.values()),
-                    finetunes, baseline)
+                    finetunes, baseline, str(results) if results else None)
+
+
+def released_digest(folder: str | Path) -> str | None:
+    """What a fine-tune from released weights depends on: the pre-training job key on the card (releases the
+    grid wrote itself, so keys are the same before and after the release), else ``weights:<sha256 prefix>``;
+    None when the folder is not there yet."""
+    card = Path(folder) / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        info = json.loads(card.read_text(encoding="utf-8"))
+        return str(info.get("job_key") or f"weights:{info['weights_sha256'][:16]}")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        raise ConfigError(f"{card}: not a model card written by 'anatosynth release' (no weights_sha256)") from None
 
 
 def pick_eval_cases(names: list[str], spec: int | list[str] | None) -> list[str] | None:

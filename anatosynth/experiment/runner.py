@@ -5,6 +5,11 @@ Each job runs the same command a user would type (``anatosynth bank build``, ``p
 ``done.json`` exists; a half-finished pre-training run is resumed with ``--resume``; any other
 half-finished job is started again from scratch. So re-running the same command after an interruption
 reuses everything that finished and resumes the grid.
+
+With ``results: DIR`` in the protocol, each finished fine-tune job's metrics are also kept as
+``DIR/<job key>.json``; a job whose metrics are there is not run again, and reports are drawn from them,
+so a grid committed to the repository survives a move to a new machine. An arm's ``weights: DIR`` is
+used as its pre-trained model when present, and written (``anatosynth release``) after pre-training when not.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,8 +113,16 @@ class Runner:
 
     def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
         folder = self.out / "pretrain" / job.key
-        if self.done(folder) or self.report_only:
+        if job.weights and (Path(job.weights) / "card.json").is_file():  # released: do not pre-train again
+            made_by = json.loads((Path(job.weights) / "card.json").read_text()).get("job_key")
+            if made_by != job.key:
+                self._say(f"arm {job.arm}: using released weights {job.weights} (made by job {made_by}; "
+                          f"the protocol's options now give job {job.key})")
+            return Path(job.weights)
+        if self.report_only:
             return folder / "model.pt"
+        if self.done(folder):
+            return self.release(job, folder)
         cfg = dict(job.config)
         if job.bank is not None:
             cfg["bank"] = str(bank_paths.get(job.bank, job.bank))
@@ -121,12 +135,27 @@ class Runner:
             cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             self.call(["pretrain", "--config", str(cfg_path), "--out", str(folder)], folder)
-        self.mark_done(folder, {"key": job.key})
-        return folder / "model.pt"
+        if not self.dry_run:
+            self.mark_done(folder, {"key": job.key})
+        return self.release(job, folder)
+
+    def release(self, job: PretrainJob, folder: Path) -> Path:
+        """The model a fine-tune starts from: the run's model.pt, or its release in ``weights:`` if the arm names one."""
+        if not job.weights:
+            return folder / "model.pt"
+        self.call(["release", str(folder), "--out", job.weights, "--job-key", job.key, "--command",
+                   f"anatosynth experiment {self.protocol.name} (job {job.key})"], Path(job.weights))
+        return Path(job.weights)
+
+    def result_file(self, job: FinetuneJob) -> Path | None:
+        return Path(self.protocol.results) / f"{job.key}.json" if self.protocol.results else None
 
     def finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
         folder = self.out / "finetune" / job.key
         report = folder / "report"
+        kept = self.result_file(job)
+        if kept is not None and kept.is_file():
+            return read_result(kept)
         if self.report_only:
             return read_report(report) if self.done(folder) else None
         if not self.done(folder):
@@ -143,7 +172,10 @@ class Runner:
             if self.dry_run:
                 return None
             self.mark_done(folder, {"key": job.key})
-        return read_report(report)
+        result = read_report(report)
+        if kept is not None:
+            keep_result(kept, job, result, folder)
+        return result
 
 
     def eval_cases(self, job: FinetuneJob) -> list[str]:
@@ -162,6 +194,33 @@ def read_report(report: Path) -> dict:
     # no scorable class at all (every class absent from reference and prediction) -> NaN, kept out of means
     mean = float("nan") if summary.get("mean_dice") is None else float(summary["mean_dice"]) * 100.0
     return {"dice": mean, "per_class": per_class}
+
+
+def keep_result(path: Path, job: FinetuneJob, result: dict, folder: Path) -> None:
+    """Write a finished job's metrics (not its checkpoints) where the repository keeps them."""
+    summary = json.loads((folder / "report" / "summary.json").read_text())
+    record = {"key": job.key, "arm": job.arm, "dataset": job.dataset, "seed": job.seed,
+              "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
+              "pretrain": job.pretrain, "options": job.options, **result,
+              "per_case_dice": summary.get("case_mean_dice"),
+              "validation": validation_curve(folder)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def validation_curve(folder: Path) -> list[list[float]]:
+    """``[[step, loss, validation Dice], ...]`` of a fine-tuning run, from its ``train.log``."""
+    log = folder / "train.log"
+    if not log.is_file():
+        return []
+    found = re.findall(r"step (\d+) loss ([-\d.eE+naif]+) val dice ([-\d.eE+naif]+)", log.read_text(encoding="utf-8"))
+    return [[int(s), float(loss), float(dice)] for s, loss, dice in found]
+
+
+def read_result(path: Path) -> dict:
+    """A kept job's ``{"dice", "per_class"}`` (see :func:`keep_result`)."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return {"dice": float(record["dice"]), "per_class": record["per_class"]}
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,

@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass, fields
 from anatosynth.errors import ConfigError
 from anatosynth.options import reject_unknown_keys
 
-__all__ = ["MODES", "RENDER_NAMES", "WINDOW_POLICIES", "SynthConfig", "check_patch"]
+__all__ = ["MODES", "RENDER_NAMES", "WINDOW_POLICIES", "SynthConfig", "check_patch", "STREAM_VERSION"]
+
+# Bumped whenever the synthetic stream's bytes change for an unchanged SynthConfig (experiment job keys hash it).
+STREAM_VERSION = 1
 
 MODES = ("anatomy", "random", "primitives")
 # kept in step with anatosynth.synth.render.RENDERS (checked there at import time when present)

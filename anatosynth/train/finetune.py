@@ -39,6 +39,9 @@ __all__ = ["FinetuneConfig", "make_split", "finetune", "class_dice", "lateralise
 
 log = logging.getLogger("anatosynth.finetune")
 
+# Bumped whenever fine-tuning or evaluation changes its results for unchanged options (experiment job keys hash it).
+FINETUNE_VERSION = 1
+
 
 @dataclass
 class FinetuneConfig:

@@ -1,7 +1,9 @@
 """Load pre-trained weights into a network: by name and shape, with a report of what moved.
 
-Accepted checkpoints (always read with ``torch.load(weights_only=True)``):
+Accepted checkpoints (always read with ``torch.load(weights_only=True)`` or safetensors):
 
+* released weights (``anatosynth release``): a folder with ``model.safetensors`` (float16, cast back to
+  float32) and ``metadata.json``, e.g. ``weights/NAME`` shipped in the repository;
 * anatosynth runs: ``RUN/model.pt`` holds a plain MONAI state_dict; ``metadata.json`` beside it gives
   the class names (used to decide whether the output head can be kept);
 * third-party MONAI checkpoints: a plain state_dict, or one wrapped as ``{"state_dict": ...}``,
@@ -26,6 +28,7 @@ import torch
 
 from anatosynth.errors import InputError
 from anatosynth.train.checkpoint import load_weights_only
+from anatosynth.train.release import WEIGHTS_FILE, load_release
 
 __all__ = ["TransferReport", "load_checkpoint", "rename_keys", "transfer_weights", "head_keys"]
 
@@ -76,6 +79,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
         InputError: missing or unreadable file, or no tensors inside.
     """
     path = Path(path)
+    if path.suffix == ".safetensors" or (path.is_dir() and (path / WEIGHTS_FILE).is_file()):
+        return load_release(path)  # released weights (anatosynth release)
     if path.is_dir() and (path / "model.pt").is_file():  # a run folder
         path = path / "model.pt"
     obj = load_weights_only(path, "checkpoint")

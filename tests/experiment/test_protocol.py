@@ -129,3 +129,49 @@ def test_shipped_protocols_are_valid(name):
         evaluate = options.pop("evaluate")
         parser.parse_args(["finetune", "--data", job.data, "--out", "x", *_cli_args(options)])
         parser.parse_args(["evaluate", "--data", job.data, "--model", "x", "--out", "y", *_cli_args(evaluate)])
+
+
+def test_keys_follow_code_defaults_not_only_the_protocol(monkeypatch):
+    """A changed code default (or result version) gives new keys, so a stale run is never reused; spelling
+    a default out in the protocol keeps the key."""
+    from dataclasses import fields
+
+    import anatosynth.synth.config as synth_config
+    import anatosynth.train.finetune as finetune
+
+    a = expand(RAW)
+    monkeypatch.setattr(synth_config, "STREAM_VERSION", synth_config.STREAM_VERSION + 1)
+    assert {j.key for j in expand(RAW).pretrains}.isdisjoint({j.key for j in a.pretrains})
+    monkeypatch.undo()
+    crops = next(f for f in fields(finetune.FinetuneConfig) if f.name == "crops")
+    monkeypatch.setattr(crops, "default", crops.default + 1)
+    changed = expand(RAW)
+    assert {j.key for j in a.finetunes}.isdisjoint({j.key for j in changed.finetunes})
+    assert [j.key for j in a.pretrains] == [j.key for j in changed.pretrains]
+    monkeypatch.undo()
+    spelled = expand({**RAW, "finetune": {**RAW["finetune"], "crops": crops.default},
+                      "pretrain": {**RAW["pretrain"], "synth": {"anchors": True}, "threads": 1}})
+    assert [j.key for j in a.finetunes] == [j.key for j in spelled.finetunes]
+    assert [j.key for j in a.pretrains if j.arm == "anatomy"] == [j.key for j in spelled.pretrains if j.arm == "anatomy"]
+
+
+def test_released_weights_enter_the_fine_tune_key(tmp_path):
+    import json
+
+    arms = [{"name": "scratch", "pretrain": "none"},
+            {"name": "anatomy", "pretrain": {"mode": "anatomy"}, "weights": str(tmp_path / "w")}]
+    before = expand({**RAW, "arms": arms})
+    assert next(j for j in before.pretrains if j.arm == "anatomy").weights == str(tmp_path / "w")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "card.json").write_text(json.dumps({"weights_sha256": "ab" * 32}))
+    after = expand({**RAW, "arms": arms})
+    def keys(p, arm, main):  # main grid (uses the release) or scaling points (pre-train their own)
+        return [j.key for j in p.finetunes if j.arm == arm and (j.samples is None and j.subjects is None) == main]
+
+    assert set(keys(before, "anatomy", True)).isdisjoint(keys(after, "anatomy", True))
+    assert keys(before, "anatomy", False) == keys(after, "anatomy", False)
+    assert keys(before, "scratch", True) == keys(after, "scratch", True)
+    with pytest.raises(ConfigError, match="unknown key"):
+        expand({**RAW, "arms": [{"name": "scratch", "pretrain": "none", "weigths": "x"}]})
+    with pytest.raises(ConfigError, match="does not pre-train"):
+        expand({**RAW, "arms": [{"name": "scratch", "pretrain": "none", "weights": "x"}]})

@@ -81,3 +81,37 @@ def test_dry_run_lists_commands(tmp_path, data_dir):
     log = (out / "experiment.log").read_text()
     assert log.count("$ anatosynth pretrain") == 1 and log.count("$ anatosynth finetune") == 4
     assert "--val-cases" in log and not (out / "tiny").exists()
+
+
+@pytest.mark.slow
+def test_committed_results_and_released_weights_survive_a_new_machine(tmp_path, data_dir):
+    """`results:` keeps each job's metrics and an arm's `weights:` its release: a fresh experiment folder
+    (a new machine with the repository's results/ and weights/) reports and runs nothing again."""
+    import json
+    import shutil
+
+    path = _protocol(tmp_path, data_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["seeds"] = [0]
+    raw["results"] = str(tmp_path / "repo" / "results" / "tiny")
+    raw["arms"][1]["weights"] = str(tmp_path / "repo" / "weights" / "tiny-anatomy")
+    path.write_text(yaml.safe_dump(raw))
+    first = tmp_path / "machine1"
+    assert main(["experiment", str(path), "--out", str(first), "--quiet"]) == 0
+    kept = sorted((tmp_path / "repo" / "results" / "tiny").glob("*.json"))
+    assert [p.name.split("-")[2] for p in kept] == ["anatomy", "scratch"]
+    record = json.loads(kept[0].read_text())
+    assert record["arm"] == "anatomy" and 0 <= record["dice"] <= 100 and record["validation"]
+    card = json.loads((tmp_path / "repo" / "weights" / "tiny-anatomy" / "card.json").read_text())
+    assert card["steps"] == 2 and card["architecture"]["name"] == "unet"
+    rows = list(csv.DictReader(open(first / "tiny" / "results.csv")))
+
+    shutil.rmtree(first)  # the machine is gone; the repository is not
+    second = tmp_path / "machine2"
+    assert main(["experiment", str(path), "--out", str(second), "--quiet", "--report-only"]) == 0
+    assert list(csv.DictReader(open(second / "tiny" / "results.csv"))) == rows
+    assert (second / "tiny" / "dice_per_arm.png").stat().st_size > 1000
+    assert main(["experiment", str(path), "--out", str(second), "--quiet"]) == 0
+    log = (second / "experiment.log").read_text() if (second / "experiment.log").exists() else ""
+    assert "$ anatosynth pretrain" not in log and "$ anatosynth finetune" not in log
+    assert list(csv.DictReader(open(second / "tiny" / "results.csv"))) == rows

@@ -1,0 +1,162 @@
+"""Released pre-trained weights: a small folder that ships in a repository and fine-tunes anywhere.
+
+``anatosynth release RUN --out weights/NAME`` turns a finished pre-training run into
+
+- ``model.safetensors``: the network's state_dict in half precision (safetensors: no pickle, loads without
+  executing code); fine-tuning casts it back to float32;
+- ``metadata.json``: the network and class names (what ``--init`` needs to check and rebuild), as in the run;
+- ``card.json`` and ``README.md``: the model card — architecture, classes, bank hash, synthesis config,
+  steps, final loss, package versions, the commit and the command that made it, and the weights' sha256.
+
+``anatosynth finetune --init weights/NAME`` reads such a folder. The card holds no local paths: the bank is
+named by its sha256 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from anatosynth.errors import InputError
+from anatosynth.io.volume import atomic_write_text
+from anatosynth.train.checkpoint import load_weights_only, read_checkpoint
+
+__all__ = ["release", "load_release", "WEIGHTS_FILE", "CARD_FILE"]
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+
+
+def _git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _final_loss(run: Path) -> dict:
+    """Last logged loss and the mean over the last tenth of the logged steps, from the run's checkpoint."""
+    ckpt = run / "checkpoint.pt"
+    if not ckpt.is_file():
+        return {}
+    history = read_checkpoint(ckpt).get("history")
+    if not isinstance(history, torch.Tensor) or history.ndim != 2 or not len(history):
+        return {}
+    tail = history[-max(1, len(history) // 10):, 1]
+    return {"final_loss": round(float(history[-1, 1]), 4), "final_loss_mean_last_10pct": round(float(tail.mean()), 4),
+            "loss_curve": [[int(s), round(float(v), 4)] for s, v in history[:, :2].tolist()]}
+
+
+def release(run: str | Path, out: str | Path, command: str | None = None, name: str | None = None,
+            job_key: str | None = None) -> Path:
+    """Write the released form of pre-training run ``run`` (its ``model.pt`` and ``metadata.json``) to ``out``.
+
+    Raises:
+        InputError: ``run`` is not a finished pre-training run, or ``out`` exists and is not a release.
+    """
+    from safetensors.torch import save_file
+
+    run, out = Path(run), Path(out)
+    meta_path, model_path = run / "metadata.json", run / "model.pt"
+    if not model_path.is_file() or not meta_path.is_file():
+        raise InputError(run, "not a finished pre-training run (model.pt and metadata.json needed)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if out.exists() and not (out / CARD_FILE).is_file():
+        raise InputError(out, "exists and is not a released-weights folder; choose another --out")
+    state = load_weights_only(model_path, "model")
+    half = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
+            for k, v in state.items()}
+    config = {}
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    card = {
+        "name": name or out.name,
+        "architecture": meta.get("model"),
+        "class_names": meta.get("class_names"),
+        "mode": meta.get("mode"), "render": meta.get("render"), "synth": meta.get("synth"),
+        "bank_sha256": meta.get("bank_sha256"),
+        "steps": meta.get("steps_done"), "batch": config.get("batch"), "samples_seen": meta.get("samples_seen"),
+        "lr": config.get("lr"), "warmup": config.get("warmup"), "seed": meta.get("seed"),
+        **_final_loss(run),
+        "versions": meta.get("versions"),
+        "commit": _git_commit(Path(__file__).resolve().parent),
+        "command": command,
+        "job_key": job_key,  # the experiment job that made it, when an experiment released it
+        "dtype": "float16",
+        "weights_file": WEIGHTS_FILE,
+    }
+    card_meta = {k: v for k, v in meta.items() if k in ("model", "class_names", "mode", "render", "bank_sha256",
+                                                        "versions")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "dtype": "float16"})
+        card["weights_sha256"] = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
+        card["weights_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
+        atomic_write_text(tmp / "metadata.json", json.dumps(card_meta, indent=1) + "\n")
+        atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=1) + "\n")
+        atomic_write_text(tmp / "README.md", _card_markdown(card))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_release(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The float32 state_dict and ``metadata.json`` of a released-weights folder (or its .safetensors file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder if folder.suffix == ".safetensors" else folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise InputError(path, "released weights not found")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(path, f"cannot read released weights ({str(err).splitlines()[0][:160]})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    meta_path = path.parent / "metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return state, meta
+
+
+def _card_markdown(card: dict) -> str:
+    arch = card.get("architecture") or {}
+    patch = "×".join(str(p) for p in arch.get("patch", []))
+    classes = [c for c in (card.get("class_names") or []) if c != "background"]
+    versions = ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
+    lines = [
+        f"# {card['name']}: anatosynth pre-trained weights",
+        "",
+        f"- **Network:** MONAI {arch.get('name')} (feature size {arch.get('feature_size')}, "
+        f"{arch.get('in_channels')} input channel, {arch.get('out_channels')} output classes), patch {patch}.",
+        f"- **Pre-training task:** synthetic segmentation, mode `{card.get('mode')}`, render `{card.get('render')}`; "
+        f"{len(classes)} foreground classes: {', '.join(classes)}.",
+        f"- **Budget:** {card.get('steps')} steps of batch {card.get('batch')} ({card.get('samples_seen')} synthetic "
+        f"patches), lr {card.get('lr')}, seed {card.get('seed')}.",
+        f"- **Final loss (DiceCE):** {card.get('final_loss')} (mean over the last tenth of the logged steps: "
+        f"{card.get('final_loss_mean_last_10pct')}).",
+        f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`.",
+        f"- **Weights:** `{card['weights_file']}`, float16, {card.get('weights_bytes')} bytes, "
+        f"sha256 `{card.get('weights_sha256')}`.",
+        f"- **Made with:** commit `{card.get('commit')}`; {versions}.",
+        f"- **Command:** `{card.get('command')}`",
+        "",
+        "Fine-tune from it: `anatosynth finetune --data DATA --init weights/" + card["name"] +
+        f" --model {arch.get('name')} --feature-size {arch.get('feature_size')} --out RUN`",
+        "(the output head is re-initialised when the classes differ). Synthesis settings: `card.json`.",
+        "",
+    ]
+    return "\n".join(lines)

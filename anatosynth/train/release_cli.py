@@ -1,0 +1,36 @@
+"""CLI of ``anatosynth release``: a finished pre-training run as a small, shippable weights folder."""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+
+def _run(args) -> int:
+    import shlex
+    import sys
+
+    from anatosynth.train.release import release
+
+    command = args.command or "anatosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = release(args.run, args.out, command=command, name=args.name, job_key=args.job_key)
+    card = (out / "card.json").read_text()
+    import json
+
+    info = json.loads(card)
+    print(f"released {args.run} -> {out} ({info['weights_bytes'] / 1e6:.1f} MB float16, "
+          f"sha256 {info['weights_sha256'][:12]}; model card {out / 'README.md'})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "release", help="turn a pre-training run into shippable weights (half precision + model card)",
+        description="Write RUN's weights as OUT/model.safetensors (float16) with OUT/metadata.json and a model "
+                    "card (OUT/card.json, OUT/README.md). 'anatosynth finetune --init OUT' fine-tunes from it.")
+    p.add_argument("run", help="finished pre-training run folder (model.pt, metadata.json)")
+    p.add_argument("--out", required=True, help="released-weights folder to write (e.g. weights/NAME)")
+    p.add_argument("--name", default=None, help="name on the model card (default: the folder's name)")
+    p.add_argument("--command", default=None,
+                   help="the pre-training command to record on the card (default: this release command)")
+    p.add_argument("--job-key", default=None, help="experiment job key to record on the card (set by 'experiment')")
+    p.set_defaults(func=_run)
