@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from anatosynth.errors import AnatosynthError
-from anatosynth.io.volume import atomic_write_text
+from anatosynth.errors import AnatosynthError, InputError
+from anatosynth.io.volume import atomic_write_text, ensure_writable_dir
 from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
@@ -67,6 +67,10 @@ class Runner:
         self.lock = threading.Lock()
 
     def _say(self, text: str) -> None:
+        if self.dry_run:  # a dry run writes nothing at all: the commands go to stdout
+            with self.lock:
+                print(text, flush=True)
+            return
         line = f"{time.strftime('%H:%M:%S')} {text}"
         with self.lock, open(self.log, "a") as f:
             f.write(line + "\n")
@@ -88,9 +92,15 @@ class Runner:
     def done(folder: Path) -> bool:
         return (folder / "done.json").exists()
 
-    @staticmethod
-    def mark_done(folder: Path, info: dict) -> None:
-        (folder / "done.json").write_text(json.dumps(info, indent=1))
+    def mark_done(self, folder: Path, info: dict) -> None:
+        if not self.dry_run:
+            atomic_write_text(folder / "done.json", json.dumps(info, indent=1))
+
+    def fresh(self, folder: Path) -> None:
+        """Empty ``folder`` for a job that starts from scratch (a dry run touches nothing)."""
+        if not self.dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
 
     # --- jobs ---------------------------------------------------------------------------------------
     def bank(self, job: BankJob) -> Path:
@@ -98,8 +108,7 @@ class Runner:
         path = folder / "bank.bank"
         if self.done(folder) or self.report_only:
             return path
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        self.fresh(folder)
         self.call(["bank", "build", job.source, "--subjects", str(job.subjects), "--spacing",
                    ",".join(str(s) for s in job.spacing), "--seed", str(job.seed), "--out", str(path)], folder)
         self.mark_done(folder, {"key": job.key})
@@ -116,10 +125,10 @@ class Runner:
         if (folder / "checkpoint.pt").exists():
             self.call(["pretrain", "--resume", str(folder)], folder)
         else:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            self.fresh(folder)
             cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            if not self.dry_run:
+                atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
             self.call(["pretrain", "--config", str(cfg_path), "--out", str(folder)], folder)
         self.mark_done(folder, {"key": job.key})
         return folder / "model.pt"
@@ -130,7 +139,8 @@ class Runner:
         if self.report_only:
             return read_report(report) if self.done(folder) else None
         if not self.done(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+            if not self.dry_run:
+                shutil.rmtree(folder, ignore_errors=True)
             options = dict(job.options)
             ev = options.pop("evaluate", {}) or {}
             if job.eval_cases is not None:
@@ -169,7 +179,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
     """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows.
 
     Banks are built one after another; then pre-training and fine-tune+evaluate runs go ``jobs`` at a
-    time (each its own process; give each ``threads`` so that jobs x threads matches the cores), a
+    time (each its own process with ``threads`` CPU threads; default: the free cores shared among them), a
     fine-tune run starting as soon as its pre-trained model is there. Rows keep the
     protocol's order whatever order the jobs finish in. ``report_only`` runs nothing and reports the
     finished jobs (e.g. while the grid still runs elsewhere).
@@ -178,12 +188,17 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
 
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
     reports = report_dir(out, protocol)
     if not dry_run:
-        reports.mkdir(exist_ok=True)
+        ensure_writable_dir(reports)
     if not report_only and not dry_run:
         atomic_write_text(reports / "protocol.yaml", yaml.safe_dump(protocol.raw, sort_keys=False))
+    if not threads:  # share the free cores among the jobs that run at once
+        from anatosynth.options import default_threads
+
+        threads = max(1, default_threads() // max(1, int(jobs)))
     runner = Runner(out, protocol, dry_run, threads, report_only)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
     with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:

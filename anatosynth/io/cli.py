@@ -9,7 +9,7 @@ def run_check(args) -> int:
     from tqdm import tqdm
 
     from anatosynth.io.datasets import read_dataset
-    from anatosynth.io.volume import check_same_geometry, load_image, load_label
+    from anatosynth.io.volume import check_pair, load_image, load_label
 
     ds = read_dataset(args.data, labels=args.labels)
     print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, modality {ds.modality or 'n/a'}, "
@@ -19,7 +19,7 @@ def run_check(args) -> int:
             if case.label else None
         image = load_image(case.image) if case.image else None
         if image is not None and label is not None:
-            check_same_geometry(image, label, case.image)
+            check_pair(image, label, case.image, case.label)
         ref = label if label is not None else image
         present = sorted(int(v) for v in np.unique(label.array) if v) if label is not None else []
         if not args.quiet:

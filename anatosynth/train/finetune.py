@@ -222,7 +222,7 @@ def _attach_log(out: Path) -> logging.Handler:
 
 
 def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, PreprocessConfig]:
-    dataset = read_dataset(cfg.data)
+    dataset = read_dataset(cfg.data).require_images("finetune")
     classes = ClassMap.from_labels(dataset.labels)
     pre = PreprocessConfig(cfg.modality or dataset.modality, cfg.spacing, cfg.window)
     return dataset, classes, pre
