@@ -286,6 +286,9 @@ def test_unknown_yaml_keys(work, capsys):
     (work / "pre.yaml").write_text("model: unet\nstepz: 3\n")
     _fails_cleanly(["pretrain", "--config", work / "pre.yaml", "--out", work / "pre"], capsys, work,
                    "pre.yaml", "stepz")
+    (work / "pre_synth.yaml").write_text("model: unet\nsynth:\n  anchorz: false\n")
+    _fails_cleanly(["pretrain", "--config", work / "pre_synth.yaml", "--out", work / "pre"], capsys, work,
+                   "pre_synth.yaml", "anchorz")
     (work / "synth.yaml").write_text("anchorz: false\n")
     for verb in ("preview", "export", "bench"):
         out = [] if verb == "bench" else ["--out", work / f"s-{verb}"]
