@@ -7,7 +7,10 @@ import re
 
 from anatosynth.errors import ConfigError
 
-__all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads", "apply_threads"]
+__all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
+           "apply_threads", "THREADS_HELP"]
+
+THREADS_HELP = "torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)"
 
 
 def parse_patch(value, *, minimum: int = 8, multiple: int = 1, what: str = "patch") -> tuple[int, int, int]:

@@ -273,7 +273,8 @@ def test_out_not_writable(corpus, fake_run, bank_file, work, capsys, verb):
 # ---------------------------------------------------------------------- files the verbs read
 def test_truncated_bank_everywhere(bank_file, work, capsys):
     bad = _truncated(bank_file, work / "cut.bank")
-    for argv in (["bank", "inspect", bad], ["bank", "audit", bad], ["bank", "merge", bad, bad, "--out", work / "m.bank"],
+    for argv in (["bank", "inspect", bad], ["bank", "audit", bad],
+                 ["bank", "merge", bad, bad, "--out", work / "m.bank"],
                  ["synth", "preview", "--bank", bad, "--patch", "32", "--n", "1", "--out", work / "p.png"],
                  ["synth", "export", "--bank", bad, "--patch", "32", "--n", "1", "--out", work / "exp"],
                  ["synth", "bench", "--bank", bad, "--patch", "32", "--n", "1"],

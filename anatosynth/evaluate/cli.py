@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from anatosynth.options import THREADS_HELP
+
 __all__ = ["register"]
 
 
@@ -35,6 +37,6 @@ def register(sub) -> None:
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction NIfTI files")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -36,8 +36,9 @@ def register(sub) -> None:
     p.add_argument("protocol", help="protocol YAML (see protocols/)")
     p.add_argument("--out", required=True, help="experiment folder; re-running reuses finished jobs")
     p.add_argument("--dry-run", action="store_true", help="only list the commands the protocol would run")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job (OMP_NUM_THREADS; default: the cores not busy "
-                                                          "with other work, shared among --jobs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per job (OMP_NUM_THREADS; default: the cores not busy with other work, "
+                        "shared among --jobs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tune+evaluate runs at a time (default 1); on 2 cores: --jobs 2 --threads 1")
     p.add_argument("--report-only", action="store_true",

@@ -125,6 +125,7 @@ def register(sub) -> None:
     p.add_argument("--bank", help="shape bank file (default: the procedural builtin:phantom)")
     p.add_argument("--minutes", type=float, default=4.0, help="cap on pre-training time (default 4)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 200)")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
+    from anatosynth.options import THREADS_HELP
+
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=_run)

@@ -13,7 +13,7 @@ import argparse
 import json
 
 from anatosynth.errors import ConfigError
-from anatosynth.options import add_patch_argument
+from anatosynth.options import THREADS_HELP, add_patch_argument
 from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "stream_from_args"]
@@ -145,8 +145,7 @@ def _common(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-anchors", action="store_true", help="ablation: ignore spatial anchors")
     p.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
     p.add_argument("--config", default=None, help="YAML/JSON file of further SynthConfig fields")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from anatosynth.errors import ConfigError
-from anatosynth.options import add_patch_argument, apply_threads
+from anatosynth.options import THREADS_HELP, add_patch_argument, apply_threads
 from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "parse_pair"]
@@ -72,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap for validation (default 0.25)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from anatosynth.options import add_patch_argument
+from anatosynth.options import THREADS_HELP, add_patch_argument
 
 __all__ = ["register", "overrides_from_args"]
 
@@ -93,8 +93,7 @@ def register(sub) -> None:
     g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     g = p.add_argument_group("run")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: the cores not busy with other work, "
-                                               "or OMP_NUM_THREADS); --threads 1 makes runs bit-identical")
+    g.add_argument("--threads", type=int, help=f"{THREADS_HELP}; --threads 1 makes model.pt bit-identical")
     g.add_argument("--workers", type=int, help="processes drawing sample parameters ahead (default: 0 on CPU, "
                                                "up to 4 per GPU)")
     g.add_argument("--checkpoint-every", type=int, dest="checkpoint_every",
