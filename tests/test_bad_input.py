@@ -354,3 +354,15 @@ def test_checkpoint_of_another_architecture(corpus, fake_run, work, capsys):
                     world_size=1, spec=spec, class_names=["background", "x"], history=torch.zeros((0, 4)),
                     device=torch.device("cpu"))
     _fails_cleanly(["pretrain", "--resume", pre], capsys, work, "checkpoint.pt", "dynunet")
+
+
+def test_out_is_checked_before_any_work(corpus, fake_run, work, capsys):
+    """An unusable --out is reported first, before data is read or a model is built (no wasted minutes)."""
+    data, _, _ = _dataset(corpus, work, "nan_image")
+    out = work / "afile" / "sub"
+    for argv in (["finetune", "--data", data, "--out", out, "--quiet"],
+                 ["evaluate", "--data", data, "--model", work / "no_run", "--out", out],
+                 ["synth", "export", "--bank", work / "no.bank", "--out", out],
+                 ["pretrain", "--bank", work / "no.bank", "--out", out],
+                 ["demo", "--bank", work / "no.bank", "--out", out]):
+        _fails_cleanly(argv, capsys, work, "afile")

@@ -18,7 +18,7 @@ from pathlib import Path
 from anatosynth.errors import InputError
 from anatosynth.io import Volume, check_pair, load_image, load_label, read_dataset, save_volume
 from anatosynth.io.datasets import Dataset
-from anatosynth.io.volume import ensure_writable_dir
+from anatosynth.io.volume import check_output_dir, ensure_writable_dir
 from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
 from anatosynth.evaluate.metrics import ClassScore, case_scores
 from anatosynth.evaluate.report import summarise, write_reports
@@ -94,6 +94,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
     if sw_batch < 1:
         raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
+    check_output_dir(out)
     run = load_run(run_path, device)
     dataset = read_dataset(data).require_images("evaluate")
     classes = dataset_classes(run, dataset, data)

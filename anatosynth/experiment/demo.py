@@ -49,11 +49,11 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
             :func:`anatosynth.options.default_threads`).
     """
     from anatosynth.bank import load_bank
-    from anatosynth.io.volume import ensure_writable_dir
+    from anatosynth.io.volume import check_output_dir, ensure_writable_dir
     from anatosynth.train.config import PretrainConfig
     from anatosynth.train.pretrain import RunPaths, pretrain, resume_config
 
-    out = Path(out)
+    out = check_output_dir(out)
     source = bank or "builtin:phantom"
     t0 = time.perf_counter()
     print(f"[1/3] shape bank: {source}", flush=True)

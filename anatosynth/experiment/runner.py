@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from anatosynth.errors import AnatosynthError, InputError
-from anatosynth.io.volume import atomic_write_text, ensure_writable_dir
+from anatosynth.errors import AnatosynthError
+from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
@@ -188,8 +188,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
 
     from tqdm import tqdm
 
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output path exists and is not a folder")
+    check_output_dir(out)
     reports = report_dir(out, protocol)
     if not dry_run:
         ensure_writable_dir(reports)

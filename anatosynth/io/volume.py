@@ -20,7 +20,7 @@ import numpy as np
 from anatosynth.errors import InputError
 
 __all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "check_pair",
-           "looks_like_label_map", "NIFTI_SUFFIXES", "check_output_file",
+           "looks_like_label_map", "NIFTI_SUFFIXES", "check_output_file", "check_output_dir",
            "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -204,6 +204,23 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a folder; expected the path of a file to write")
+    return _check_creatable(path)
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work, that an output folder exists or can be created at ``path`` (nothing is made)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output path exists and is not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(path, "output folder is not writable")
+        return path
+    return _check_creatable(path)
+
+
+def _check_creatable(path: Path) -> Path:
+    """The first existing folder above ``path`` must be a writable folder."""
     parent = path.parent if str(path.parent) else Path(".")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -110,6 +110,9 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: export at least one sample")
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be at least 1")
+    from anatosynth.io.volume import check_output_dir
+
+    check_output_dir(args.out)
     device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     out = export_dataset(stream, args.n, args.out, device, batch_size=args.batch)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError, InputError, Interrupted
-from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.train.checkpoint import (check_compatible, load_state_strict, read_checkpoint, save_checkpoint,
                                          save_model, write_json)
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
@@ -366,8 +366,7 @@ class _Trainer:
         lose, so a new run may start there.
         """
         root = self.paths.root
-        if root.exists() and not root.is_dir():
-            raise InputError(root, "output path exists and is not a folder")
+        check_output_dir(root)
         if resume:
             if not self.paths.checkpoint.is_file():
                 raise InputError(self.paths.checkpoint, "not found: nothing to resume (the run stopped before "
