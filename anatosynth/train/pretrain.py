@@ -11,6 +11,8 @@ is one integer, ``next_index``. At each step rank ``r`` of ``W`` takes samples
 replaced by ``pool_index(i)``, a fresh permutation of the fixed pool ``0..N-1`` on every pass (the pool is
 not cached: samples are re-rendered from their index, bit-identical, so memory does not grow with N).
 Checkpoints store ``next_index``; a resumed run continues the stream exactly (nothing repeated or skipped).
+SIGINT/SIGTERM end the current step, write a checkpoint and ``model.pt`` and raise
+:class:`~anatosynth.errors.Interrupted`, whose message says what was saved.
 """
 
 from __future__ import annotations
@@ -637,7 +639,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, bank=None, stream=Non
 
     Args:
         cfg: resolved configuration (for a resume, from :func:`resume_config`).
-        resume: continue from ``cfg.out``'s checkpoint (or start it when no checkpoint was written yet).
+        resume: continue from ``cfg.out``'s checkpoint (an InputError when there is none: a run stopped
+            before its first checkpoint is started again without ``resume``).
         bank: an already-loaded bank (the demo passes the one it previewed); default: loaded from ``cfg.bank``.
         stream: an already-built synthetic stream (tests); default: built from ``cfg`` and the bank.
         echo: also print log lines to stderr (default: when stderr is not a terminal, i.e. no progress bar).
