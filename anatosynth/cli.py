@@ -13,7 +13,7 @@ import os
 import sys
 
 from anatosynth import __version__
-from anatosynth.errors import AnatosynthError
+from anatosynth.errors import AnatosynthError, Interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `anatosynth check DATA | head`
         sys.stdout = open(os.devnull, "w")
         return 0
+    except Interrupted as err:
+        print(f"anatosynth {args.verb}: {err}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print(f"anatosynth {args.verb}: interrupted", file=sys.stderr)
         return 130

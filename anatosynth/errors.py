@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["AnatosynthError", "InputError", "ConfigError"]
+__all__ = ["AnatosynthError", "InputError", "ConfigError", "Interrupted"]
 
 
 class AnatosynthError(Exception):
@@ -24,3 +24,15 @@ class InputError(AnatosynthError):
 
 class ConfigError(AnatosynthError):
     """An option or configuration value is invalid."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped by SIGINT/SIGTERM after saving what could be saved; ``str()`` says what that was.
+
+    A ``KeyboardInterrupt`` so that no ``except Exception`` swallows it; the CLI prints the message and
+    exits with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
+    """
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)

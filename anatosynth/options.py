@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from anatosynth.errors import ConfigError
 
-__all__ = ["parse_patch", "reject_unknown_keys"]
+__all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
+           "apply_threads", "THREADS_HELP"]
+
+THREADS_HELP = "torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)"
 
 
 def parse_patch(value, *, minimum: int = 8, multiple: int = 1, what: str = "patch") -> tuple[int, int, int]:
-    """A patch size as three ints from ``96``, ``"96"``, ``"96,96,32"``, ``"96x96x32"`` or ``[96, 96, 32]``.
+    """A patch size as three ints from ``96``, ``"96"``, ``"96,96,32"``, ``"96x96x32"``, ``"96 96 32"`` or
+    ``[96, 96, 32]`` (also ``["96", "96", "32"]`` or ``["96x96x32"]``, as ``--patch`` hands them over).
 
     One number means a cube. Every entry must be at least ``minimum`` and a multiple of ``multiple``.
 
@@ -36,6 +41,16 @@ def parse_patch(value, *, minimum: int = 8, multiple: int = 1, what: str = "patc
     return tuple(values)  # type: ignore[return-value]
 
 
+PATCH_SPELLINGS = "N, X Y Z, X,Y,Z or XxYxZ"
+
+
+def add_patch_argument(parser, default: str | None, what: str) -> None:
+    """``--patch`` as every verb spells it (one to three words, see :func:`parse_patch`)."""
+    shown = f" (default {default})" if default is not None else ""
+    parser.add_argument("--patch", nargs="+", default=default, metavar="N",
+                        help=f"{what}: {PATCH_SPELLINGS}{shown}")
+
+
 def reject_unknown_keys(d: dict, known, what: str) -> None:
     """Raise :class:`ConfigError` naming the unknown keys of mapping ``d`` (typos must not be ignored)."""
     if not isinstance(d, dict):
@@ -43,3 +58,43 @@ def reject_unknown_keys(d: dict, known, what: str) -> None:
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"{what}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def free_threads(cores: int, load: float) -> int:
+    """CPU threads worth using: the cores this process may run on minus those other work keeps busy.
+
+    ``load`` is the 1-minute load average. On a 2-core machine with one core busy (load about 1) this is
+    1: two threads would share one free core with the other job and run several times slower.
+    """
+    return max(1, int(cores) - int(round(max(0.0, float(load)))))
+
+
+def default_threads() -> int:
+    """The thread count used when ``--threads`` is not given.
+
+    ``OMP_NUM_THREADS`` when set (torchrun and the experiment runner set it per process), else
+    :func:`free_threads` of the cores in this process's CPU affinity and the current load average.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return free_threads(cores, load)
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads to ``threads`` or, when None/0, to :func:`default_threads`; returns the count."""
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 0):
+        raise ConfigError(f"--threads {threads}: must be a positive number of CPU threads")
+    n = int(threads) if threads else default_threads()
+    torch.set_num_threads(n)
+    return n

@@ -48,3 +48,60 @@ def test_help_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("spelling", [["64,64,32"], ["64x64x32"], ["64", "64", "32"], ["64X64X32"]])
+def test_every_verb_reads_every_spelling_of_patch(spelling):
+    """One ``--patch`` argument (options.add_patch_argument) in synth, pretrain and finetune."""
+    from anatosynth.cli import build_parser
+    from anatosynth.synth.cli import parse_patch as synth_patch
+    from anatosynth.train.finetune_cli import parse_patch as finetune_patch
+    from anatosynth.train.pretrain_cli import overrides_from_args
+    from anatosynth.train.config import parse_patch as pretrain_patch
+
+    parser = build_parser()
+    for verb in (["synth", "preview", "--out", "x.png"], ["synth", "export", "--out", "x"], ["synth", "bench"]):
+        assert synth_patch(parser.parse_args([*verb, "--patch", *spelling]).patch) == (64, 64, 32)
+    args = parser.parse_args(["pretrain", "--patch", *spelling])
+    assert pretrain_patch(overrides_from_args(args)["patch"]) == (64, 64, 32)
+    args = parser.parse_args(["finetune", "--data", "d", "--out", "o", "--patch", *spelling])
+    assert finetune_patch(args.patch) == (64, 64, 32)
+
+
+@pytest.mark.parametrize("cores,load,expected", [
+    (2, 0.0, 2), (2, 0.4, 2), (2, 1.0, 1), (2, 1.3, 1), (2, 3.7, 1), (16, 4.2, 12), (1, 0.0, 1), (4, -1.0, 4)])
+def test_free_threads(cores, load, expected):
+    """Threads = cores not kept busy by other work (1-min load), at least 1: 2 cores, one busy -> 1."""
+    from anatosynth.options import free_threads
+
+    assert free_threads(cores, load) == expected
+
+
+def test_default_threads_follows_omp_num_threads_then_the_free_cores(monkeypatch):
+    import os
+
+    from anatosynth.options import default_threads, free_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_threads() == free_threads(2, 1.0) == 1
+
+
+def test_help_shows_the_defaults_of_pretrain():
+    """`pretrain --help` shows each default, and it is the one PretrainConfig uses."""
+    import re
+
+    from anatosynth.cli import build_parser
+    from anatosynth.train.config import PretrainConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb").choices["pretrain"]
+    shown = {a.dest: re.search(r"\(default ([^);]+)[);]", a.help or "") for a in sub._actions}
+    defaults = PretrainConfig()
+    for dest in ("checkpoint_every", "log_every", "image_every", "steps", "batch", "feature_size", "model", "mode",
+                 "render", "seed", "lr", "weight_decay", "bank", "out"):
+        assert shown[dest], f"--{dest} does not show its default"
+        assert shown[dest].group(1) == str(getattr(defaults, dest)), dest
+    assert shown["patch"].group(1) == str(defaults.patch[0]) and len(set(defaults.patch)) == 1

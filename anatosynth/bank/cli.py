@@ -17,8 +17,12 @@ def _spacing(text: str):
 
 
 def _output(path: str) -> str:
+    """A bank path that can be written (checked before any work)."""
+    from anatosynth.io.volume import check_output_file
+
     if not path.endswith(".bank"):
         raise ConfigError(f"--out {path!r}: a bank file should end in .bank")
+    check_output_file(path)
     return path
 
 
@@ -68,6 +72,11 @@ def _inspect(args) -> int:
     from anatosynth.bank import load_bank
     from anatosynth.bank.report import draw_bank, draw_subject, orientation_lines, summary
 
+    from anatosynth.io.volume import check_output_file
+
+    for png in (args.png, args.slices):
+        if png:
+            check_output_file(png)
     bank = load_bank(args.bank)
     info = summary(bank)
     if args.png:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from anatosynth.options import THREADS_HELP
+
 __all__ = ["register"]
 
 
 def _run(args) -> int:
     from anatosynth.evaluate.evaluate import evaluate
+    from anatosynth.options import apply_threads
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     cases = [c for c in args.cases.split(",") if c] if args.cases else None
     summary = evaluate(args.data, args.model, args.out, cases=cases, overlap=args.overlap, sw_batch=args.sw_batch,
                        save_predictions=not args.no_predictions, progress=not args.quiet,
@@ -37,6 +37,6 @@ def register(sub) -> None:
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction NIfTI files")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

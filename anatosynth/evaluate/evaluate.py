@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from anatosynth.errors import InputError
-from anatosynth.io import Volume, check_same_geometry, load_image, load_label, read_dataset, save_volume
+from anatosynth.io import Volume, check_pair, load_image, load_label, read_dataset, save_volume
 from anatosynth.io.datasets import Dataset
-from anatosynth.io.volume import ensure_writable_dir
+from anatosynth.io.volume import check_output_dir, ensure_writable_dir
 from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
 from anatosynth.evaluate.metrics import ClassScore, case_scores
 from anatosynth.evaluate.report import summarise, write_reports
@@ -64,27 +64,17 @@ def _load_pair(case, names: dict[int, str]) -> tuple[Volume, Volume | None]:
     if case.label is None:
         return image, None
     label = load_label(case.label, names=names)
-    check_same_geometry(image, label, case.label)
+    check_pair(image, label, case.image, case.label)
     return image, label
 
 
-def _precheck_geometry(cases) -> None:
-    """Compare image and label headers of every case before any output is written (data not read)."""
-    import nibabel as nib
-    import numpy as np
+def _precheck(cases, names: dict[int, str]) -> None:
+    """Load and check every case before any output is written, so bad input leaves no half report.
 
+    Reading the files is cheap next to inference; each case is read again when it is predicted.
+    """
     for case in cases:
-        if case.label is None:
-            continue
-        try:
-            img, lab = nib.load(str(case.image)), nib.load(str(case.label))
-        except Exception:  # noqa: BLE001 - unreadable files get their precise error when loaded
-            continue
-        if tuple(img.shape[:3]) != tuple(lab.shape[:3]):
-            raise InputError(case.label, f"image shape {tuple(img.shape[:3])} and label shape "
-                                         f"{tuple(lab.shape[:3])} differ")
-        if not np.allclose(img.affine, lab.affine, atol=1e-3, rtol=1e-5):
-            raise InputError(case.label, "image and label affines differ (different geometry)")
+        _load_pair(case, names)
 
 
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
@@ -104,8 +94,9 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
     if sw_batch < 1:
         raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
+    check_output_dir(out)
     run = load_run(run_path, device)
-    dataset = read_dataset(data)
+    dataset = read_dataset(data).require_images("evaluate")
     classes = dataset_classes(run, dataset, data)
     chosen, why = choose_cases(dataset, run, cases)
     if not chosen:
@@ -113,7 +104,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     missing_image = [c.name for c in chosen if c.image is None]
     if missing_image:
         raise InputError(data, f"cases without an image: {', '.join(missing_image)}")
-    _precheck_geometry(chosen)
+    _precheck(chosen, dict(dataset.labels))
     out = ensure_writable_dir(out)
     pred_dir = ensure_writable_dir(out / "predictions") if save_predictions else None
     fg = {name: ident for name, ident in zip(classes.names[1:], classes.ids[1:])}

@@ -19,7 +19,7 @@ def run_experiment(args) -> int:
     rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads,
                         jobs=args.jobs, report_only=args.report_only)
     if args.dry_run:
-        print(f"dry run: commands written to {out / 'experiment.log'}")
+        print("dry run: nothing was run or written")
         return 0
     if not rows:
         print("no finished fine-tune runs to report yet")
@@ -36,7 +36,9 @@ def register(sub) -> None:
     p.add_argument("protocol", help="protocol YAML (see protocols/)")
     p.add_argument("--out", required=True, help="experiment folder; re-running reuses finished jobs")
     p.add_argument("--dry-run", action="store_true", help="only list the commands the protocol would run")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per job (OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per job (OMP_NUM_THREADS; default: the cores not busy with other work, "
+                        "shared among --jobs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tune+evaluate runs at a time (default 1); on 2 cores: --jobs 2 --threads 1")
     p.add_argument("--report-only", action="store_true",

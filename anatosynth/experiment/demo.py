@@ -45,14 +45,15 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
         bank: shape bank path; ``None`` builds the procedural ``builtin:phantom``.
         minutes: wall-clock cap on the pre-training.
         steps: optimiser steps to reach (default 200; the time cap usually ends the run first on slow CPUs).
-        threads: torch CPU threads (default: torch's choice).
+        threads: torch CPU threads (default: the cores not busy with other work, see
+            :func:`anatosynth.options.default_threads`).
     """
     from anatosynth.bank import load_bank
-    from anatosynth.io.volume import ensure_writable_dir
+    from anatosynth.io.volume import check_output_dir, ensure_writable_dir
     from anatosynth.train.config import PretrainConfig
     from anatosynth.train.pretrain import RunPaths, pretrain, resume_config
 
-    out = Path(out)
+    out = check_output_dir(out)
     source = bank or "builtin:phantom"
     t0 = time.perf_counter()
     print(f"[1/3] shape bank: {source}", flush=True)
@@ -62,7 +63,7 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
     ensure_writable_dir(out)
     run_dir = out / "pretrain"
     over = {"steps": steps, "minutes": float(minutes), "threads": threads, "out": str(run_dir)}
-    if RunPaths(run_dir).config.is_file():
+    if RunPaths(run_dir).checkpoint.is_file():
         cfg = resume_config(run_dir, over)
         if cfg.bank != source:
             from anatosynth.errors import ConfigError
@@ -76,8 +77,11 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
     preview = out / "preview.png"
     _write_preview(shape_bank, cfg, preview)
     print(f"[2/3] preview of synthetic patches: {preview}", flush=True)
+    from anatosynth.options import default_threads
+
     print(f"[3/3] pre-training {cfg.model} f{cfg.feature_size} on {'x'.join(map(str, cfg.patch))} patches, "
-          f"batch {cfg.batch}, up to {cfg.steps} steps or {cfg.minutes:g} min on the CPU"
+          f"batch {cfg.batch}, up to {cfg.steps} steps or {cfg.minutes:g} min on "
+          f"{cfg.threads or default_threads()} CPU thread(s)"
           + (" (continuing the earlier run)" if resume else ""), flush=True)
     result = pretrain(cfg, resume=resume, bank=shape_bank, echo=echo)
     paths = RunPaths(run_dir)
@@ -90,8 +94,22 @@ def run_demo(out: str | Path = "demo_run", bank: str | None = None, minutes: flo
     print(f"  weights:     {paths.model}  (loads into monai SwinUNETR(in_channels=1, "
           f"out_channels={len(result.class_names)}, feature_size={cfg.feature_size}), strict)")
     print(f"  metadata:    {paths.metadata}")
-    print(f"  continue it: anatosynth pretrain --resume {run_dir} --steps {cfg.steps * 2}")
+    print(f"  continue it: {_command()} pretrain --resume {run_dir} --steps {cfg.steps * 2}")
     return {k: Path(v) for k, v in files.items()}
+
+
+def _command() -> str:
+    """How to call anatosynth again without an activated venv: the script beside this Python, if there."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).with_name("anatosynth")
+    if shutil.which("anatosynth") == str(script) or not script.exists():
+        return "anatosynth" if shutil.which("anatosynth") else f"{sys.executable} -m anatosynth"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -107,5 +125,7 @@ def register(sub) -> None:
     p.add_argument("--bank", help="shape bank file (default: the procedural builtin:phantom)")
     p.add_argument("--minutes", type=float, default=4.0, help="cap on pre-training time (default 4)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 200)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    from anatosynth.options import THREADS_HELP
+
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=_run)

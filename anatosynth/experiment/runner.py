@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from anatosynth.errors import AnatosynthError
-from anatosynth.io.volume import atomic_write_text
+from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
@@ -73,6 +73,10 @@ class Runner:
         self.lock = threading.Lock()
 
     def _say(self, text: str) -> None:
+        if self.dry_run:  # a dry run writes nothing at all: the commands go to stdout
+            with self.lock:
+                print(text, flush=True)
+            return
         line = f"{time.strftime('%H:%M:%S')} {text}"
         with self.lock, open(self.log, "a") as f:
             f.write(line + "\n")
@@ -94,9 +98,15 @@ class Runner:
     def done(folder: Path) -> bool:
         return (folder / "done.json").exists()
 
-    @staticmethod
-    def mark_done(folder: Path, info: dict) -> None:
-        (folder / "done.json").write_text(json.dumps(info, indent=1))
+    def mark_done(self, folder: Path, info: dict) -> None:
+        if not self.dry_run:
+            atomic_write_text(folder / "done.json", json.dumps(info, indent=1))
+
+    def fresh(self, folder: Path) -> None:
+        """Empty ``folder`` for a job that starts from scratch (a dry run touches nothing)."""
+        if not self.dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
 
     # --- jobs ---------------------------------------------------------------------------------------
     def bank(self, job: BankJob) -> Path:
@@ -104,8 +114,7 @@ class Runner:
         path = folder / "bank.bank"
         if self.done(folder) or self.report_only:
             return path
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        self.fresh(folder)
         self.call(["bank", "build", job.source, "--subjects", str(job.subjects), "--spacing",
                    ",".join(str(s) for s in job.spacing), "--seed", str(job.seed), "--out", str(path)], folder)
         self.mark_done(folder, {"key": job.key})
@@ -130,10 +139,10 @@ class Runner:
         if (folder / "checkpoint.pt").exists():
             self.call(["pretrain", "--resume", str(folder)], folder)
         else:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            self.fresh(folder)
             cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            if not self.dry_run:
+                atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
             self.call(["pretrain", "--config", str(cfg_path), "--out", str(folder)], folder)
         if not self.dry_run:
             self.mark_done(folder, {"key": job.key})
@@ -144,7 +153,7 @@ class Runner:
         if not job.weights:
             return folder / "model.pt"
         self.call(["release", str(folder), "--out", job.weights, "--job-key", job.key, "--command",
-                   f"anatosynth experiment {self.protocol.name} (job {job.key})"], Path(job.weights))
+                   f"anatosynth experiment {self.protocol.name} (job {job.key})"], folder / "release")  # log: folder/release.log
         return Path(job.weights)
 
     def result_file(self, job: FinetuneJob) -> Path | None:
@@ -159,7 +168,8 @@ class Runner:
         if self.report_only:
             return read_report(report) if self.done(folder) else None
         if not self.done(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+            if not self.dry_run:
+                shutil.rmtree(folder, ignore_errors=True)
             options = dict(job.options)
             ev = options.pop("evaluate", {}) or {}
             if job.eval_cases is not None:
@@ -228,7 +238,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
     """Run every job of ``protocol`` under ``out`` (reusing finished ones) and return the result rows.
 
     Banks are built one after another; then pre-training and fine-tune+evaluate runs go ``jobs`` at a
-    time (each its own process; give each ``threads`` so that jobs x threads matches the cores), a
+    time (each its own process with ``threads`` CPU threads; default: the free cores shared among them), a
     fine-tune run starting as soon as its pre-trained model is there. Rows keep the
     protocol's order whatever order the jobs finish in. ``report_only`` runs nothing and reports the
     finished jobs (e.g. while the grid still runs elsewhere).
@@ -237,12 +247,16 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
 
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
     reports = report_dir(out, protocol)
     if not dry_run:
-        reports.mkdir(exist_ok=True)
+        ensure_writable_dir(reports)
     if not report_only and not dry_run:
         atomic_write_text(reports / "protocol.yaml", yaml.safe_dump(protocol.raw, sort_keys=False))
+    if not threads:  # share the free cores among the jobs that run at once
+        from anatosynth.options import default_threads
+
+        threads = max(1, default_threads() // max(1, int(jobs)))
     runner = Runner(out, protocol, dry_run, threads, report_only)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
     with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:

@@ -15,7 +15,7 @@ def run_check(args) -> int:
     from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids, named
     from anatosynth.bank.names import canonical_name
     from anatosynth.io.datasets import read_dataset
-    from anatosynth.io.volume import check_same_geometry, load_image, load_label
+    from anatosynth.io.volume import check_pair, load_image, load_label
 
     ds = read_dataset(args.data, labels=args.labels)
     organs = {k: canonical_name(v) for k, v in ds.foreground.items()}
@@ -27,7 +27,7 @@ def run_check(args) -> int:
             if case.label else None
         image = load_image(case.image) if case.image else None
         if image is not None and label is not None:
-            check_same_geometry(image, label, case.image)
+            check_pair(image, label, case.image, case.label)
         ref = label if label is not None else image
         centroids = label_centroids(label) if label is not None else {}
         present = sorted(centroids)

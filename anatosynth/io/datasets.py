@@ -53,6 +53,14 @@ class Dataset:
     def foreground(self) -> dict[int, str]:
         return {k: v for k, v in self.labels.items() if k != 0}
 
+    def require_images(self, verb: str) -> "Dataset":
+        """Raise one clear line when no case has an image (e.g. a folder of label maps given to ``verb``)."""
+        if not any(c.image is not None for c in self.cases):
+            what = "this folder has label maps but no images" if self.layout == "labels" else "no case has an image"
+            raise InputError(self.root, f"{what}; {verb} needs scans with labels (an MSD, nnU-Net or datalist "
+                                        "dataset)")
+        return self
+
     def select(self, names: list[str]) -> "Dataset":
         """Keep only the named cases (in the given order); unknown names are an error."""
         by_name = {c.name: c for c in self.cases}
@@ -192,6 +200,8 @@ def _read_json(source: Path, labels_override: dict[int, str] | None) -> Dataset:
     if "training" not in data:
         raise InputError(source, "no 'training' list (expected an MSD dataset.json or a MONAI datalist)")
     cases = _entries(data, "training", root, source) + _entries(data, "validation", root, source)
+    if not cases:
+        raise InputError(source, "no cases: the 'training' list is empty")
     if labels_override is not None:
         labels = labels_override
     elif labels_raw is not None:
@@ -209,6 +219,9 @@ def _read_label_folder(path: Path, labels_override: dict[int, str] | None) -> Da
         p for p in path.iterdir() if p.name.lower().endswith(NIFTI_SUFFIXES))
     root = path.parent if path.is_file() else path
     if not files:
+        if path.is_dir() and any((path / sub).is_dir() for sub in ("imagesTr", "labelsTr")):
+            raise InputError(path / "dataset.json", "not found: a dataset folder with imagesTr/ and labelsTr/ "
+                                                    "needs its dataset.json (MSD or nnU-Net raw) naming the labels")
         raise InputError(path, "no NIfTI label maps (.nii/.nii.gz) found")
     if labels_override is not None:
         labels = labels_override

@@ -19,7 +19,8 @@ import numpy as np
 
 from anatosynth.errors import InputError
 
-__all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "NIFTI_SUFFIXES",
+__all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "check_pair",
+           "looks_like_label_map", "NIFTI_SUFFIXES", "check_output_file", "check_output_dir",
            "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -152,6 +153,34 @@ def check_same_geometry(image: Volume, label: Volume, path: str | Path, *, atol_
         raise InputError(path, "image and label affines differ (different geometry)")
 
 
+def looks_like_label_map(image: np.ndarray, label: np.ndarray) -> bool:
+    """True when an "image" holds only a few whole numbers, all of them ids of the label map beside it.
+
+    A scan has hundreds of distinct intensities; a label map passed as the image has its label ids.
+    A strided sample is tested first, so a real image costs one cheap pass.
+    """
+    sample = image[::4, ::4, ::2]
+    for arr in (sample, image):
+        if not np.array_equal(arr, np.rint(arr)):
+            return False
+        values = np.unique(arr)
+        if len(values) > 64:
+            return False
+    if len(values) < 2:  # a constant image is no label map either
+        return False
+    ids = set(np.unique(label).tolist()) | {0}
+    return set(values.astype(np.int64).tolist()) <= ids
+
+
+def check_pair(image: Volume, label: Volume, image_path: str | Path, label_path: str | Path) -> None:
+    """Check an image and its label map together: same geometry, and the image is not a label map."""
+    check_same_geometry(image, label, label_path)
+    if looks_like_label_map(image.array, label.array):
+        values = np.unique(image.array).astype(np.int64).tolist()
+        raise InputError(image_path, f"looks like a label map, not an image (only the label ids {values}); "
+                                     "check the image entry of the dataset")
+
+
 def ensure_writable_dir(folder: str | Path) -> Path:
     """Create ``folder`` if needed and make sure files can be written into it."""
     folder = Path(folder)
@@ -166,6 +195,42 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+def check_output_file(path: str | Path) -> Path:
+    """Check, before any work, that a file can be written at ``path`` (its folder may not exist yet).
+
+    Raises:
+        InputError: ``path`` is a folder, or the first existing folder above it is a file or not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder; expected the path of a file to write")
+    return _check_creatable(path)
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Check, before any work, that an output folder exists or can be created at ``path`` (nothing is made)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output path exists and is not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(path, "output folder is not writable")
+        return path
+    return _check_creatable(path)
+
+
+def _check_creatable(path: Path) -> Path:
+    """The first existing folder above ``path`` must be a writable folder."""
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(path, f"cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot be created: {parent} is not writable")
+    return path
+
+
 def atomic_write_bytes(path: str | Path, write) -> Path:
     """Write a file through a temporary sibling and ``os.replace``, so no half-written file is left.
 
@@ -173,7 +238,7 @@ def atomic_write_bytes(path: str | Path, write) -> Path:
         path: destination.
         write: callable receiving the temporary path and writing the whole file there.
     """
-    path = Path(path)
+    path = check_output_file(path)
     folder = ensure_writable_dir(path.parent if str(path.parent) else Path("."))
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=folder)

@@ -13,6 +13,7 @@ import argparse
 import json
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import THREADS_HELP, add_patch_argument
 from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "stream_from_args"]
@@ -22,8 +23,8 @@ _MODES = ("anatomy", "random", "primitives")
 _RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 
-def parse_patch(text: str) -> tuple[int, int, int]:
-    """``"96"``, ``"96,96,32"`` or ``"96x96x32"`` → (X, Y, Z); each a positive multiple of 32."""
+def parse_patch(text) -> tuple[int, int, int]:
+    """``"96"``, ``"96,96,32"``, ``"96x96x32"`` or ``["96", "96", "32"]`` → (X, Y, Z); multiples of 32."""
     return _parse_patch(text, minimum=32, multiple=32, what="patch size")
 
 
@@ -58,7 +59,12 @@ def stream_from_args(args: argparse.Namespace):
         d["anchors"] = False
     if args.no_graph:
         d["graph"] = False
-    cfg = SynthConfig.from_dict(d)
+    try:
+        cfg = SynthConfig.from_dict(d)
+    except ConfigError as err:
+        if not getattr(args, "config", None):
+            raise
+        raise ConfigError(f"{args.config}: {err}") from None
     bank = None
     if cfg.mode != "primitives" or args.bank:
         from anatosynth.bank import load_bank
@@ -67,17 +73,13 @@ def stream_from_args(args: argparse.Namespace):
     return SyntheticStream(bank, cfg, seed=args.seed)
 
 
-def _check_device(device: str, threads: int = 0) -> str:
-    """Validate the device and apply ``--threads`` (torch intra-op threads; 0 keeps torch's default)."""
-    import torch
-
+def _check_device(device: str, threads: int | None = None) -> str:
+    """Validate the device and apply ``--threads`` (torch intra-op threads; default: the free cores)."""
+    from anatosynth.options import apply_threads
     from anatosynth.synth.generator import resolve_device
 
     resolve_device(device)
-    if threads < 0:
-        raise ConfigError(f"--threads {threads}: must be 0 (torch default) or more")
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     return device
 
 
@@ -86,6 +88,9 @@ def _preview(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.n > 64:
         raise ConfigError(f"--n {args.n}: preview shows 1 to 64 samples")
+    from anatosynth.io.volume import check_output_file
+
+    check_output_file(args.out)
     device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     batch = stream.batch(range(args.n), device)
@@ -105,6 +110,9 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: export at least one sample")
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be at least 1")
+    from anatosynth.io.volume import check_output_dir
+
+    check_output_dir(args.out)
     device = _check_device(args.device, args.threads)
     stream = stream_from_args(args)
     out = export_dataset(stream, args.n, args.out, device, batch_size=args.batch)
@@ -136,12 +144,11 @@ def _common(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--bank", default=None, help="bank file or builtin:phantom (default; not needed for primitives)")
     p.add_argument("--mode", default="anatomy", choices=_MODES)
     p.add_argument("--render", default="shell", choices=_RENDERS)
-    p.add_argument("--patch", default="96", help="patch size: N or XxYxZ, multiples of 32 (default 96)")
+    add_patch_argument(p, "96", "patch size, multiples of 32")
     p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch default; use 1 on a busy shared machine)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-anchors", action="store_true", help="ablation: ignore spatial anchors")
     p.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
     p.add_argument("--config", default=None, help="YAML/JSON file of further SynthConfig fields")

@@ -13,6 +13,7 @@ Both go through a temporary sibling and ``os.replace``: a kill at any moment lea
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -35,7 +36,14 @@ def write_json(path: str | Path, obj: dict) -> Path:
 
 
 def _torch_save(path: str | Path, obj) -> Path:
-    return atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` atomically, with the same bytes for the same tensors.
+
+    torch.save names the zip archive's root folder after the file it writes; saving to a temporary file
+    would put that random name into the bytes. Serialising into memory fixes the root to ``archive``.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def load_weights_only(path: str | Path, what: str):

@@ -160,6 +160,11 @@ class PretrainConfig:
             bad(f"minutes must be a positive number, got {self.minutes!r}")
         if not isinstance(self.synth, dict):
             bad(f"synth must be a mapping of SynthConfig fields, got {type(self.synth).__name__}")
+        from dataclasses import fields as _fields
+
+        from anatosynth.synth.config import SynthConfig
+
+        reject_unknown_keys(self.synth, {f.name for f in _fields(SynthConfig)}, f"{source}: synth")
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

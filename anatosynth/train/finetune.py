@@ -210,8 +210,9 @@ def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig, classes: Cl
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse a file, or a folder holding a run unless ``overwrite`` (checked before any work)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "output path exists and is not a folder")
+    from anatosynth.io.volume import check_output_dir
+
+    check_output_dir(out)
     if out.is_dir() and any((out / n).exists() for n in ("model.pt", "metadata.json", "split.json")) and not overwrite:
         raise InputError(out, "already holds a run (model.pt/metadata.json); choose a new --out or pass --overwrite")
 
@@ -225,7 +226,7 @@ def _attach_log(out: Path) -> logging.Handler:
 
 
 def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, PreprocessConfig]:
-    dataset = read_dataset(cfg.data)
+    dataset = read_dataset(cfg.data).require_images("finetune")
     classes = ClassMap.from_labels(dataset.labels)
     pre = PreprocessConfig(cfg.modality or dataset.modality, cfg.spacing, cfg.window)
     return dataset, classes, pre

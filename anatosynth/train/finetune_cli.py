@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import THREADS_HELP, add_patch_argument, apply_threads
 from anatosynth.options import parse_patch as _parse_patch
 
 __all__ = ["register", "parse_patch", "parse_pair"]
 
 
-def parse_patch(text: str) -> tuple[int, int, int]:
-    """``96`` → (96, 96, 96); ``96,96,32`` or ``96x96x32`` → (96, 96, 32)."""
+def parse_patch(text) -> tuple[int, int, int]:
+    """``96`` → (96, 96, 96); ``96,96,32``, ``96x96x32`` or ``["96", "96", "32"]`` → (96, 96, 32)."""
     return _parse_patch(text, what="--patch")
 
 
@@ -34,10 +35,7 @@ def _run(args) -> int:
         weight_decay=args.weight_decay, warmup=args.warmup, crops=args.crops, val_every=args.val_every,
         val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch, device=args.device,
         overwrite=args.overwrite)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     out = finetune(cfg, progress=not args.quiet)
     print(f"fine-tuned run written to {out} (model.pt = best on validation)")
     return 0
@@ -56,7 +54,7 @@ def register(sub) -> None:
                         "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
     p.add_argument("--model", default="swinunetr", help="swinunetr | unetr | unet | dynunet (default swinunetr)")
     p.add_argument("--feature-size", type=int, default=48, help="network width (default 48)")
-    p.add_argument("--patch", default="96", help="training/inference patch, N or X,Y,Z (default 96)")
+    add_patch_argument(p, "96", "training/inference patch")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--train-cases", type=int, default=None,
                    help="number of training cases drawn by --seed (default: all but ~20%% held out)")
@@ -74,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap for validation (default 0.25)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

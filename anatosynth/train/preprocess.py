@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from anatosynth.errors import ConfigError, InputError
-from anatosynth.io import Volume, check_same_geometry, load_image, load_label, resample, resample_label, to_ras
+from anatosynth.io import Volume, check_pair, load_image, load_label, resample, resample_label, to_ras
 
 __all__ = ["PreprocessConfig", "ClassMap", "PreparedCase", "modality_kind", "normalise", "prepare_case",
            "prepare_image", "prepare_cases", "to_original_grid"]
@@ -176,7 +176,7 @@ def prepare_case(name: str, image_path: str | Path, label_path: str | Path | Non
     if label_path is None:
         return PreparedCase(name, canonical.array, None, canonical.affine, image.shape, image.affine)
     label = load_label(label_path, names=dict(zip(classes.ids, classes.names)))
-    check_same_geometry(image, label, label_path)
+    check_pair(image, label, image_path, label_path)
     index = Volume(classes.to_index(label.array).astype(np.int32), label.affine)
     present = sorted(int(v) for v in np.unique(index.array))
     lab = resample_label(to_ras(index), cfg.spacing)

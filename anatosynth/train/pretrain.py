@@ -11,6 +11,8 @@ is one integer, ``next_index``. At each step rank ``r`` of ``W`` takes samples
 replaced by ``pool_index(i)``, a fresh permutation of the fixed pool ``0..N-1`` on every pass (the pool is
 not cached: samples are re-rendered from their index, bit-identical, so memory does not grow with N).
 Checkpoints store ``next_index``; a resumed run continues the stream exactly (nothing repeated or skipped).
+SIGINT/SIGTERM end the current step, write a checkpoint and ``model.pt`` and raise
+:class:`~anatosynth.errors.Interrupted`, whose message says what was saved.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import hashlib
 import json
 import logging
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anatosynth.errors import ConfigError, InputError
-from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from anatosynth.errors import ConfigError, InputError, Interrupted
+from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.train.checkpoint import (check_compatible, load_state_strict, read_checkpoint, save_checkpoint,
                                          save_model, write_json)
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
@@ -316,8 +320,9 @@ class _Trainer:
         self.ctx = ctx
         self.device = self.ctx.device
         self.paths = RunPaths(Path(cfg.out))
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        from anatosynth.options import apply_threads
+
+        self.threads = apply_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._check_out(resume)
@@ -335,8 +340,10 @@ class _Trainer:
         self.step, self.next_index = 0, 0
         self.history = torch.zeros((0, 4), dtype=torch.float64)  # step, loss, lr, steps/s
         self.resumed_from = None
-        if resume and self.paths.checkpoint.exists():
+        self.saved_step = None  # step of the checkpoint on disk (None: none yet)
+        if resume:
             self._restore(model)
+            self.saved_step = self.step
         if self.ctx.is_main:  # only now: bad input above leaves no folder behind
             ensure_writable_dir(self.paths.root)
         barrier(self.ctx)
@@ -355,11 +362,22 @@ class _Trainer:
 
     # -- setup helpers
     def _check_out(self, resume: bool) -> None:
+        """A new run needs a folder without trained state; a resumed one needs its checkpoint.
+
+        A folder with only config.yaml and logs (stopped before its first checkpoint) holds nothing to
+        lose, so a new run may start there.
+        """
+        root = self.paths.root
+        check_output_dir(root)
         if resume:
+            if not self.paths.checkpoint.is_file():
+                raise InputError(self.paths.checkpoint, "not found: nothing to resume (the run stopped before "
+                                                        "its first checkpoint); start it again with --config "
+                                                        f"{self.paths.config} --out {root}")
             return
-        if self.paths.config.exists() or self.paths.checkpoint.exists():
-            raise ConfigError(f"{self.paths.root} already holds a run; continue it with --resume "
-                              f"{self.paths.root} or choose another --out")
+        if self.paths.checkpoint.exists() or self.paths.model.exists():
+            raise ConfigError(f"{root} already holds a run; continue it with --resume "
+                              f"{root} or choose another --out")
 
     def _restore(self, model: torch.nn.Module) -> None:
         state = read_checkpoint(self.paths.checkpoint)
@@ -414,6 +432,42 @@ class _Trainer:
                             world_size=self.ctx.world_size, spec=self.spec, class_names=self.class_names,
                             history=self.history, device=self.device)
         barrier(self.ctx)
+        self.saved_step = self.step
+
+    # -- SIGINT / SIGTERM: stop at the next step boundary with a checkpoint
+    def _catch_signals(self) -> dict:
+        """Turn the first SIGINT/SIGTERM into a request to stop after the current step (main thread only)."""
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:  # a second signal: stop at once, as the default would
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            if self.ctx.is_main:
+                print(f"\npretrain: {signal.Signals(signum).name} received: saving a checkpoint after this step "
+                      "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        return broadcast_flag(self.stop_signal is not None, self.ctx)
+
+    def _saved_note(self) -> str:
+        """What is on disk after a stop, said truthfully."""
+        if self.saved_step is None:
+            return "nothing was saved (no checkpoint yet); start it again with the same command"
+        return (f"the checkpoint of step {self.saved_step} is in {self.paths.root}; continue with "
+                f"anatosynth pretrain --resume {self.paths.root}")
 
     def _finish_files(self) -> None:
         if self.ctx.is_main:
@@ -461,10 +515,10 @@ class _Trainer:
         start_step = self.step
         self.log.info(("resumed at step %d (sample %d)" % (self.step, self.next_index)) if self.resumed_from
                       is not None else "start at step 0")
-        self.log.info("%s f%d patch %s batch %d x %d process(es) on %s, %d classes, %d steps, mode %s render %s, "
-                      "%d draw worker(s)", cfg.model, cfg.feature_size, "x".join(map(str, cfg.patch)), cfg.batch,
-                      ctx.world_size, self.device, len(self.class_names), cfg.steps, cfg.mode, cfg.render,
-                      self.workers)
+        self.log.info("%s f%d patch %s batch %d x %d process(es) on %s (%d CPU threads), %d classes, %d steps, "
+                      "mode %s render %s, %d draw worker(s)", cfg.model, cfg.feature_size,
+                      "x".join(map(str, cfg.patch)), cfg.batch, ctx.world_size, self.device, self.threads,
+                      len(self.class_names), cfg.steps, cfg.mode, cfg.render, self.workers)
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         from anatosynth.train.prefetch import ParamPrefetcher
 
@@ -480,6 +534,7 @@ class _Trainer:
         n_sum = 0
         last_loss, rate = float("nan"), 0.0
         last_ckpt = self.step
+        previous_handlers = self._catch_signals()
         try:
             while self.step < stop:
                 idx, batch, logits, loss = self._one_step(stop)
@@ -519,6 +574,8 @@ class _Trainer:
                 if self.step % cfg.checkpoint_every == 0:
                     self._save_checkpoint()
                     last_ckpt = self.step
+                if self._stop_requested():
+                    break
                 if cfg.minutes is not None:
                     out_of_time = (time.perf_counter() - t0) > cfg.minutes * 60
                     if broadcast_flag(out_of_time, ctx):
@@ -527,12 +584,24 @@ class _Trainer:
             if self.step != last_ckpt:
                 self._save_checkpoint()
             self._finish_files()
-        except BaseException:
-            self.log.info("stopped by %s at step %d; resume from the last checkpoint with --resume %s",
-                          sys.exc_info()[0].__name__, self.step, self.paths.root)
+            if self.stop_signal is not None:
+                name = signal.Signals(self.stop_signal).name
+                message = (f"stopped by {name} at step {self.step}: checkpoint and model.pt saved; continue "
+                           f"with anatosynth pretrain --resume {self.paths.root}")
+                self.log.info("%s", message)
+                _close_logger(self.log)
+                raise Interrupted(message, self.stop_signal)
+        except Interrupted:
+            raise
+        except BaseException as err:
+            message = f"stopped by {err.__class__.__name__} at step {self.step}; {self._saved_note()}"
+            self.log.info("%s", message)
             _close_logger(self.log)
+            if isinstance(err, KeyboardInterrupt):
+                raise Interrupted(message, self.stop_signal or signal.SIGINT) from None
             raise
         finally:
+            self._restore_signals(previous_handlers)
             self.prefetch.close()
             if bar is not None:
                 bar.close()
@@ -570,7 +639,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, bank=None, stream=Non
 
     Args:
         cfg: resolved configuration (for a resume, from :func:`resume_config`).
-        resume: continue from ``cfg.out``'s checkpoint (or start it when no checkpoint was written yet).
+        resume: continue from ``cfg.out``'s checkpoint (an InputError when there is none: a run stopped
+            before its first checkpoint is started again without ``resume``).
         bank: an already-loaded bank (the demo passes the one it previewed); default: loaded from ``cfg.bank``.
         stream: an already-built synthetic stream (tests); default: built from ``cfg`` and the bank.
         echo: also print log lines to stderr (default: when stderr is not a terminal, i.e. no progress bar).

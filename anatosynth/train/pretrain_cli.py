@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from anatosynth.options import THREADS_HELP, add_patch_argument
+
 __all__ = ["register", "overrides_from_args"]
 
 # flag dest -> config key (all flags default to None = "not given")
@@ -70,32 +72,35 @@ def register(sub) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
     p.add_argument("--out", help="run folder (default runs/pretrain)")
     g = p.add_argument_group("data")
-    g.add_argument("--bank", help="shape bank path or builtin:phantom (default)")
-    g.add_argument("--mode", choices=("anatomy", "random", "primitives"))
-    g.add_argument("--render", choices=("shell", "fill", "shell+fill", "texture", "contour"))
-    g.add_argument("--patch", nargs="+", metavar="N", help="patch size: N, X Y Z or X,Y,Z")
+    g.add_argument("--bank", help="shape bank path or builtin:phantom (default builtin:phantom)")
+    g.add_argument("--mode", choices=("anatomy", "random", "primitives"), help="(default anatomy)")
+    g.add_argument("--render", choices=("shell", "fill", "shell+fill", "texture", "contour"),
+                   help="(default shell)")
+    add_patch_argument(g, None, "synthetic patch size (default 96)")
     g.add_argument("--samples", type=int, help="train on a fixed pool of N samples instead of the endless stream")
     g.add_argument("--no-anchors", action="store_true", help="ablation: place organs without spatial anchors")
     g.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="seeds the network and the synthetic stream (default 0)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--model", choices=("swinunetr", "unetr", "unet", "dynunet"))
-    g.add_argument("--feature-size", type=int, dest="feature_size")
-    g.add_argument("--batch", type=int, help="patches per step and per process")
-    g.add_argument("--steps", type=int, help="optimiser steps to reach")
+    g.add_argument("--model", choices=("swinunetr", "unetr", "unet", "dynunet"), help="(default swinunetr)")
+    g.add_argument("--feature-size", type=int, dest="feature_size", help="network width (default 48)")
+    g.add_argument("--batch", type=int, help="patches per step and per process (default 4)")
+    g.add_argument("--steps", type=int, help="optimiser steps to reach (default 1000)")
     g.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint and model.pt written)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", type=float, dest="weight_decay")
+    g.add_argument("--lr", type=float, help="peak learning rate of AdamW (default 0.0001)")
+    g.add_argument("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay (default 1e-05)")
     g.add_argument("--warmup", type=int, help="warm-up steps (default 5%% of steps, at most 500)")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     g = p.add_argument_group("run")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--threads", type=int, help=f"{THREADS_HELP}; --threads 1 makes model.pt bit-identical")
     g.add_argument("--workers", type=int, help="processes drawing sample parameters ahead (default: 0 on CPU, "
                                                "up to 4 per GPU)")
-    g.add_argument("--checkpoint-every", type=int, dest="checkpoint_every")
-    g.add_argument("--log-every", type=int, dest="log_every")
-    g.add_argument("--image-every", type=int, dest="image_every")
+    g.add_argument("--checkpoint-every", type=int, dest="checkpoint_every",
+                   help="steps between checkpoints (default 200; Ctrl-C or SIGTERM also saves one at the next step)")
+    g.add_argument("--log-every", type=int, dest="log_every", help="steps between log lines (default 10)")
+    g.add_argument("--image-every", type=int, dest="image_every",
+                   help="steps between TensorBoard slices, 0: never (default 200)")
     g.add_argument("--deterministic", action="store_true", help="deterministic torch algorithms")
     g.add_argument("--trace-indices", action="store_true", dest="trace_indices", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)

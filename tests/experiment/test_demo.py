@@ -38,3 +38,19 @@ def test_demo_with_a_missing_bank_fails_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.bank" in err[0]
     assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+def test_continue_line_works_without_an_activated_venv(monkeypatch, tmp_path):
+    """The demo's "continue it" command is the venv's own script when that is not on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from anatosynth.experiment.demo import _command
+
+    script = Path(sys.executable).with_name("anatosynth")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # venv not activated, nothing on PATH
+    assert _command() == (str(script) if script.exists() else f"{sys.executable} -m anatosynth")
+    monkeypatch.setattr(shutil, "which", lambda name: str(script))  # activated: the short name works
+    assert _command() == "anatosynth"

@@ -74,13 +74,21 @@ def test_tiny_protocol_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     assert len(list(csv.DictReader(open(reports / "results.csv")))) == 3
 
 
-def test_dry_run_lists_commands(tmp_path, data_dir):
+def test_dry_run_lists_commands_and_writes_nothing(tmp_path, data_dir, capsys):
+    """A dry run prints the commands and writes nothing: no done.json, no folders, no log (issue 14)."""
     path = _protocol(tmp_path, data_dir)
     out = tmp_path / "dry"
     assert main(["experiment", str(path), "--out", str(out), "--dry-run", "--quiet"]) == 0
-    log = (out / "experiment.log").read_text()
+    log = capsys.readouterr().out
     assert log.count("$ anatosynth pretrain") == 1 and log.count("$ anatosynth finetune") == 4
-    assert "--val-cases" in log and not (out / "tiny").exists()
+    assert "--val-cases" in log
+    assert not out.exists()
+    # in a folder with earlier work the dry run leaves every file as it was
+    (out / "finetune" / "ft-unfinished").mkdir(parents=True)
+    (out / "finetune" / "ft-unfinished" / "train.log").write_text("half done\n")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["experiment", str(path), "--out", str(out), "--dry-run", "--quiet"]) == 0
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 @pytest.mark.slow

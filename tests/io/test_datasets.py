@@ -129,3 +129,34 @@ def test_real_datasets(data_dir):
     assert len(flare.cases) == 50 and flare.labels[13] == "left_kidney"
     amos = read_dataset(data_dir / "labels" / "amos")
     assert amos.labels[1] == "spleen" and len(amos.cases) == 1
+
+
+def test_dataset_folder_without_dataset_json_says_what_is_missing(tmp_path):
+    """imagesTr/ and labelsTr/ full of NIfTI but no dataset.json: name the missing file, not 'no label maps'."""
+    root = _msd(tmp_path / "ds")
+    (root / "dataset.json").unlink()
+    with pytest.raises(InputError, match=r"dataset\.json: not found: a dataset folder with imagesTr/ and labelsTr/"):
+        read_dataset(root)
+
+
+def test_a_dataset_with_no_cases_is_an_error(tmp_path):
+    root = _msd(tmp_path / "ds")
+    data = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**data, "training": []}))
+    with pytest.raises(InputError, match=r"dataset\.json: no cases"):
+        read_dataset(root)
+
+
+def test_label_maps_without_images_for_a_verb_that_needs_images(tmp_path, tiny_label, capsys):
+    """``finetune --data`` / ``evaluate --data`` on a folder of label maps: one line that says so."""
+    from anatosynth.cli import main
+
+    write_nifti(tmp_path / "s1.nii.gz", tiny_label)
+    (tmp_path / "labels.json").write_text(json.dumps({"0": "background", "1": "liver", "2": "spleen"}))
+    with pytest.raises(InputError, match="this folder has label maps but no images; finetune needs"):
+        read_dataset(tmp_path).require_images("finetune")
+    assert main(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "ft"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("this folder has label maps but no images; finetune needs scans with labels "
+                        "(an MSD, nnU-Net or datalist dataset)") and len(err.splitlines()) == 1
+    assert not (tmp_path / "ft").exists()

@@ -175,3 +175,32 @@ def test_bank_file_is_hashed_into_metadata(tmp_path):
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["bank"] == str(bank_file)
     assert meta["bank_sha256"] == hashlib.sha256(bank_file.read_bytes()).hexdigest()
+
+
+def test_same_seed_and_threads_1_give_byte_identical_model_files(tmp_path):
+    """The README's promise: same options, same seed, --threads 1 -> the same model.pt bytes (issue 14).
+
+    torch.save used to store the temporary file's random name as the archive root, so equal weights
+    still gave different files.
+    """
+    runs = [tmp_path / name for name in ("a", "b")]
+    for run in runs:
+        pretrain(_cfg(run, mode="primitives", bank=None, steps=2, threads=1, trace_indices=False), echo=False)
+    a, b = ((run / "model.pt").read_bytes() for run in runs)
+    assert a == b
+    assert b"archive/" in a and b".model-" not in a  # fixed archive root, no temporary name inside
+
+
+def test_resume_without_a_checkpoint_fails_and_a_fresh_start_is_allowed(tmp_path, capsys):
+    """A run stopped before its first checkpoint: --resume says so (exit 2); the same command starts it again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {**TINY, "mode": "primitives", "bank": None, "steps": 1, "trace_indices": False, "out": str(run)}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "train.log").write_text("start at step 0\n")
+    assert main(["pretrain", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.pt" in err[0] and "nothing to resume" in err[0]
+    assert not (run / "checkpoint.pt").exists()
+    assert main(["pretrain", "--config", str(run / "config.yaml"), "--out", str(run)]) == 0
+    assert read_checkpoint(run / "checkpoint.pt")["step"] == 1

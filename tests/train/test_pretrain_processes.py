@@ -95,3 +95,36 @@ def test_kill_9_then_resume_continues_the_same_stream(tmp_path):
     a = torch.load(straight / "model.pt", weights_only=True)
     b = torch.load(run / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_says_so(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) stops at the next step boundary with checkpoint.pt and model.pt, says so, exits 128+sig."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "anatosynth", "pretrain", *TINY, "--steps", "1000",
+                             "--checkpoint-every", "1000", "--out", str(run)], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        trace = run / "indices-rank0.txt"
+        while time.time() < deadline and proc.poll() is None:
+            if trace.exists() and len(trace.read_text().splitlines()) >= 2:  # past step 2, far from a checkpoint
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err
+    step = read_checkpoint(run / "checkpoint.pt")["step"]
+    assert 2 <= step < 1000 and (run / "model.pt").is_file()
+    last = err.strip().splitlines()[-1]
+    assert last == (f"anatosynth pretrain: stopped by {signal.Signals(sig).name} at step {step}: checkpoint and "
+                    f"model.pt saved; continue with anatosynth pretrain --resume {run}")
+    if sig == signal.SIGINT:
+        resumed = _pretrain("--resume", str(run), "--steps", str(step + 1))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resumed at step {step}" in (run / "train.log").read_text()
+        assert read_checkpoint(run / "checkpoint.pt")["step"] == step + 1
