@@ -94,18 +94,23 @@ def test_parse_patch():
 
 def test_finetune_writes_a_complete_seeded_run(dataset, tmp_path):
     run = finetune(_cfg(dataset, tmp_path / "a"), progress=False)
-    for name in ("config.yaml", "config.json", "split.json", "train.log", "model.pt", "last.pt", "metadata.json"):
+    for name in ("config.yaml", "split.json", "train.log", "checkpoint.pt", "model.pt", "model_best.pt",
+                 "metadata.json", "postprocessing.json", "progress.png"):
         assert (run / name).is_file(), name
+    assert not (run / "config.json").exists() and not (run / "last.pt").exists()  # one config, pre-training's names
     assert list((run / "tensorboard").iterdir())
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["class_names"] == ["background", "ball", "box"] and meta["label_ids"] == [0, 200, 500]
     assert meta["preprocess"]["modality"] == "CT" and meta["preprocess"]["spacing"] == [3.0, 3.0, 3.0]
-    assert meta["model"]["out_channels"] == 3 and 1 <= meta["best_step"] <= 3
+    assert meta["model"]["out_channels"] == 3 and 1 <= meta["best_step"] <= 3 and meta["steps_done"] == 3
+    post = json.loads((run / "postprocessing.json").read_text())["weights"]
+    assert post["model_best.pt"]["step"] == meta["best_step"] and post["model.pt"]["step"] == 3
+    assert set(post["model.pt"]["classes"]) == {"ball", "box"}
     assert "val dice" in (run / "train.log").read_text()
     again = finetune(_cfg(dataset, tmp_path / "b"), progress=False)
     assert (run / "split.json").read_text() == (again / "split.json").read_text()
-    w1 = torch.load(run / "last.pt", weights_only=True)
-    w2 = torch.load(again / "last.pt", weights_only=True)
+    w1 = torch.load(run / "model.pt", weights_only=True)
+    w2 = torch.load(again / "model.pt", weights_only=True)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
 
     # --init from that run: same classes, everything transferred
