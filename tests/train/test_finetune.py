@@ -174,3 +174,76 @@ def test_lateralised_class_names():
     assert lateralised(["background", "liver", "right_kidney"])
     assert lateralised(["background", "Left Parotid"])
     assert not lateralised(["background", "liver", "spleen", "brightness"])
+
+
+def test_crops_from_precomputed_indices_equal_a_scan_of_the_label_at_every_step(dataset):
+    """Same seed, same crops as MONAI padding and scanning the whole label map each step (the old path)."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+
+    from anatosynth.io import read_dataset
+    from anatosynth.train.finetune import _augmentations, _batch, _crop_source
+    from anatosynth.train.preprocess import ClassMap, PreprocessConfig, prepare_cases
+
+    cfg = _cfg(dataset, dataset / "unused", crops=3)
+    data = read_dataset(dataset)
+    case = prepare_cases(data.cases[:1], PreprocessConfig("CT", (3.0, 3.0, 3.0)), ClassMap.from_labels(data.labels),
+                         "", False)[0]
+    new = _augmentations(cfg, 11)
+    # the previous pipeline: padding and a label scan inside, then the same augmentations, seeded the same way
+    old = Compose([SpatialPadd(["image", "label"], spatial_size=cfg.patch, mode="constant"),
+                   RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=cfg.patch, pos=1,
+                                          neg=1, num_samples=3, allow_smaller=False),
+                   *_augmentations(cfg, 0).transforms[1:]])
+    old.set_random_state(seed=11)
+    source = _crop_source(case, cfg.patch)
+    for _ in range(4):
+        a = _batch(new, source)
+        samples = old({"image": case.image[None], "label": case.label[None].astype(np.float32)})
+        b_img = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples]).float()
+        b_lab = torch.stack([torch.as_tensor(np.asarray(s["label"])) for s in samples]).round().long()
+        assert torch.equal(a[0], b_img) and torch.equal(a[1], b_lab)
+    assert a[1].sum() > 0  # positive centres really hit the foreground
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
+    straight = finetune(_cfg(dataset, tmp_path / "straight", steps=5, checkpoint_every=2, log_every=1), progress=False)
+    run = tmp_path / "stopped"
+    finetune(_cfg(dataset, run, steps=5, checkpoint_every=2, log_every=1), progress=False, stop_at=3)
+    assert (run / "checkpoint.pt").is_file() and (run / "model_best.pt").is_file() and not (run / "model.pt").exists()
+    # the folder blocks a fresh run with a true message, and resumes
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    from anatosynth.train.finetune import resume_config
+
+    finetune(resume_config(run), progress=False, resume=True)
+    assert "resumed at step 3" in (run / "train.log").read_text()
+    for name in ("model.pt", "model_best.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(run / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    meta_a, meta_b = (json.loads((r / "metadata.json").read_text()) for r in (straight, run))
+    assert (meta_a["best_step"], meta_a["best_val_dice"]) == (meta_b["best_step"], meta_b["best_val_dice"])
+    assert (json.loads((straight / "postprocessing.json").read_text())
+            == json.loads((run / "postprocessing.json").read_text()))
+    h_a = torch.load(straight / "checkpoint.pt", weights_only=True)["history"]
+    h_b = torch.load(run / "checkpoint.pt", weights_only=True)["history"]
+    assert torch.equal(h_a, h_b) and h_a.shape == (5, 3)  # the loss curve continues too
+
+
+def test_interrupted_folder_messages_are_true_and_resume_starts_it(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    finetune(_cfg(dataset, run, steps=2, checkpoint_every=5, val_every=5), progress=False, stop_at=1)
+    (run / "checkpoint.pt").unlink()  # as if killed before the first checkpoint: config.yaml and logs only
+    (run / "model_best.pt").unlink(missing_ok=True)
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and f"--resume {run}" in err
+    assert "model.pt" not in err  # nothing claims a model that is not there
+    assert main(["finetune", "--resume", str(run), "--steps", "9", "--quiet"]) == 2
+    assert "drop --steps" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(run), "--quiet"]) == 0
+    assert "no checkpoint was written yet, starting at step 0" in (run / "train.log").read_text()
+    assert (run / "model.pt").is_file()
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    assert "already holds a finished fine-tuning run" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
