@@ -15,6 +15,7 @@ from anatosynth.cli import main
 from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
 from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
+from anatosynth.train.checkpoint import read_checkpoint
 from anatosynth.train.finetune_cli import parse_patch
 
 
@@ -126,6 +127,10 @@ def test_existing_run_is_not_overwritten(dataset, tmp_path):
     code = main(["finetune", "--data", str(dataset), "--out", str(out), "--model", "unet", "--feature-size", "4",
                  "--patch", "32", "--steps", "1", "--train-cases", "1", "--quiet"])
     assert code == 2 and (out / "model.pt").read_bytes() == b"x"
+    (out / "model_best.pt").write_bytes(b"stale")
+    (out / "checkpoint.pt").write_bytes(b"stale")
+    assert main(_cli(dataset, out, "--train-cases", "2", "--overwrite")) == 0  # the old run's files go first
+    assert torch.load(out / "model_best.pt", weights_only=True) and read_checkpoint(out / "checkpoint.pt")["step"] == 1
 
 
 def _cli(dataset: Path, out: Path, *extra: str) -> list[str]:
@@ -247,3 +252,18 @@ def test_interrupted_folder_messages_are_true_and_resume_starts_it(dataset, tmp_
     assert "already holds a finished fine-tuning run" in capsys.readouterr().err
     assert main(["finetune", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_bf16_autocast_and_resume(dataset, tmp_path):
+    """On a GPU: autocast forward, fp32 loss, pinned copies; stop/resume still gives the run's files."""
+    run = finetune(_cfg(dataset, tmp_path / "gpu", device="cuda", steps=4, checkpoint_every=2, log_every=1),
+                   progress=False, stop_at=2)
+    from anatosynth.train.finetune import resume_config
+
+    cfg = resume_config(run)
+    cfg.device = "cuda"
+    finetune(cfg, progress=False, resume=True)
+    history = read_checkpoint(run / "checkpoint.pt")["history"]
+    assert history.shape == (4, 3) and torch.isfinite(history).all()
+    assert (run / "model.pt").is_file() and (run / "postprocessing.json").is_file()
