@@ -215,14 +215,17 @@ def _crop_source(case: PreparedCase, patch) -> dict:
     from monai.transforms import SpatialPadd
     from monai.transforms.utils import map_binary_to_indices
 
+    small = np.uint8 if int(case.label.max(initial=0)) < 256 else np.int16  # class indices: memory per case
     padded = SpatialPadd(["image", "label"], spatial_size=patch, mode="constant")(
-        {"image": case.image[None], "label": case.label[None].astype(np.float32)})
+        {"image": case.image[None], "label": case.label[None].astype(small)})
 
     def plain(x):
         return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
     image, label = plain(padded["image"]).contiguous(), plain(padded["label"]).contiguous()
     fg, bg = map_binary_to_indices(label, None, 0.0)
+    if label.numel() < 2**31:
+        fg, bg = fg.to(torch.int32), bg.to(torch.int32)
     return {"image": image, "label": label, "fg_indices": fg, "bg_indices": bg}
 
 
@@ -452,10 +455,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
         if report is not None:
             report.write(paths.transfer)
             log.info("%s", report.summary())
-            if progress:
-                from tqdm import tqdm
+            from tqdm import tqdm
 
-                tqdm.write(report.summary())
+            tqdm.write(report.summary())
         if resume:
             log.info("resumed at step %d" % loop.step if resuming else
                      "resume: no checkpoint was written yet, starting at step 0")
@@ -663,8 +665,10 @@ class _Loop:
         except BaseException:
             where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
                      else "step 0 (no checkpoint was written yet)")
-            log.info("stopped by %s at step %d; 'anatosynth finetune --resume %s' continues from %s",
-                     sys.exc_info()[0].__name__, self.step, self.paths.root, where)
+            message = (f"stopped by {sys.exc_info()[0].__name__} at step {self.step}; 'anatosynth finetune "
+                       f"--resume {self.paths.root}' continues from {where}")
+            log.info("%s", message)
+            print(f"fine-tuning {message}", file=sys.stderr)
             raise
         finally:
             bar.close()
