@@ -20,7 +20,7 @@ _MARKERS_BELOW = 30  # points per curve under which each point gets a marker
 
 
 def _style(n: int) -> dict:
-    return {"marker": "o", "markersize": 3} if n < _MARKERS_BELOW else {}
+    return {"marker": "o", "markersize": 6 if n < 5 else 3} if n < _MARKERS_BELOW else {}
 
 
 def progress_figure(history, title: str, validation=None):
