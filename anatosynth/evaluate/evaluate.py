@@ -168,7 +168,8 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     summary = summarise(scores, classes.names[1:])
     summary = {"n_cases": len(scores), "cases_from": why, "unlabelled_cases": unlabelled,
                "postprocessing": plan,
-               "run": {"model": str(run.path), "weights": run.weights.name, "data": str(data), "overlap": overlap, "sw_batch": sw_batch,
+               "run": {"model": str(run.path), "weights": run.weights.name, "data": str(data), "overlap": overlap,
+                       "sw_batch": sw_batch,
                        "architecture": run.metadata.get("model"), "preprocess": run.preprocess.to_dict()},
                "label_ids": dict(zip(classes.names[1:], classes.ids[1:])), "seconds": seconds, **summary}
     write_reports(summary, out, title=f"Evaluation of {Path(run.path).name} on {dataset.name or Path(data).name}")

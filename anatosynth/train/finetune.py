@@ -280,7 +280,8 @@ def _set_sampler_state(pipeline, states: list[dict], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig, classes: ClassMap) -> tuple[float, list[float], dict]:
+def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig,
+              classes: ClassMap) -> tuple[float, list[float], dict]:
     """Mean foreground Dice over validation cases on the canonical grid (NaN classes excluded).
 
     Also returns the largest-connected-component decision taken on the same predictions.

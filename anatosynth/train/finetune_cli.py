@@ -55,7 +55,8 @@ def _resume_config(args, parser):
                           f"drop {', '.join('--' + n.replace('_', '-') for n in given)} "
                           f"(only --device, --threads and --quiet may be given)")
     cfg = resume_config(args.resume)
-    cfg.device = args.device
+    if args.device != parser.get_default("device"):  # otherwise the device the run was started with
+        cfg.device = args.device
     return cfg
 
 

@@ -65,7 +65,8 @@ def test_evaluate_applies_the_recorded_choice_and_reports_it(tiny_run, synthetic
     auto = evaluate(synthetic_dataset, run, tmp_path / "auto", progress=False)
     none = evaluate(synthetic_dataset, run, tmp_path / "none", progress=False, postprocess="none")
     assert auto["run"]["weights"] == "model_best.pt"
-    assert auto["postprocessing"]["keep_largest"] == chosen and "postprocessing.json" in auto["postprocessing"]["source"]
+    assert auto["postprocessing"]["keep_largest"] == chosen
+    assert "postprocessing.json" in auto["postprocessing"]["source"]
     assert none["postprocessing"]["keep_largest"] == []
     assert "Post-processing (largest connected component kept)" in (tmp_path / "auto" / "summary.md").read_text()
     ids = {"ball": 200, "box": 500}

@@ -50,7 +50,7 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and _last_logged_step(run / "train.log") < 9:  # past two checkpoints and a validation
+        while time.time() < deadline and _last_logged_step(run / "train.log") < 9:  # past 2 checkpoints, 1 validation
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -60,7 +60,8 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert 8 <= saved < STEPS and not (run / "model.pt").exists()
 
     rerun = _finetune(*TINY, "--out", str(run))  # a plain rerun is refused, truthfully
-    assert rerun.returncode == 2 and "--resume" in rerun.stderr and "holds an unfinished fine-tuning run (with a checkpoint" in rerun.stderr
+    assert rerun.returncode == 2 and "--resume" in rerun.stderr
+    assert "holds an unfinished fine-tuning run (with a checkpoint" in rerun.stderr
     resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {saved}" in (run / "train.log").read_text()
