@@ -215,18 +215,19 @@ def _crop_source(case: PreparedCase, patch) -> dict:
     from monai.transforms import SpatialPadd
     from monai.transforms.utils import map_binary_to_indices
 
-    small = np.uint8 if int(case.label.max(initial=0)) < 256 else np.int16  # class indices: memory per case
     padded = SpatialPadd(["image", "label"], spatial_size=patch, mode="constant")(
-        {"image": case.image[None], "label": case.label[None].astype(small)})
+        {"image": case.image[None], "label": case.label[None].astype(np.float32)})
 
     def plain(x):
         return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
     image, label = plain(padded["image"]).contiguous(), plain(padded["label"]).contiguous()
-    fg, bg = map_binary_to_indices(label, None, 0.0)
+    fg, bg = map_binary_to_indices(label, None, 0.0)  # on the float map, as MONAI would (not on integers:
+    # there its `~` is a bitwise not and every voxel would count as background)
+    small = torch.uint8 if int(case.label.max(initial=0)) < 256 else torch.int16  # memory per case
     if label.numel() < 2**31:
         fg, bg = fg.to(torch.int32), bg.to(torch.int32)
-    return {"image": image, "label": label, "fg_indices": fg, "bg_indices": bg}
+    return {"image": image, "label": label.to(small), "fg_indices": fg, "bg_indices": bg}
 
 
 def _batch(pipeline, source: dict):

@@ -201,7 +201,10 @@ def test_crops_from_precomputed_indices_equal_a_scan_of_the_label_at_every_step(
                    *_augmentations(cfg, 0).transforms[1:]])
     old.set_random_state(seed=11)
     source = _crop_source(case, cfg.patch)
-    for _ in range(4):
+    foreground = int((case.label > 0).sum())
+    assert len(source["fg_indices"]) == foreground  # background = every other voxel of the padded volume
+    assert len(source["bg_indices"]) == source["label"].numel() - foreground
+    for _ in range(12):
         a = _batch(new, source)
         samples = old({"image": case.image[None], "label": case.label[None].astype(np.float32)})
         b_img = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples]).float()
