@@ -205,6 +205,13 @@ def _augmentations(cfg: FinetuneConfig, seed: int, flip_left_right: bool = True)
     return pipeline
 
 
+def _plain(x):
+    """A MONAI MetaTensor (or array) as a plain torch tensor."""
+    import torch
+
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
 def _crop_source(case: PreparedCase, patch) -> dict:
     """A case padded to at least ``patch`` with its foreground/background voxel indices, computed once.
 
@@ -218,10 +225,7 @@ def _crop_source(case: PreparedCase, patch) -> dict:
     padded = SpatialPadd(["image", "label"], spatial_size=patch, mode="constant")(
         {"image": case.image[None], "label": case.label[None].astype(np.float32)})
 
-    def plain(x):
-        return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-    image, label = plain(padded["image"]).contiguous(), plain(padded["label"]).contiguous()
+    image, label = _plain(padded["image"]).contiguous(), _plain(padded["label"]).contiguous()
     fg, bg = map_binary_to_indices(label, None, 0.0)  # on the float map, as MONAI would (not on integers:
     # there its `~` is a bitwise not and every voxel would count as background)
     small = torch.uint8 if int(case.label.max(initial=0)) < 256 else torch.int16  # memory per case
@@ -238,11 +242,8 @@ def _batch(pipeline, source: dict):
     if isinstance(samples, dict):
         samples = [samples]
 
-    def plain(x):
-        return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-    image = torch.stack([plain(s["image"]) for s in samples]).float()
-    label = torch.stack([plain(s["label"]) for s in samples]).round().long()
+    image = torch.stack([_plain(s["image"]) for s in samples]).float()
+    label = torch.stack([_plain(s["label"]) for s in samples]).round().long()
     return image, label
 
 

@@ -59,9 +59,6 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     saved = read_checkpoint(run / "checkpoint.pt")["step"]
     assert 8 <= saved < STEPS and not (run / "model.pt").exists()
 
-    rerun = _finetune(*TINY, "--out", str(run))  # a plain rerun is refused, truthfully
-    assert rerun.returncode == 2 and "--resume" in rerun.stderr
-    assert "holds an unfinished fine-tuning run (with a checkpoint" in rerun.stderr
     resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {saved}" in (run / "train.log").read_text()
