@@ -15,7 +15,7 @@ def _run(args) -> int:
     cases = [c for c in args.cases.split(",") if c] if args.cases else None
     summary = evaluate(args.data, args.model, args.out, cases=cases, overlap=args.overlap, sw_batch=args.sw_batch,
                        save_predictions=not args.no_predictions, progress=not args.quiet,
-                       device=args.device)
+                       device=args.device, postprocess=args.postprocess)
     mean = summary.get("mean_dice")
     print(f"evaluated {summary['n_cases']} case(s) ({summary['cases_from']}); mean Dice "
           f"{'n/a' if mean is None else f'{mean:.4f}'}; reports in {args.out} (summary.md, summary.json, per_case.csv)")
@@ -28,7 +28,12 @@ def register(sub) -> None:
         description="Predict a dataset's cases with a fine-tuned run (predictions in each case's original "
                     "geometry and label ids) and report per-class Dice and HD95.")
     p.add_argument("--data", required=True, help="dataset folder, dataset.json or datalist JSON")
-    p.add_argument("--model", required=True, help="fine-tuned run folder (or its model.pt)")
+    p.add_argument("--model", required=True,
+                   help="fine-tuned run folder (its best-on-validation model_best.pt) or a weights file in it "
+                        "(RUN/model.pt: the final weights)")
+    p.add_argument("--postprocess", default="auto", choices=("auto", "none", "largest"),
+                   help="keep the largest connected component per class: auto (default) where the run's "
+                        "postprocessing.json says it helped on validation, none, or largest (every class)")
     p.add_argument("--out", required=True, help="report folder (summary.json, per_case.csv, summary.md, predictions/)")
     p.add_argument("--cases", default=None,
                    help="comma-separated case names (default: the run's evaluation split, else all cases)")

@@ -5,6 +5,11 @@ For each case: load and check image and label (same geometry), preprocess as at 
 grid, argmax, class indices mapped to the dataset's own label ids (by class name), prediction saved as
 ``predictions/CASE.nii.gz`` with the image's affine, then Dice/HD95 per class on the original grid.
 
+Post-processing (:mod:`anatosynth.evaluate.postprocess`): ``auto`` (default) keeps the largest connected
+component of the classes for which the run's ``postprocessing.json`` says so for the weights evaluated,
+``none`` keeps the raw argmax, ``largest`` post-processes every class; applied on the original grid,
+before scoring; what was applied is reported in the summary.
+
 Which cases: ``cases`` if given; otherwise the run's evaluation split (``split.json``) when all those
 cases are in the dataset; otherwise every case with an image. Cases without a label map are predicted
 but not scored.
@@ -21,10 +26,11 @@ from anatosynth.io.datasets import Dataset
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
 from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
 from anatosynth.evaluate.metrics import ClassScore, case_scores
+from anatosynth.evaluate.postprocess import MODES, keep_largest_component, read_decision
 from anatosynth.evaluate.report import summarise, write_reports
 from anatosynth.train.preprocess import ClassMap, prepare_image
 
-__all__ = ["evaluate", "dataset_classes", "choose_cases"]
+__all__ = ["evaluate", "dataset_classes", "choose_cases", "postprocessing_plan"]
 
 
 def dataset_classes(run: Run, dataset: Dataset, source: str | Path) -> ClassMap:
@@ -54,6 +60,29 @@ def choose_cases(dataset: Dataset, run: Run, cases: list[str] | None) -> tuple[l
     return [c for c in dataset.cases if c.image is not None], "all cases of the dataset"
 
 
+def postprocessing_plan(run: Run, mode: str) -> dict:
+    """Which classes keep only their largest component, and why (reported in ``summary.json``)."""
+    from anatosynth.errors import ConfigError
+
+    if mode not in MODES:
+        raise ConfigError(f"--postprocess must be one of {', '.join(MODES)}, got {mode!r}")
+    names = list(run.classes.names[1:])
+    if mode == "none":
+        return {"mode": mode, "keep_largest": [], "source": "--postprocess none"}
+    if mode == "largest":
+        return {"mode": mode, "keep_largest": names, "source": "--postprocess largest (every class)"}
+    recorded = read_decision(run.path, run.weights.name)
+    if recorded is None:
+        return {"mode": mode, "keep_largest": [],
+                "source": f"no decision recorded for {run.weights.name} (no post-processing)"}
+    chosen, path = recorded
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise InputError(path, f"names classes the run does not predict: {', '.join(unknown)}")
+    return {"mode": mode, "keep_largest": [n for n in names if n in chosen],
+            "source": f"{path.name} (decided on the run's validation cases for {run.weights.name})"}
+
+
 def _id_dtype(ids: list[int]) -> str:
     return "uint8" if max(ids) < 256 else ("uint16" if max(ids) < 65536 else "int32")
 
@@ -79,7 +108,7 @@ def _precheck(cases, names: dict[int, str]) -> None:
 
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
              overlap: float = 0.25, sw_batch: int = 1, save_predictions: bool = True,
-             progress: bool = True, device: str | None = "auto") -> dict:
+             progress: bool = True, device: str | None = "auto", postprocess: str = "auto") -> dict:
     """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
 
     Raises:
@@ -96,6 +125,8 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
     check_output_dir(out)
     run = load_run(run_path, device)
+    plan = postprocessing_plan(run, postprocess)
+    largest = [run.classes.names.index(n) for n in plan["keep_largest"]]
     dataset = read_dataset(data).require_images("evaluate")
     classes = dataset_classes(run, dataset, data)
     chosen, why = choose_cases(dataset, run, cases)
@@ -114,8 +145,10 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         start = time.time()
         image, label = _load_pair(case, dict(dataset.labels))
         prepared = prepare_image(case.name, image, run.preprocess)
-        run_pred = predict_prepared(run, prepared, overlap, sw_batch)
-        pred = Volume(classes.to_ids(run.classes.to_index(run_pred.array)), image.affine.copy())
+        index = run.classes.to_index(predict_prepared(run, prepared, overlap, sw_batch).array)
+        if largest:
+            index = keep_largest_component(index, largest)
+        pred = Volume(classes.to_ids(index), image.affine.copy())
         if pred_dir is not None:
             save_volume(pred, pred_dir / f"{case.name}.nii.gz", dtype=_id_dtype(classes.ids))
         if label is None:
@@ -125,7 +158,9 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
         seconds[case.name] = round(time.time() - start, 2)
     summary = summarise(scores, classes.names[1:])
     summary = {"n_cases": len(scores), "cases_from": why, "unlabelled_cases": unlabelled,
-               "run": {"model": str(run.path), "data": str(data), "overlap": overlap, "sw_batch": sw_batch,
+               "postprocessing": plan,
+               "run": {"model": str(run.path), "weights": run.weights.name, "data": str(data), "overlap": overlap,
+                       "sw_batch": sw_batch,
                        "architecture": run.metadata.get("model"), "preprocess": run.preprocess.to_dict()},
                "label_ids": dict(zip(classes.names[1:], classes.ids[1:])), "seconds": seconds, **summary}
     write_reports(summary, out, title=f"Evaluation of {Path(run.path).name} on {dataset.name or Path(data).name}")

@@ -12,7 +12,7 @@ from anatosynth.errors import InputError
 from anatosynth.io import Volume
 from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, to_original_grid
 
-__all__ = ["Run", "load_run", "resolve_device", "sliding_probs", "predict_prepared", "read_split"]
+__all__ = ["Run", "load_run", "run_weights", "resolve_device", "sliding_probs", "predict_prepared", "read_split"]
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Run:
     """A fine-tuned network with what is needed to use it on new scans."""
 
     path: Path
+    weights: Path
     model: "torch.nn.Module"
     patch: tuple[int, int, int]
     classes: ClassMap
@@ -44,8 +45,18 @@ def resolve_device(name: str | None = "auto") -> "torch.device":
     return device
 
 
+def run_weights(path: str | Path) -> Path:
+    """The weights file a run path names: a file as given; a folder's ``model_best.pt`` (best on
+    validation), else its ``model.pt`` (final weights; runs from before ``model_best.pt`` kept the best there)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    best = path / "model_best.pt"
+    return best if best.is_file() else path / "model.pt"
+
+
 def load_run(path: str | Path, device: str | None = "auto") -> Run:
-    """Load ``RUN/model.pt`` and ``RUN/metadata.json`` written by ``anatosynth finetune``.
+    """Load a fine-tuned run's weights (:func:`run_weights`) and ``metadata.json`` (``anatosynth finetune``).
 
     Raises:
         InputError: missing files, or metadata without the fine-tuning fields (class ids, preprocessing).
@@ -56,15 +67,21 @@ def load_run(path: str | Path, device: str | None = "auto") -> Run:
     folder = path if path.is_dir() else path.parent
     if not folder.exists():
         raise InputError(path, "run folder not found")
-    model, meta = load_pretrained(path)
+    weights = run_weights(path)
+    model, meta = load_pretrained(weights)
     meta_path = folder / "metadata.json"
     missing = [k for k in ("class_names", "label_ids", "preprocess") if k not in meta]
     if missing:
         raise InputError(meta_path, f"not a fine-tuned run (metadata lacks {', '.join(missing)}); "
                                     "evaluate needs a folder written by 'anatosynth finetune'")
     classes = ClassMap([int(i) for i in meta["label_ids"]], [str(n) for n in meta["class_names"]])
-    model.to(resolve_device(device)).eval()
-    return Run(folder, model, tuple(int(p) for p in meta["model"]["patch"]), classes,
+    target = resolve_device(device)
+    if target.type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # one window size: let cuDNN pick its fastest kernels
+    model.to(target).eval()
+    return Run(folder, weights, model, tuple(int(p) for p in meta["model"]["patch"]), classes,
                PreprocessConfig.from_dict(meta["preprocess"]), meta)
 
 
@@ -73,15 +90,23 @@ def sliding_probs(model, image: np.ndarray, patch, overlap: float = 0.5, sw_batc
     """Softmax probabilities (C, X, Y, Z) of ``model`` over a whole canonical image.
 
     Uses MONAI's ``sliding_window_inference`` with Gaussian blending; images smaller than the patch are
-    padded by MONAI and cropped back.
+    padded by MONAI and cropped back. On CUDA the network runs under bf16 autocast and its logits are
+    blended in fp32; the image goes to the GPU from pinned memory.
     """
     import torch
     from monai.inferers import sliding_window_inference
 
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None].to(device)
+    cuda = device.type == "cuda"
+    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None]
+    x = x.pin_memory().to(device, non_blocking=True) if cuda else x.to(device)
+
+    def predict(window):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+            return model(window).float()
+
     with torch.no_grad():
-        logits = sliding_window_inference(x, tuple(int(p) for p in patch), int(sw_batch), model,
+        logits = sliding_window_inference(x, tuple(int(p) for p in patch), int(sw_batch), predict if cuda else model,
                                           overlap=float(overlap), mode="gaussian", progress=progress)
         logits = logits.as_tensor() if hasattr(logits, "as_tensor") else logits
         return torch.softmax(logits[0].float(), dim=0).cpu()

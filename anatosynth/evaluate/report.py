@@ -79,6 +79,10 @@ def markdown_table(summary: dict, title: str = "Evaluation") -> str:
     if meta:
         lines += [f"Model: `{meta.get('model')}` · data: `{meta.get('data')}` · cases: {summary.get('n_cases')} · "
                   f"sliding-window overlap {meta.get('overlap')}", ""]
+    post = summary.get("postprocessing")
+    if post:
+        kept = ", ".join(post["keep_largest"]) or "none"
+        lines += [f"Post-processing (largest connected component kept): {kept} — {post['source']}", ""]
     lines += ["| class | Dice (mean ± std) | n | HD95 mm (mean ± std) | n | absent in both | missed | false positive |",
               "|---|---|---|---|---|---|---|---|"]
     for name, c in summary["classes"].items():

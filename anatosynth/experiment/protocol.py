@@ -46,7 +46,7 @@ ARM_KEYS = {"name", "pretrain", "finetune", "weights"}
 RUN_ONLY_PRETRAIN = ("bank", "out", "threads", "workers", "minutes", "checkpoint_every", "log_every", "image_every",
                      "trace_indices")
 RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "quiet", "seed", "train_cases",
-                     "val_cases")
+                     "val_cases", "checkpoint_every", "log_every")
 
 
 def result_versions() -> dict[str, int]:
@@ -144,7 +144,7 @@ def resolved_finetune(options: dict) -> dict:
     base = {f.name: f.default for f in fields(FinetuneConfig) if f.name not in RUN_ONLY_FINETUNE}
     base = {k: list(v) if isinstance(v, tuple) else v for k, v in base.items()}
     ev_base = {k: p.default for k, p in inspect.signature(evaluate).parameters.items()
-               if k in ("overlap", "sw_batch")}
+               if k in ("overlap", "sw_batch", "postprocess")}
     ev_base["no_predictions"] = False
     options = dict(options)
     ev = _merge(ev_base, options.pop("evaluate", None) or {})

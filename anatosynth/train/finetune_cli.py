@@ -23,21 +23,52 @@ def parse_pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _run(args) -> int:
-    from anatosynth.io.canonical import parse_spacing
-    from anatosynth.train.finetune import FinetuneConfig, finetune
+# options that describe what a run trains: fixed once the run exists (--resume refuses to change them)
+_TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "val_every",
+             "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup", "crops",
+             "overlap", "sw_batch", "checkpoint_every", "log_every", "overwrite")
 
-    cfg = FinetuneConfig(
+
+def _config(args):
+    from anatosynth.io.canonical import parse_spacing
+    from anatosynth.train.finetune import FinetuneConfig
+
+    if not args.data or not args.out:
+        raise ConfigError("finetune needs --data and --out (or --resume RUN to continue a run)")
+    return FinetuneConfig(
         data=args.data, out=args.out, init=args.init, model=args.model, feature_size=args.feature_size,
         patch=parse_patch(args.patch), steps=args.steps, train_cases=args.train_cases,
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, crops=args.crops, val_every=args.val_every,
-        val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch, device=args.device,
+        val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, device=args.device,
         overwrite=args.overwrite)
+
+
+def _resume_config(args, parser):
+    """The run's saved config; a training option given on the command line is refused, not ignored."""
+    from anatosynth.train.finetune import resume_config
+
+    given = [name for name in _TRAINING if getattr(args, name) != parser.get_default(name)]
+    if given:
+        raise ConfigError(f"--resume {args.resume} continues the run as it was configured (config.yaml); "
+                          f"drop {', '.join('--' + n.replace('_', '-') for n in given)} "
+                          f"(only --device, --threads and --quiet may be given)")
+    cfg = resume_config(args.resume)
+    if args.device != parser.get_default("device"):  # otherwise the device the run was started with
+        cfg.device = args.device
+    return cfg
+
+
+def _run(args) -> int:
+    from anatosynth.train.finetune import finetune
+
+    cfg = _resume_config(args, args.parser) if args.resume else _config(args)
     apply_threads(args.threads)
-    out = finetune(cfg, progress=not args.quiet)
-    print(f"fine-tuned run written to {out} (model.pt = best on validation)")
+    out = finetune(cfg, progress=not args.quiet, resume=bool(args.resume))
+    print(f"fine-tuned run written to {out} (model_best.pt = best on validation, model.pt = final; "
+          f"evaluate uses model_best.pt and the post-processing in postprocessing.json)")
     return 0
 
 
@@ -46,9 +77,13 @@ def register(sub) -> None:
         "finetune", help="fine-tune a network on real labelled scans (from scratch or pre-trained weights)",
         description="Fine-tune a MONAI network on a labelled dataset (MSD, nnU-Net or datalist layout). "
                     "Classes come from the dataset's label names; --init RUN/model.pt transfers weights by "
-                    "name and shape (output head re-initialised when the classes differ).")
-    p.add_argument("--data", required=True, help="dataset folder, dataset.json or datalist JSON")
-    p.add_argument("--out", required=True, help="run folder to create")
+                    "name and shape (output head re-initialised when the classes differ). The run folder "
+                    "holds config.yaml, checkpoint.pt (resume with --resume RUN), model_best.pt (best on "
+                    "validation), model.pt (final), postprocessing.json and progress.png.")
+    p.add_argument("--data", default=None, help="dataset folder, dataset.json or datalist JSON (required)")
+    p.add_argument("--out", default=None, help="run folder to create (required)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the run in RUN from its checkpoint.pt, with its saved config.yaml")
     p.add_argument("--init", default="none",
                    help="'none' (from scratch), an anatosynth RUN/model.pt, or a MONAI/SwinUNETR checkpoint "
                         "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
@@ -71,8 +106,11 @@ def register(sub) -> None:
     p.add_argument("--crops", type=int, default=2, help="crops per step from one case (default 2; BTCV uses 4)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap for validation (default 0.25)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between resumable checkpoints, checkpoint.pt (default 100)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between logged mean losses (default 10)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, parser=p)

@@ -41,6 +41,7 @@ from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
 from anatosynth.train.distributed import (DistContext, all_mean, barrier, broadcast_flag, init_distributed,
                                           shutdown, wrap_model)
 from anatosynth.train.models import build_model
+from anatosynth.train.progress import write_progress_png
 from anatosynth.train.schedule import build_scheduler
 
 __all__ = ["pretrain", "resume_config", "batch_indices", "pool_index", "bank_hash", "RunPaths", "PretrainResult"]
@@ -281,35 +282,6 @@ def _slice_images(image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor
     return [t.T.flip(0)[None] for t in (img, lab, pred)]  # x right, y up
 
 
-def write_progress_png(path: Path, history: torch.Tensor) -> Path | None:
-    """nnU-Net-style curve: training loss (and learning rate) against step."""
-    if history.numel() == 0:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = history.numpy()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(h[:, 0], h[:, 1], color="tab:blue", label="train loss (DiceCE)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(h[:, 0], h[:, 2], color="tab:orange", alpha=0.6, label="learning rate")
-    ax2.set_ylabel("learning rate")
-    lines = ax.get_lines() + ax2.get_lines()
-    ax2.legend(lines, [ln.get_label() for ln in lines], loc="upper right", framealpha=0.9)  # top axes: drawn last
-    ax.set_title("synthetic pre-training")
-    fig.tight_layout()
-    try:
-        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------------- the loop
 class _Trainer:
     """State of one run in one process; :meth:`run` is the loop."""
@@ -473,7 +445,7 @@ class _Trainer:
         if self.ctx.is_main:
             save_model(self.paths.model, self.net)
             self._write_metadata()
-            write_progress_png(self.paths.progress, self.history)
+            write_progress_png(self.paths.progress, self.history.numpy(), "synthetic pre-training")
         barrier(self.ctx)
 
     # -- the loop

@@ -15,6 +15,7 @@ from anatosynth.cli import main
 from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
 from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
+from anatosynth.train.checkpoint import read_checkpoint
 from anatosynth.train.finetune_cli import parse_patch
 
 
@@ -94,18 +95,23 @@ def test_parse_patch():
 
 def test_finetune_writes_a_complete_seeded_run(dataset, tmp_path):
     run = finetune(_cfg(dataset, tmp_path / "a"), progress=False)
-    for name in ("config.yaml", "config.json", "split.json", "train.log", "model.pt", "last.pt", "metadata.json"):
+    for name in ("config.yaml", "split.json", "train.log", "checkpoint.pt", "model.pt", "model_best.pt",
+                 "metadata.json", "postprocessing.json", "progress.png"):
         assert (run / name).is_file(), name
+    assert not (run / "config.json").exists() and not (run / "last.pt").exists()  # one config, pre-training's names
     assert list((run / "tensorboard").iterdir())
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["class_names"] == ["background", "ball", "box"] and meta["label_ids"] == [0, 200, 500]
     assert meta["preprocess"]["modality"] == "CT" and meta["preprocess"]["spacing"] == [3.0, 3.0, 3.0]
-    assert meta["model"]["out_channels"] == 3 and 1 <= meta["best_step"] <= 3
+    assert meta["model"]["out_channels"] == 3 and 1 <= meta["best_step"] <= 3 and meta["steps_done"] == 3
+    post = json.loads((run / "postprocessing.json").read_text())["weights"]
+    assert post["model_best.pt"]["step"] == meta["best_step"] and post["model.pt"]["step"] == 3
+    assert set(post["model.pt"]["classes"]) == {"ball", "box"}
     assert "val dice" in (run / "train.log").read_text()
     again = finetune(_cfg(dataset, tmp_path / "b"), progress=False)
     assert (run / "split.json").read_text() == (again / "split.json").read_text()
-    w1 = torch.load(run / "last.pt", weights_only=True)
-    w2 = torch.load(again / "last.pt", weights_only=True)
+    w1 = torch.load(run / "model.pt", weights_only=True)
+    w2 = torch.load(again / "model.pt", weights_only=True)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # same seed, same weights
 
     # --init from that run: same classes, everything transferred
@@ -121,6 +127,10 @@ def test_existing_run_is_not_overwritten(dataset, tmp_path):
     code = main(["finetune", "--data", str(dataset), "--out", str(out), "--model", "unet", "--feature-size", "4",
                  "--patch", "32", "--steps", "1", "--train-cases", "1", "--quiet"])
     assert code == 2 and (out / "model.pt").read_bytes() == b"x"
+    (out / "model_best.pt").write_bytes(b"stale")
+    (out / "checkpoint.pt").write_bytes(b"stale")
+    assert main(_cli(dataset, out, "--train-cases", "2", "--overwrite")) == 0  # the old run's files go first
+    assert torch.load(out / "model_best.pt", weights_only=True) and read_checkpoint(out / "checkpoint.pt")["step"] == 1
 
 
 def _cli(dataset: Path, out: Path, *extra: str) -> list[str]:
@@ -169,3 +179,94 @@ def test_lateralised_class_names():
     assert lateralised(["background", "liver", "right_kidney"])
     assert lateralised(["background", "Left Parotid"])
     assert not lateralised(["background", "liver", "spleen", "brightness"])
+
+
+def test_crops_from_precomputed_indices_equal_a_scan_of_the_label_at_every_step(dataset):
+    """Same seed, same crops as MONAI padding and scanning the whole label map each step (the old path)."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+
+    from anatosynth.io import read_dataset
+    from anatosynth.train.finetune import _augmentations, _batch, _crop_source
+    from anatosynth.train.preprocess import ClassMap, PreprocessConfig, prepare_cases
+
+    cfg = _cfg(dataset, dataset / "unused", crops=3)
+    data = read_dataset(dataset)
+    case = prepare_cases(data.cases[:1], PreprocessConfig("CT", (3.0, 3.0, 3.0)), ClassMap.from_labels(data.labels),
+                         "", False)[0]
+    new = _augmentations(cfg, 11)
+    # the previous pipeline: padding and a label scan inside, then the same augmentations, seeded the same way
+    old = Compose([SpatialPadd(["image", "label"], spatial_size=cfg.patch, mode="constant"),
+                   RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=cfg.patch, pos=1,
+                                          neg=1, num_samples=3, allow_smaller=False),
+                   *_augmentations(cfg, 0).transforms[1:]])
+    old.set_random_state(seed=11)
+    source = _crop_source(case, cfg.patch)
+    foreground = int((case.label > 0).sum())
+    assert len(source["fg_indices"]) == foreground  # background = every other voxel of the padded volume
+    assert len(source["bg_indices"]) == source["label"].numel() - foreground
+    for _ in range(12):
+        a = _batch(new, source)
+        samples = old({"image": case.image[None], "label": case.label[None].astype(np.float32)})
+        b_img = torch.stack([torch.as_tensor(np.asarray(s["image"])) for s in samples]).float()
+        b_lab = torch.stack([torch.as_tensor(np.asarray(s["label"])) for s in samples]).round().long()
+        assert torch.equal(a[0], b_img) and torch.equal(a[1], b_lab)
+    assert a[1].sum() > 0  # positive centres really hit the foreground
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
+    straight = finetune(_cfg(dataset, tmp_path / "straight", steps=5, checkpoint_every=2, log_every=1), progress=False)
+    run = tmp_path / "stopped"
+    finetune(_cfg(dataset, run, steps=5, checkpoint_every=2, log_every=1), progress=False, stop_at=3)
+    assert (run / "checkpoint.pt").is_file() and (run / "model_best.pt").is_file() and not (run / "model.pt").exists()
+    # the folder blocks a fresh run with a true message, and resumes
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    from anatosynth.train.finetune import resume_config
+
+    finetune(resume_config(run), progress=False, resume=True)
+    assert "resumed at step 3" in (run / "train.log").read_text()
+    for name in ("model.pt", "model_best.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(run / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    meta_a, meta_b = (json.loads((r / "metadata.json").read_text()) for r in (straight, run))
+    assert (meta_a["best_step"], meta_a["best_val_dice"]) == (meta_b["best_step"], meta_b["best_val_dice"])
+    assert (json.loads((straight / "postprocessing.json").read_text())
+            == json.loads((run / "postprocessing.json").read_text()))
+    h_a = torch.load(straight / "checkpoint.pt", weights_only=True)["history"]
+    h_b = torch.load(run / "checkpoint.pt", weights_only=True)["history"]
+    assert torch.equal(h_a, h_b) and h_a.shape == (5, 3)  # the loss curve continues too
+
+
+def test_interrupted_folder_messages_are_true_and_resume_starts_it(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    finetune(_cfg(dataset, run, steps=2, checkpoint_every=5, val_every=5), progress=False, stop_at=1)
+    (run / "checkpoint.pt").unlink()  # as if killed before the first checkpoint: config.yaml and logs only
+    (run / "model_best.pt").unlink(missing_ok=True)
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and f"--resume {run}" in err
+    assert "model.pt" not in err  # nothing claims a model that is not there
+    assert main(["finetune", "--resume", str(run), "--steps", "9", "--quiet"]) == 2
+    assert "drop --steps" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(run), "--quiet"]) == 0
+    assert "no checkpoint was written yet, starting at step 0" in (run / "train.log").read_text()
+    assert (run / "model.pt").is_file()
+    assert main(_cli(dataset, run, "--train-cases", "2")) == 2
+    assert "already holds a finished fine-tuning run" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_bf16_autocast_and_resume(dataset, tmp_path):
+    """On a GPU: autocast forward, fp32 loss, pinned copies; stop/resume still gives the run's files."""
+    run = finetune(_cfg(dataset, tmp_path / "gpu", device="cuda", steps=4, checkpoint_every=2, log_every=1),
+                   progress=False, stop_at=2)
+    from anatosynth.train.finetune import resume_config
+
+    cfg = resume_config(run)
+    cfg.device = "cuda"
+    finetune(cfg, progress=False, resume=True)
+    history = read_checkpoint(run / "checkpoint.pt")["history"]
+    assert history.shape == (4, 3) and torch.isfinite(history).all()
+    assert (run / "model.pt").is_file() and (run / "postprocessing.json").is_file()

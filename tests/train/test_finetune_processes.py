@@ -1,0 +1,69 @@
+"""Fine-tuning as a real process on real scans (CHAOS T2): kill -9 mid-run, then ``--resume``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from anatosynth.train.checkpoint import read_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / ".." / "shared" / "data" / "chaos-t2"
+STEPS = 16
+TINY = ["--data", str(DATA), "--model", "unet", "--feature-size", "4", "--patch", "32", "--spacing", "5,5,5",
+        "--train-cases", "2", "--val-cases", "chaos_01", "--steps", str(STEPS), "--val-every", "5",
+        "--checkpoint-every", "4", "--log-every", "1", "--overlap", "0", "--lr", "1e-3", "--seed", "2",
+        "--device", "cpu", "--threads", "1", "--quiet"]
+
+
+def _finetune(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "anatosynth", "finetune", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _last_logged_step(log: Path) -> int:
+    steps = re.findall(r"step (\d+) loss", log.read_text()) if log.exists() else []
+    return int(steps[-1]) if steps else 0
+
+
+def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    if not (DATA / "dataset.json").is_file():
+        pytest.skip(f"real data {DATA} not available")
+    straight = tmp_path / "straight"
+    done = _finetune(*TINY, "--out", str(straight))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "anatosynth", "finetune", *TINY, "--out", str(run)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and _last_logged_step(run / "train.log") < 9:  # past 2 checkpoints, 1 validation
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    saved = read_checkpoint(run / "checkpoint.pt")["step"]
+    assert 8 <= saved < STEPS and not (run / "model.pt").exists()
+
+    resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed at step {saved}" in (run / "train.log").read_text()
+    for name in ("model.pt", "model_best.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(run / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (straight / "postprocessing.json").read_text() == (run / "postprocessing.json").read_text()
