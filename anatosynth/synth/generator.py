@@ -186,12 +186,17 @@ class SyntheticStream:
         # every per-sample parameter of the batch goes to the device in one packed copy
         arrays, meta = pack_render([p.render for p in params], self.patch)
         arrays = {f"render_{k}": v for k, v in arrays.items()}
-        boxes = None
-        if self.body is not None:
+        if self.body is None:
+            from anatosynth.synth.primitives import pack_primitives, paint_primitives
+            prim, boxes = pack_primitives([p.primitives for p in params], self.patch)
+            arrays.update({f"prim_{k}": v for k, v in prim.items()})
+        else:
             arrays["rows"], boxes = self.raster.pack(params)
         packed = upload(arrays, dev)
         if self.body is None:
-            label, logs = self._labels(params, dev)
+            label = paint_primitives({k[5:]: v for k, v in packed.items() if k.startswith("prim_")}, boxes,
+                                     self.patch, len(params), dev)
+            logs = lambda: self._primitive_logs(params, label)  # noqa: E731
         else:
             label, counts = self.raster.paint(packed["rows"], boxes, dev)
             logs = lambda: self._logs(params, counts)  # noqa: E731
