@@ -172,11 +172,16 @@ class SyntheticStream:
         return centre - half
 
     # ---- step 2: apply --------------------------------------------------------------------
-    def apply(self, params: Sequence[SampleParams], device: str | torch.device = "cpu") -> SynthBatch:
+    def apply(self, params: Sequence[SampleParams], device: str | torch.device = "cpu",
+              batched: bool | None = None) -> SynthBatch:
         """Deterministic, batched: labels then images for drawn samples, on ``device``.
 
         A tensor program: no host synchronisation, kernels independent of the batch size (see
-        :mod:`anatosynth.synth.raster`); the logs are read back only when ``SynthBatch.logs`` is used."""
+        :mod:`anatosynth.synth.raster`); the logs are read back only when ``SynthBatch.logs`` is used.
+        ``batched`` (default: on CUDA) rasterises all samples in one program; otherwise (default on the
+        CPU, where kernel launches are cheap but the padding of the organ boxes to the batch's largest
+        window is not) each sample's organs are rasterised by the same program on their own. The bytes
+        are the same either way."""
         from anatosynth.synth.raster import upload
         from anatosynth.synth.render import pack_render, render_packed
         dev = resolve_device(device)
@@ -186,22 +191,36 @@ class SyntheticStream:
         # every per-sample parameter of the batch goes to the device in one packed copy
         arrays, meta = pack_render([p.render for p in params], self.patch)
         arrays = {f"render_{k}": v for k, v in arrays.items()}
+        label_arrays, paint = self._pack_labels(params, dev.type == "cuda" if batched is None else batched)
+        arrays.update(label_arrays)
+        packed = upload(arrays, dev)
+        label, logs = paint(packed, dev)
+        image = render_packed(label, {k[7:]: v for k, v in packed.items() if k.startswith("render_")}, meta)
+        return SynthBatch(image=image, label=label, logs=logs)
+
+    def _pack_labels(self, params: list[SampleParams], batched: bool):
+        """Host arrays of the label program, and the device step ``paint(packed, dev) -> (label, logs thunk)``."""
         if self.body is None:
             from anatosynth.synth.primitives import pack_primitives, paint_primitives
             prim, boxes = pack_primitives([p.primitives for p in params], self.patch)
-            arrays.update({f"prim_{k}": v for k, v in prim.items()})
-        else:
-            arrays["rows"], boxes = self.raster.pack(params)
-        packed = upload(arrays, dev)
-        if self.body is None:
-            label = paint_primitives({k[5:]: v for k, v in packed.items() if k.startswith("prim_")}, boxes,
-                                     self.patch, len(params), dev)
-            logs = lambda: self._primitive_logs(params, label)  # noqa: E731
-        else:
-            label, counts = self.raster.paint(packed["rows"], boxes, dev)
-            logs = lambda: self._logs(params, counts)  # noqa: E731
-        image = render_packed(label, {k[7:]: v for k, v in packed.items() if k.startswith("render_")}, meta)
-        return SynthBatch(image=image, label=label, logs=logs)
+
+            def paint(packed, dev):
+                label = paint_primitives({k[5:]: v for k, v in packed.items() if k.startswith("prim_")}, boxes,
+                                         self.patch, len(params), dev)
+                return label, lambda: self._primitive_logs(params, label)
+            return {f"prim_{k}": v for k, v in prim.items()}, paint
+        groups = [params] if batched else [[p] for p in params]
+        arrays, boxes = {}, []
+        for g, group in enumerate(groups):
+            arrays[f"rows{g}"], b = self.raster.pack(group)
+            boxes.append(b)
+
+        def paint(packed, dev):
+            out = [self.raster.paint(packed[f"rows{g}"], boxes[g], dev) for g in range(len(groups))]
+            label = out[0][0] if len(out) == 1 else torch.cat([o[0] for o in out])
+            counts = out[0][1] if len(out) == 1 else torch.cat([o[1] for o in out], 1)
+            return label, lambda: self._logs(params, counts)
+        return arrays, paint
 
     def batch(self, indices: Sequence[int], device: str | torch.device = "cpu") -> SynthBatch:
         """``apply([draw(i) for i in indices], device)``."""
@@ -214,12 +233,9 @@ class SyntheticStream:
 
     def _labels(self, params: list[SampleParams], dev: torch.device) -> tuple[torch.Tensor, Callable[[], list[dict]]]:
         """Label maps and a thunk that builds the logs (reading the device counts back once)."""
-        if self.body is None:
-            from anatosynth.synth.primitives import apply_primitives
-            label = apply_primitives([p.primitives for p in params], self.patch, device=dev)
-            return label, lambda: self._primitive_logs(params, label)
-        label, counts = self.raster.paint_batch(params, dev)
-        return label, lambda: self._logs(params, counts)
+        from anatosynth.synth.raster import upload
+        arrays, paint = self._pack_labels(params, dev.type == "cuda")
+        return paint(upload(arrays, dev), dev)
 
     @property
     def raster(self):

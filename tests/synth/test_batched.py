@@ -56,9 +56,9 @@ def _restricted(bank, n: int):
 
 def _record(stream: SyntheticStream, batch: int) -> OpRecorder:
     params = [stream.draw(i) for i in range(batch)]
-    stream.apply(params[:1])  # per-device caches (bank masks, index tables) outside the recording
+    stream.apply(params[:1], batched=True)  # per-device caches (bank masks, index tables) outside the recording
     with OpRecorder() as rec:
-        stream.apply(params)
+        stream.apply(params, batched=True)  # the program the GPU runs (the CPU default goes sample by sample)
     return rec
 
 
