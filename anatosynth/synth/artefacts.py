@@ -312,6 +312,8 @@ def _rescale_gamma(x: torch.Tensor, rescale: torch.Tensor, gamma_on: torch.Tenso
     lo = torch.where(rescale, flat.amin(1), 0.0)
     scale = torch.where(rescale, 1.0 / torch.clamp(flat.amax(1) - lo, min=1e-6), 1.0)
     plain = (x - lo.view(view)).mul_(scale.view(view))
+    if lut is None:
+        return plain
     t = (x - lo.view(view)).mul_((scale * float(GAMMA_KNOTS - 1)).view(view)).add_(0.5)
     t = t.clamp_(0.0, float(GAMMA_KNOTS - 1)).long()
     mapped = lut.gather(1, t.reshape(B, -1)).view(x.shape)
@@ -330,14 +332,25 @@ def _rescale_gamma_(x: torch.Tensor, rescale: bool, gamma: float) -> None:
     x.copy_(y[0])
 
 
-def pack_artefacts(params: Sequence[ArtefactParams], shape: tuple[int, int, int]) -> dict[str, np.ndarray] | None:
+def pack_artefacts(params: Sequence[ArtefactParams], shape: tuple[int, int, int],
+                   minimal: bool = False) -> dict[str, np.ndarray] | None:
     """Host arrays of a batch's artefacts (None when no sample has any): every step is then applied to
     every sample, with an exact identity where a sample does not use it, so the kernels do not depend
-    on the samples drawn."""
+    on the samples drawn. ``minimal`` leaves out the steps no sample uses (fewer kernels, but the
+    kernels then depend on the draws: for the CPU's sample-by-sample path)."""
     params = list(params)
     if not any(p.blur_sigma > 0 or p.bias is not None or p.noise_std > 0 or p.rescale or p.gamma != 1.0
                for p in params):
         return None
+    if minimal:
+        out = pack_artefacts(params, shape)
+        for key, used in (("blur", any(p.blur_sigma > 0 for p in params)),
+                          ("bias", any(p.bias is not None for p in params)),
+                          ("noise", any(p.noise_std > 0 for p in params)),
+                          ("gamma", any(p.gamma != 1.0 for p in params))):
+            if not used:
+                out = {k: v for k, v in out.items() if not k.startswith(key)}
+        return out
     B = len(params)
     taps = [_blur_taps(p.blur_sigma) if p.blur_sigma > 0 else None for p in params]
     r = max([BLUR_RADIUS] + [len(t) // 2 for t in taps if t is not None])
@@ -368,13 +381,20 @@ def apply_packed_artefacts_(img: torch.Tensor, a: dict[str, torch.Tensor]) -> to
     the fixed order blur -> bias -> noise -> rescale/gamma -> clamp; no host synchronisation."""
     B = img.shape[0]
     view = (B, 1, 1, 1)
-    x = torch.where(a["blur_on"].view(view) > 0, _blur(img, a["blur_taps"]), img)
-    field = upsample_x(a["bias"], {k: a[f"bias_{k}"] for k in ("i0", "w0", "w1")})
-    x = torch.where(a["bias_on"].view(view) > 0, x * field, x)
-    z = torch.empty((B, x[0].numel()), dtype=torch.float32, device=img.device)
-    gaussian_into(z, a["noise_key"])
-    x = x.add_(z.view(x.shape).mul_(a["noise_std"].view(view)))
-    x = _rescale_gamma(x, a["rescale"] > 0, a["gamma_on"] > 0, a["gamma_lut"])
+    x = img
+    if "blur_taps" in a:
+        x = torch.where(a["blur_on"].view(view) > 0, _blur(img, a["blur_taps"]), img)
+    if "bias" in a:
+        field = upsample_x(a["bias"], {k: a[f"bias_{k}"] for k in ("i0", "w0", "w1")})
+        x = torch.where(a["bias_on"].view(view) > 0, x * field, x)
+    if "noise_key" in a:
+        z = torch.empty((B, x[0].numel()), dtype=torch.float32, device=img.device)
+        gaussian_into(z, a["noise_key"])
+        x = x.add(z.view(x.shape).mul_(a["noise_std"].view(view)))
+    if "gamma_lut" in a:
+        x = _rescale_gamma(x, a["rescale"] > 0, a["gamma_on"] > 0, a["gamma_lut"])
+    else:
+        x = _rescale_gamma(x, a["rescale"] > 0, None, None)
     return img.copy_(x).clamp_(0.0, 1.0)
 
 

@@ -188,14 +188,25 @@ class SyntheticStream:
         params = list(params)
         if not params:
             raise ConfigError("apply needs at least one sample")
+        batched = dev.type == "cuda" if batched is None else batched
         # every per-sample parameter of the batch goes to the device in one packed copy
-        arrays, meta = pack_render([p.render for p in params], self.patch)
-        arrays = {f"render_{k}": v for k, v in arrays.items()}
-        label_arrays, paint = self._pack_labels(params, dev.type == "cuda" if batched is None else batched)
+        groups = [params] if batched else [[p] for p in params]
+        arrays, metas = {}, []
+        for g, group in enumerate(groups):
+            a, meta = pack_render([p.render for p in group], self.patch, minimal=not batched)
+            arrays.update({f"render{g}_{k}": v for k, v in a.items()})
+            metas.append(meta)
+        label_arrays, paint = self._pack_labels(params, batched)
         arrays.update(label_arrays)
         packed = upload(arrays, dev)
         label, logs = paint(packed, dev)
-        image = render_packed(label, {k[7:]: v for k, v in packed.items() if k.startswith("render_")}, meta)
+        images, b = [], 0
+        for g, group in enumerate(groups):
+            pre = f"render{g}_"
+            tables = {k[len(pre):]: v for k, v in packed.items() if k.startswith(pre)}
+            images.append(render_packed(label[b:b + len(group)], tables, metas[g]))
+            b += len(group)
+        image = images[0] if len(images) == 1 else torch.cat(images)
         return SynthBatch(image=image, label=label, logs=logs)
 
     def _pack_labels(self, params: list[SampleParams], batched: bool):

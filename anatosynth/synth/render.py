@@ -287,9 +287,11 @@ def _has_texture(p: RenderParams) -> bool:
     return p.texture_amp is not None and bool(np.any(p.texture_amp > 0))
 
 
-def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], dict]:
+def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
+                minimal: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Host side of rendering a batch: the per-sample tables as arrays to upload (with the batch's other
-    parameters, in one copy), and the host facts that shape the program (no tensor values)."""
+    parameters, in one copy), and the host facts that shape the program (no tensor values).
+    ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`)."""
     params = list(params)
     B = len(params)
     cmax = max(p.num_classes for p in params)
@@ -317,7 +319,7 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int]) -> 
             arrays[f"tex{j}_w"] = _table([(p.texture_amp * p.texture_mix[:, j]).astype(np.float32)
                                           if _has_texture(p) else np.zeros(p.num_classes) for p in params], cmax)
         arrays["tex_band"] = np.array([p.texture_band for p in params], np.float32)
-    art = pack_artefacts([p.artefacts for p in params], patch)
+    art = pack_artefacts([p.artefacts for p in params], patch, minimal)
     if art is not None:
         meta["artefacts"] = True
         arrays.update({f"art_{k}": v for k, v in art.items()})

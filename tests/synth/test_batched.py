@@ -120,3 +120,14 @@ def test_device_functions_never_read_back(fn):
     bad = re.compile(r"\.(cpu|numpy|tolist|item)\(\)|(?<![.\w])(int|float|bool)\((?!GAMMA|ELASTIC)")
     lines = [ln for ln in src.splitlines() if bad.search(ln)]
     assert not lines, f"{fn.__qualname__} reads a value back: {lines}"
+
+
+@pytest.mark.parametrize("mode", ["anatomy", "primitives"])
+def test_cpu_sample_by_sample_equals_the_batched_program(phantom, mode):
+    bank = None if mode == "primitives" else _restricted(phantom, 5)
+    stream = SyntheticStream(bank, SynthConfig(mode=mode, render="texture", patch=(64, 64, 64)), seed=2)
+    params = [stream.draw(i) for i in range(3)]
+    one, whole = stream.apply(params, batched=False), stream.apply(params, batched=True)
+    assert torch.equal(one.label, whole.label)
+    assert one.image.numpy().tobytes() == whole.image.numpy().tobytes()
+    assert one.logs == whole.logs
