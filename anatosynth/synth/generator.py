@@ -211,16 +211,24 @@ class SyntheticStream:
 
     def _pack_labels(self, params: list[SampleParams], batched: bool):
         """Host arrays of the label program, and the device step ``paint(packed, dev) -> (label, logs thunk)``."""
+        groups = [params] if batched else [[p] for p in params]
         if self.body is None:
             from anatosynth.synth.primitives import pack_primitives, paint_primitives
-            prim, boxes = pack_primitives([p.primitives for p in params], self.patch)
+            arrays, boxes = {}, []
+            for g, group in enumerate(groups):
+                prim, b = pack_primitives([p.primitives for p in group], self.patch)
+                arrays.update({f"prim{g}_{k}": v for k, v in prim.items()})
+                boxes.append(b)
 
             def paint(packed, dev):
-                label = paint_primitives({k[5:]: v for k, v in packed.items() if k.startswith("prim_")}, boxes,
-                                         self.patch, len(params), dev)
+                labels = []
+                for g, group in enumerate(groups):
+                    pre = f"prim{g}_"
+                    labels.append(paint_primitives({k[len(pre):]: v for k, v in packed.items() if k.startswith(pre)},
+                                                   boxes[g], self.patch, len(group), dev))
+                label = labels[0] if len(labels) == 1 else torch.cat(labels)
                 return label, lambda: self._primitive_logs(params, label)
-            return {f"prim_{k}": v for k, v in prim.items()}, paint
-        groups = [params] if batched else [[p] for p in params]
+            return arrays, paint
         arrays, boxes = {}, []
         for g, group in enumerate(groups):
             arrays[f"rows{g}"], b = self.raster.pack(group)
