@@ -30,6 +30,12 @@ __all__ = [
     "apply_artefacts_",
     "upsample_separable",
     "gaussian_into",
+    "key_tensor",
+    "pack_artefacts",
+    "apply_packed_artefacts_",
+    "upsample_yz",
+    "upsample_x",
+    "x_weights",
     "hash_bits",
     "hash_gaussian",
     "mix_key",
@@ -144,12 +150,16 @@ def _scaled_index(n: int, device) -> torch.Tensor:
     return _INDEX_CACHE[key]
 
 
-def _hash32_into(out: torch.Tensor, tmp: torch.Tensor, key: int) -> torch.Tensor:
+def _hash32_into(out: torch.Tensor, tmp: torch.Tensor, key: int | torch.Tensor) -> torch.Tensor:
     """Hash the voxel indices 0..n-1 with a 32-bit key into int32 bits, in place in ``out`` (lowbias32-like).
 
+    ``key`` is a Python int, or an int32 tensor [B, 1] of keys (one per row of ``out`` [B, n]).
     int32 multiplication wraps modulo 2**32 on CPU and CUDA; right shifts are masked to be logical.
     """
-    torch.add(_scaled_index(out.numel(), out.device), _i32(key), out=out)
+    if isinstance(key, torch.Tensor):
+        torch.add(_scaled_index(out.shape[-1], out.device), key, out=out)
+    else:
+        torch.add(_scaled_index(out.numel(), out.device).view(out.shape), _i32(key), out=out)
     for m, s in ((_M2, 16), (_M3, 15), (_M1, 16)):
         torch.bitwise_right_shift(out, s, out=tmp)
         tmp.bitwise_and_((1 << (32 - s)) - 1)
@@ -166,22 +176,28 @@ def hash_bits(seed: int, stream: int, n: int, device) -> torch.Tensor:
     return _hash32_into(out, torch.empty_like(out), mix_key(seed, stream))
 
 
-def gaussian_into(out: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
-    """Fill a flat float32 tensor with approximately standard-normal values from (seed, stream, index).
+def key_tensor(seeds: Sequence[int], stream: int) -> np.ndarray:
+    """int32 [B, 1] hash keys of (seed, stream) per sample (host side, to upload with the batch)."""
+    return np.array([[_i32(mix_key(int(s), stream))] for s in seeds], dtype=np.int32).reshape(-1, 1)
 
+
+def gaussian_into(out: torch.Tensor, seed: int | torch.Tensor, stream: int = 0) -> torch.Tensor:
+    """Fill a float32 tensor with approximately standard-normal values from (seed, stream, index).
+
+    ``seed`` is a sample seed (``out`` flat), or an int32 tensor [B, 1] of keys from :func:`key_tensor`
+    (``out`` [B, n], each row from its own key; ``stream`` is then already in the keys).
     Each value is the centred, scaled sum of the four bytes of the voxel's 32-bit hash (Irwin-Hall with
     4 terms, 1021 levels, tails bounded at about +-3.46 std: harmless for image noise).
     """
-    n = out.numel()
-    h = torch.empty(n, dtype=torch.int32, device=out.device)
+    h = torch.empty(out.shape, dtype=torch.int32, device=out.device)
     tmp = torch.empty_like(h)
-    _hash32_into(h, tmp, mix_key(seed, stream))
+    _hash32_into(h, tmp, seed if isinstance(seed, torch.Tensor) else mix_key(seed, stream))
     torch.bitwise_right_shift(h, 8, out=tmp)
     tmp.bitwise_and_(0x00FF00FF)
     h.bitwise_and_(0x00FF00FF).add_(tmp)  # two 16-bit lanes, each the sum of two bytes (<= 510)
     torch.bitwise_right_shift(h, 16, out=tmp)
     h.bitwise_and_(0xFFFF).add_(tmp).sub_(510)  # sum of the four bytes minus its mean
-    return out.copy_(h.view(out.shape)).mul_(1.0 / math.sqrt(4.0 * (256.0**2 - 1.0) / 12.0))
+    return out.copy_(h).mul_(1.0 / math.sqrt(4.0 * (256.0**2 - 1.0) / 12.0))
 
 
 def hash_gaussian(seeds: Sequence[int], stream: int, shape: tuple[int, ...], device) -> torch.Tensor:
@@ -190,14 +206,16 @@ def hash_gaussian(seeds: Sequence[int], stream: int, shape: tuple[int, ...], dev
     The values depend only on (seed, stream, voxel index): identical on CPU and CUDA, for any batch size.
     """
     out = torch.empty((len(seeds), int(np.prod(shape))), dtype=torch.float32, device=device)
-    for b, seed in enumerate(seeds):
-        gaussian_into(out[b], seed, stream)
+    gaussian_into(out, torch.as_tensor(key_tensor(seeds, stream), device=device))
     return out.view(len(seeds), *shape)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Application
 # ----------------------------------------------------------------------------------------------------
+
+BLUR_RADIUS = 3  # blur taps reach at least this far (the default ranges' largest sigma, 1 voxel: ceil(3 sigma))
+
 
 def _blur_taps(sigma: float) -> np.ndarray:
     """Normalised 1-D Gaussian taps of radius ceil(3 sigma)."""
@@ -207,30 +225,38 @@ def _blur_taps(sigma: float) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-def _blur_one(x: torch.Tensor, taps: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur of one volume [X, Y, Z] by shifted sums (replicate borders).
+def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of volumes [B, X, Y, Z] by shifted sums (replicate borders), taps [B, 2r+1]
+    per sample (zero-padded to a common radius: a zero tap adds nothing).
 
     Multiplications and additions are separate elementwise ops (no fused multiply-add), so the result
     is the same for any thread count or batch composition.
     """
-    r = len(taps) // 2
+    B = x.shape[0]
+    r = taps.shape[1] // 2
+    w = [taps[:, i].view(B, 1, 1, 1) for i in range(taps.shape[1])]
     tmp = torch.empty_like(x)
-    for d in range(3):
+    for d in (1, 2, 3):
         n = x.shape[d]
-        out = x * float(taps[r])
+        out = x * w[r]
         for s in range(1, r + 1):
             k = min(s, n)
-            for w, fwd in ((float(taps[r - s]), True), (float(taps[r + s]), False)):
+            for wt, fwd in ((w[r - s], True), (w[r + s], False)):
                 # fwd: out[i] += w * x[i - s] (x[0] beyond the border); else out[i] += w * x[i + s]
                 src, dst = (x.narrow(d, 0, n - k), out.narrow(d, k, n - k)) if fwd else \
                     (x.narrow(d, k, n - k), out.narrow(d, 0, n - k))
                 t = tmp.narrow(d, 0, n - k)
-                torch.mul(src, w, out=t)
+                torch.mul(src, wt, out=t)
                 dst.add_(t)
                 edge = x.narrow(d, 0, 1) if fwd else x.narrow(d, n - 1, 1)
-                (out.narrow(d, 0, k) if fwd else out.narrow(d, n - k, k)).add_(edge * w)
+                (out.narrow(d, 0, k) if fwd else out.narrow(d, n - k, k)).add_(edge * wt)
         x = out
     return x
+
+
+def _blur_one(x: torch.Tensor, taps: np.ndarray) -> torch.Tensor:
+    """:func:`_blur` of one volume [X, Y, Z] with numpy taps."""
+    return _blur(x[None], torch.as_tensor(taps, device=x.device)[None])[0]
 
 
 def _lerp_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -241,60 +267,145 @@ def _lerp_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return i0, (1.0 - w1), w1
 
 
-def upsample_separable(grid: np.ndarray, shape: tuple[int, int, int], device) -> torch.Tensor:
-    """Trilinear upsampling (align_corners) of a small grid to ``shape`` as a torch tensor on ``device``.
-
-    Y and Z are interpolated in numpy on the small grid; X in torch with two row gathers, two products
-    and one sum per voxel (exact elementwise ops: the same bytes for any batch or thread count).
-    """
+def upsample_yz(grid: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Host half of :func:`upsample_separable`: Y and Z interpolated in numpy on the small grid (float32)."""
     g = np.asarray(grid, np.float64)
     for axis in (2, 1):
         i0, w0, w1 = _lerp_weights(g.shape[axis], shape[axis])
         sh = [1, 1, 1]
         sh[axis] = -1
         g = np.take(g, i0, axis=axis) * w0.reshape(sh) + np.take(g, i0 + 1, axis=axis) * w1.reshape(sh)
-    i0, w0, w1 = _lerp_weights(g.shape[0], shape[0])
-    gt = torch.as_tensor(g.astype(np.float32), device=device)
-    idx = torch.as_tensor(i0, device=device)
-    a = gt.index_select(0, idx).mul_(torch.as_tensor(w0.astype(np.float32), device=device).view(-1, 1, 1))
-    b = gt.index_select(0, idx + 1).mul_(torch.as_tensor(w1.astype(np.float32), device=device).view(-1, 1, 1))
+    return g.astype(np.float32)
+
+
+def x_weights(n_in: int, n_out: int) -> dict[str, np.ndarray]:
+    """Host arrays of the X pass of :func:`upsample_x` (float32, to upload with the batch)."""
+    i0, w0, w1 = _lerp_weights(n_in, n_out)
+    return {"i0": i0.astype(np.float32), "w0": w0.astype(np.float32), "w1": w1.astype(np.float32)}
+
+
+def upsample_x(g: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Device half: X interpolation of [B, gx, Y, Z] with two row gathers, two products and one sum per
+    voxel (exact elementwise ops: the same bytes for any batch or thread count)."""
+    idx = w["i0"].long()
+    a = g.index_select(1, idx).mul_(w["w0"].view(1, -1, 1, 1))
+    b = g.index_select(1, idx + 1).mul_(w["w1"].view(1, -1, 1, 1))
     return a.add_(b)
 
 
+def upsample_separable(grid: np.ndarray, shape: tuple[int, int, int], device) -> torch.Tensor:
+    """Trilinear upsampling (align_corners) of a small grid to ``shape`` as a torch tensor on ``device``.
+
+    Y and Z are interpolated in numpy on the small grid; X in torch (see :func:`upsample_x`).
+    """
+    g = torch.as_tensor(upsample_yz(grid, shape), device=device)[None]
+    w = {k: torch.as_tensor(v, device=device) for k, v in x_weights(grid.shape[0], shape[0]).items()}
+    return upsample_x(g, w)[0]
+
+
+def _rescale_gamma(x: torch.Tensor, rescale: torch.Tensor, gamma_on: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Per sample of x [B, ...]: min-max rescale to [0, 1] where ``rescale`` and a gamma table (nearest of
+    GAMMA_KNOTS entries, ``lut`` [B, K]) where ``gamma_on``; others pass unchanged ((x - 0) * 1)."""
+    B = x.shape[0]
+    flat = x.reshape(B, -1)
+    view = (B,) + (1,) * (x.dim() - 1)
+    lo = torch.where(rescale, flat.amin(1), 0.0)
+    scale = torch.where(rescale, 1.0 / torch.clamp(flat.amax(1) - lo, min=1e-6), 1.0)
+    plain = (x - lo.view(view)).mul_(scale.view(view))
+    if lut is None:
+        return plain
+    t = (x - lo.view(view)).mul_((scale * float(GAMMA_KNOTS - 1)).view(view)).add_(0.5)
+    t = t.clamp_(0.0, float(GAMMA_KNOTS - 1)).long()
+    mapped = lut.gather(1, t.reshape(B, -1)).view(x.shape)
+    return torch.where(gamma_on.view(view), mapped, plain)
+
+
+def _gamma_table(gamma: float) -> np.ndarray:
+    return (np.linspace(0.0, 1.0, GAMMA_KNOTS) ** gamma).astype(np.float32)
+
+
 def _rescale_gamma_(x: torch.Tensor, rescale: bool, gamma: float) -> None:
-    """In place: min-max rescale to [0, 1] and/or gamma through a 4096-entry table (nearest entry)."""
-    if rescale:
-        lo, hi = x.amin(), x.amax()
-        scale = 1.0 / torch.clamp(hi - lo, min=1e-6)
+    """In place, one volume: min-max rescale to [0, 1] and/or gamma through the table (nearest entry)."""
+    dev = x.device
+    y = _rescale_gamma(x[None], torch.tensor([rescale], device=dev), torch.tensor([gamma != 1.0], device=dev),
+                       torch.as_tensor(_gamma_table(gamma), device=dev)[None])
+    x.copy_(y[0])
+
+
+def pack_artefacts(params: Sequence[ArtefactParams], shape: tuple[int, int, int],
+                   minimal: bool = False) -> dict[str, np.ndarray] | None:
+    """Host arrays of a batch's artefacts (None when no sample has any): every step is then applied to
+    every sample, with an exact identity where a sample does not use it, so the kernels do not depend
+    on the samples drawn. ``minimal`` leaves out the steps no sample uses (fewer kernels, but the
+    kernels then depend on the draws: for the CPU's sample-by-sample path)."""
+    params = list(params)
+    if not any(p.blur_sigma > 0 or p.bias is not None or p.noise_std > 0 or p.rescale or p.gamma != 1.0
+               for p in params):
+        return None
+    if minimal:
+        out = pack_artefacts(params, shape)
+        for key, used in (("blur", any(p.blur_sigma > 0 for p in params)),
+                          ("bias", any(p.bias is not None for p in params)),
+                          ("noise", any(p.noise_std > 0 for p in params)),
+                          ("gamma", any(p.gamma != 1.0 for p in params))):
+            if not used:
+                out = {k: v for k, v in out.items() if not k.startswith(key)}
+        return out
+    B = len(params)
+    taps = [_blur_taps(p.blur_sigma) if p.blur_sigma > 0 else None for p in params]
+    r = max([BLUR_RADIUS] + [len(t) // 2 for t in taps if t is not None])
+    blur = np.zeros((B, 2 * r + 1), np.float32)
+    bias = np.ones((B, BIAS_GRID, shape[1], shape[2]), np.float32)
+    for b, (p, t) in enumerate(zip(params, taps)):
+        if t is not None:
+            blur[b, r - len(t) // 2: r + len(t) // 2 + 1] = t
+        if p.bias is not None:
+            bias[b] = upsample_yz(p.bias, shape)
+    out = {
+        "blur_taps": blur,
+        "blur_on": np.array([t is not None for t in taps], np.float32),
+        "bias": bias,
+        "bias_on": np.array([p.bias is not None for p in params], np.float32),
+        "noise_key": key_tensor([p.seed for p in params], NOISE_STREAM),
+        "noise_std": np.array([p.noise_std for p in params], np.float32),
+        "rescale": np.array([p.rescale for p in params], np.float32),
+        "gamma_on": np.array([p.gamma != 1.0 for p in params], np.float32),
+        "gamma_lut": np.stack([_gamma_table(p.gamma) for p in params]),
+    }
+    out.update({f"bias_{k}": v for k, v in x_weights(BIAS_GRID, shape[0]).items()})
+    return out
+
+
+def apply_packed_artefacts_(img: torch.Tensor, a: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Apply packed artefacts (device views of :func:`pack_artefacts`) to img [B, X, Y, Z] in place, in
+    the fixed order blur -> bias -> noise -> rescale/gamma -> clamp; no host synchronisation."""
+    B = img.shape[0]
+    view = (B, 1, 1, 1)
+    x = img
+    if "blur_taps" in a:
+        x = torch.where(a["blur_on"].view(view) > 0, _blur(img, a["blur_taps"]), img)
+    if "bias" in a:
+        field = upsample_x(a["bias"], {k: a[f"bias_{k}"] for k in ("i0", "w0", "w1")})
+        x = torch.where(a["bias_on"].view(view) > 0, x * field, x)
+    if "noise_key" in a:
+        z = torch.empty((B, x[0].numel()), dtype=torch.float32, device=img.device)
+        gaussian_into(z, a["noise_key"])
+        x = x.add(z.view(x.shape).mul_(a["noise_std"].view(view)))
+    if "gamma_lut" in a:
+        x = _rescale_gamma(x, a["rescale"] > 0, a["gamma_on"] > 0, a["gamma_lut"])
     else:
-        lo = torch.zeros((), device=x.device)
-        scale = torch.ones((), device=x.device)
-    if gamma == 1.0:
-        x.sub_(lo).mul_(scale)
-        return
-    lut = torch.as_tensor((np.linspace(0.0, 1.0, GAMMA_KNOTS) ** gamma).astype(np.float32), device=x.device)
-    t = (x - lo).mul_(scale * float(GAMMA_KNOTS - 1)).add_(0.5).clamp_(0.0, float(GAMMA_KNOTS - 1))
-    x.copy_(lut[t.long()])
+        x = _rescale_gamma(x, a["rescale"] > 0, None, None)
+    return img.copy_(x).clamp_(0.0, 1.0)
 
 
 def apply_artefacts_(img: torch.Tensor, params: Sequence[ArtefactParams]) -> torch.Tensor:
     """Apply each sample's artefacts to img [B, X, Y, Z] (float32) in place; returns img, clamped to [0, 1].
 
-    Each sample is processed on its own with the steps it uses (never an identity step), so its bytes
-    do not depend on the other samples of the batch.
+    Each sample's bytes depend only on its own parameters (never on the other samples of the batch).
     """
-    shape = tuple(img.shape[1:])
-    n = int(np.prod(shape))
-    for b, p in enumerate(params):
-        x = img[b]
-        if p.blur_sigma > 0:
-            x.copy_(_blur_one(x, _blur_taps(p.blur_sigma)))
-        if p.bias is not None:
-            x.mul_(upsample_separable(p.bias, shape, img.device))
-        if p.noise_std > 0:
-            z = torch.empty(n, dtype=torch.float32, device=img.device)
-            gaussian_into(z, p.seed, NOISE_STREAM)
-            x.add_(z.view(shape).mul_(p.noise_std))
-        if p.rescale or p.gamma != 1.0:
-            _rescale_gamma_(x, p.rescale, p.gamma)
-    return img.clamp_(0.0, 1.0)
+    from anatosynth.synth.raster import upload
+
+    packed = pack_artefacts(params, tuple(img.shape[1:]))
+    if packed is None:
+        return img.clamp_(0.0, 1.0)
+    return apply_packed_artefacts_(img, upload(packed, img.device))

@@ -19,7 +19,7 @@ per-voxel bitmask of painted organs makes the forbidden-overlap count exact at p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
 from anatosynth.synth.config import MODES, SynthConfig
 from anatosynth.synth.placement import BodyModel, Layout, OrganPlacement
-from anatosynth.synth.warp import pad_mask, warp_sample
 
 __all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "MODES", "resolve_device"]
 
@@ -67,19 +66,26 @@ class SampleParams:
     primitives: Any = None
 
 
-@dataclass
 class SynthBatch:
     """A batch of synthetic patches.
 
     Attributes:
         image: float32 [B, 1, X, Y, Z] in [0, 1].
         label: int64 [B, X, Y, Z]; 0 background, 1..C bank organs (or primitive classes).
-        logs: one JSON-serialisable placement log per sample.
+        logs: one JSON-serialisable placement log per sample. Built on first access from counts kept on
+            the device (one read back per batch), so a training step that never looks costs no sync.
     """
 
-    image: torch.Tensor
-    label: torch.Tensor
-    logs: list[dict]
+    def __init__(self, image: torch.Tensor, label: torch.Tensor, logs: list[dict] | Callable[[], list[dict]]):
+        self.image = image
+        self.label = label
+        self._logs = logs
+
+    @property
+    def logs(self) -> list[dict]:
+        if callable(self._logs):
+            self._logs = self._logs()
+        return self._logs
 
 
 class SyntheticStream:
@@ -113,7 +119,7 @@ class SyntheticStream:
             self.class_names = list(bank.class_names)
             self.spacing = tuple(float(v) for v in bank.spacing)
         self.num_classes = len(self.class_names)
-        self._device_cache: dict[str, dict] = {}
+        self._raster = None
         self._layouts: dict[int, Layout] = {}
 
     # ---- step 1: draw ---------------------------------------------------------------------
@@ -166,16 +172,74 @@ class SyntheticStream:
         return centre - half
 
     # ---- step 2: apply --------------------------------------------------------------------
-    def apply(self, params: Sequence[SampleParams], device: str | torch.device = "cpu") -> SynthBatch:
-        """Deterministic, batched: labels then images for drawn samples, on ``device``."""
-        from anatosynth.synth.render import apply_render
+    def apply(self, params: Sequence[SampleParams], device: str | torch.device = "cpu",
+              batched: bool | None = None) -> SynthBatch:
+        """Deterministic, batched: labels then images for drawn samples, on ``device``.
+
+        A tensor program: no host synchronisation, kernels independent of the batch size (see
+        :mod:`anatosynth.synth.raster`); the logs are read back only when ``SynthBatch.logs`` is used.
+        ``batched`` (default: on CUDA) rasterises all samples in one program; otherwise (default on the
+        CPU, where kernel launches are cheap but the padding of the organ boxes to the batch's largest
+        window is not) each sample's organs are rasterised by the same program on their own. The bytes
+        are the same either way."""
+        from anatosynth.synth.raster import upload
+        from anatosynth.synth.render import pack_render, render_packed
         dev = resolve_device(device)
         params = list(params)
         if not params:
             raise ConfigError("apply needs at least one sample")
-        label, logs = self.labels(params, dev)
-        image = apply_render(label, [p.render for p in params])
+        batched = dev.type == "cuda" if batched is None else batched
+        # every per-sample parameter of the batch goes to the device in one packed copy
+        groups = [params] if batched else [[p] for p in params]
+        arrays, metas = {}, []
+        for g, group in enumerate(groups):
+            a, meta = pack_render([p.render for p in group], self.patch, minimal=not batched)
+            arrays.update({f"render{g}_{k}": v for k, v in a.items()})
+            metas.append(meta)
+        label_arrays, paint = self._pack_labels(params, batched)
+        arrays.update(label_arrays)
+        packed = upload(arrays, dev)
+        label, logs = paint(packed, dev)
+        images, b = [], 0
+        for g, group in enumerate(groups):
+            pre = f"render{g}_"
+            tables = {k[len(pre):]: v for k, v in packed.items() if k.startswith(pre)}
+            images.append(render_packed(label[b:b + len(group)], tables, metas[g]))
+            b += len(group)
+        image = images[0] if len(images) == 1 else torch.cat(images)
         return SynthBatch(image=image, label=label, logs=logs)
+
+    def _pack_labels(self, params: list[SampleParams], batched: bool):
+        """Host arrays of the label program, and the device step ``paint(packed, dev) -> (label, logs thunk)``."""
+        groups = [params] if batched else [[p] for p in params]
+        if self.body is None:
+            from anatosynth.synth.primitives import pack_primitives, paint_primitives
+            arrays, boxes = {}, []
+            for g, group in enumerate(groups):
+                prim, b = pack_primitives([p.primitives for p in group], self.patch)
+                arrays.update({f"prim{g}_{k}": v for k, v in prim.items()})
+                boxes.append(b)
+
+            def paint(packed, dev):
+                labels = []
+                for g, group in enumerate(groups):
+                    pre = f"prim{g}_"
+                    labels.append(paint_primitives({k[len(pre):]: v for k, v in packed.items() if k.startswith(pre)},
+                                                   boxes[g], self.patch, len(group), dev))
+                label = labels[0] if len(labels) == 1 else torch.cat(labels)
+                return label, lambda: self._primitive_logs(params, label)
+            return arrays, paint
+        arrays, boxes = {}, []
+        for g, group in enumerate(groups):
+            arrays[f"rows{g}"], b = self.raster.pack(group)
+            boxes.append(b)
+
+        def paint(packed, dev):
+            out = [self.raster.paint(packed[f"rows{g}"], boxes[g], dev) for g in range(len(groups))]
+            label = out[0][0] if len(out) == 1 else torch.cat([o[0] for o in out])
+            counts = out[0][1] if len(out) == 1 else torch.cat([o[1] for o in out], 1)
+            return label, lambda: self._logs(params, counts)
+        return arrays, paint
 
     def batch(self, indices: Sequence[int], device: str | torch.device = "cpu") -> SynthBatch:
         """``apply([draw(i) for i in indices], device)``."""
@@ -183,95 +247,47 @@ class SyntheticStream:
 
     def labels(self, params: Sequence[SampleParams], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[dict]]:
         """Label maps [B, X, Y, Z] int64 and placement logs (no rendering)."""
-        dev = resolve_device(device)
-        if self.body is None:
-            from anatosynth.synth.primitives import apply_primitives
-            label = apply_primitives([p.primitives for p in params], self.patch, device=dev).to(torch.int64)
-            logs = [self._primitive_log(p, label[b]) for b, p in enumerate(params)]
-            return label, logs
-        maps, logs = [], []
-        for p in params:
-            lab, stats = self._rasterise(p, dev)
-            maps.append(lab)
-            logs.append(self._log(p, stats))
-        return torch.stack(maps), logs
+        label, logs = self._labels(list(params), resolve_device(device))
+        return label, logs()
 
-    # ---- rasterising ----------------------------------------------------------------------
-    def _cache(self, dev: torch.device) -> dict:
-        """Per-device tensors: padded float masks, elastic domains and the forbidden bitmasks."""
-        key = str(dev)
-        if key not in self._device_cache:
-            masks = [[pad_mask(s.mask, dev) for s in o.shapes] for o in self.bank.organs]
-            bits = torch.from_numpy(self.body.bits.view(np.int64)).to(dev)
-            forbidden = torch.from_numpy(self.body.forbidden_bits.view(np.int64)).to(dev)
-            self._device_cache[key] = {"masks": masks, "bits": bits, "forbidden": forbidden}
-        return self._device_cache[key]
+    def _labels(self, params: list[SampleParams], dev: torch.device) -> tuple[torch.Tensor, Callable[[], list[dict]]]:
+        """Label maps and a thunk that builds the logs (reading the device counts back once)."""
+        from anatosynth.synth.raster import upload
+        arrays, paint = self._pack_labels(params, dev.type == "cuda")
+        return paint(upload(arrays, dev), dev)
 
-    def _window_of(self, p: SampleParams, pl: OrganPlacement) -> tuple[np.ndarray, np.ndarray] | None:
-        """Patch index range [lo, hi) covered by the organ's bounding box, or None if disjoint."""
-        sp = np.asarray(self.spacing)
-        lo = np.maximum(np.ceil((pl.bbox_mm[0] - p.origin_mm) / sp - 1e-6).astype(int), 0)
-        hi = np.minimum(np.floor((pl.bbox_mm[1] - p.origin_mm) / sp + 1e-6).astype(int) + 1, self.patch)
-        return None if np.any(hi <= lo) else (lo, hi)
+    @property
+    def raster(self):
+        """The batched rasteriser of this stream (built on first use)."""
+        if getattr(self, "_raster", None) is None:
+            from anatosynth.synth.raster import Rasteriser
+            self._raster = Rasteriser(self.body, self.patch, self.config.max_carve)
+        return self._raster
 
     def organ_mask(self, p: SampleParams, pl: OrganPlacement,
                    dev: torch.device) -> tuple[tuple[slice, ...], torch.Tensor] | None:
-        """One placed organ warped into the patch: (patch window, bool mask), or None outside the patch."""
-        win = self._window_of(p, pl)
-        if win is None:
-            return None
-        lo, hi = win
-        g = self.body.geometry[pl.organ][pl.shape]
-        sp = np.asarray(self.spacing)
-        rel = [p.origin_mm[a] - pl.centre_mm[a] + np.arange(lo[a], hi[a]) * sp[a] for a in range(3)]
-        mask = self._cache(dev)["masks"][pl.organ][pl.shape]
-        value = warp_sample(mask, g.lo_mm, g.span_mm, sp, rel, pl.matrix, pl.elastic)
-        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), value > 0.5
+        """One placed organ warped into the patch on its own (the rasteriser's geometry): (patch window,
+        bool mask), or None outside the patch."""
+        return self.raster.organ_mask(p, pl, dev)
 
-    def _rasterise(self, p: SampleParams, dev: torch.device) -> tuple[torch.Tensor, list]:
-        """One sample's label map and, per organ met: (placement, clash voxels of a dropped organ, kept
-        voxels, forbidden voxels added, carved voxels). An organ whose patch-resolution mask meets a
-        painted organ it may not overlap loses those voxels if they are at most ``max_carve`` of its
-        voxels in the patch; otherwise it is not painted (the log records it as dropped)."""
-        cache = self._cache(dev)
-        label = torch.zeros(self.patch, dtype=torch.int64, device=dev)
-        words = cache["bits"].shape[1]
-        occ = torch.zeros((words,) + tuple(self.patch), dtype=torch.int64, device=dev)
-        stats = []
-        for pl in p.placed:
-            got = self.organ_mask(p, pl, dev)
-            if got is None:
-                continue
-            window, mask = got
-            clash = torch.zeros_like(mask)
-            for w in range(words):
-                clash |= (occ[(w,) + window] & cache["forbidden"][pl.organ, w]) != 0
-            clash &= mask
-            n_clash = clash.sum()
-            # a small clash is carved away (the organ yields to the painted one); a larger one drops it
-            yields = n_clash <= self.config.max_carve * mask.sum()
-            keep = mask & ~clash & yields
-            lab = label[window]
-            lab.copy_(torch.where(keep, pl.organ + 1, lab))
-            w = pl.organ // 64
-            o = occ[(w,) + window]
-            o.copy_(torch.where(keep, o | cache["bits"][pl.organ, w], o))
-            # forbidden voxels this organ adds to the painted patch: zero by construction, counted anyway
-            stats.append((pl, n_clash * ~yields, keep.sum(), (clash & keep).sum(), n_clash * yields))
-        if not stats:
-            return label, []
-        counts = torch.stack([torch.stack(s[1:]) for s in stats]).cpu().numpy()
-        return label, [(s[0], int(c), int(k), int(f), int(v)) for s, (c, k, f, v) in zip(stats, counts)]
+    def _logs(self, params: list[SampleParams], counts: torch.Tensor) -> list[dict]:
+        order = self.raster.order
+        counts = counts.cpu().numpy()  # [organs, B, 4]: the one read back of the batch
+        logs = []
+        for b, p in enumerate(params):
+            stats = {order[k]: tuple(int(v) for v in counts[k, b]) for k in range(len(order))}
+            logs.append(self._log(p, stats))
+        return logs
 
     # ---- logs -----------------------------------------------------------------------------
     def _log(self, p: SampleParams, stats: list) -> dict:
         """The placement log: organs placed (with position, anchor distance, voxels in the patch),
         organs dropped (with reason), and the forbidden-overlap voxel count of the painted patch."""
         organs = self.bank.organs
-        in_patch = {id(pl): (c, k, v) for pl, c, k, _, v in stats}
+        in_patch = {o: (c, k, v) for o, (c, k, _, v) in stats.items()}
         placed, dropped = [], [dict(d) for d in p.dropped]
         for pl in p.placed:
-            clash, voxels, carved = in_patch.get(id(pl), (0, 0, 0))
+            clash, voxels, carved = in_patch.get(pl.organ, (0, 0, 0))
             if clash:
                 dropped.append({"organ": organs[pl.organ].name, "reason":
                                 f"forbidden overlap at patch resolution ({clash} voxels)"})
@@ -287,13 +303,19 @@ class SyntheticStream:
                 "placed": placed, "dropped": dropped,
                 "organs_placed": len(placed),
                 "organs_in_patch": sum(1 for d in placed if d["voxels_in_patch"] > 0),
-                "forbidden_overlap_voxels": int(sum(f for _, _, _, f, _ in stats)),
+                "forbidden_overlap_voxels": int(sum(f for _, _, f, _ in stats.values())),
                 "anchor_distance_mm": {d["organ"]: d["anchor_distance_mm"] for d in placed}}
 
-    def _primitive_log(self, p: SampleParams, label: torch.Tensor) -> dict:
-        present = torch.unique(label).cpu().tolist()
-        return {"index": p.index, "seed": self.seed, "mode": "primitives", "placed":
-                [{"organ": self.class_names[c], "label": int(c)} for c in present if c],
-                "dropped": [], "organs_placed": sum(1 for c in present if c),
-                "organs_in_patch": sum(1 for c in present if c),
-                "forbidden_overlap_voxels": 0, "anchor_distance_mm": {}}
+    def _primitive_logs(self, params: list[SampleParams], label: torch.Tensor) -> list[dict]:
+        """Primitive logs: the classes present in each patch (one read back of a [B, C] table)."""
+        B = label.shape[0]
+        present = torch.zeros((B, self.num_classes), dtype=torch.bool, device=label.device)
+        present.scatter_(1, label.reshape(B, -1), True)
+        logs = []
+        for p, row in zip(params, present.cpu().numpy()):
+            classes = [int(c) for c in np.flatnonzero(row) if c]
+            logs.append({"index": p.index, "seed": self.seed, "mode": "primitives", "placed":
+                         [{"organ": self.class_names[c], "label": c} for c in classes],
+                         "dropped": [], "organs_placed": len(classes), "organs_in_patch": len(classes),
+                         "forbidden_overlap_voxels": 0, "anchor_distance_mm": {}})
+        return logs

@@ -33,6 +33,8 @@ __all__ = [
     "PrimitiveParams",
     "draw_primitive_params",
     "apply_primitives",
+    "pack_primitives",
+    "paint_primitives",
     "primitive_contours",
     "object_mask",
 ]
@@ -229,6 +231,89 @@ def draw_primitive_params(
     return PrimitiveParams(patch=patch, objects=placed, dropped=dropped)  # type: ignore[arg-type]
 
 
+def pack_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], list]:
+    """Host arrays of a batch's objects, slot by slot (slot k = each sample's k-th object in painting
+    order; a sample with fewer objects leaves it empty), and each slot's box (the batch's largest object
+    in that slot). The number of slots is the objects drawn per sample, so it does not depend on the batch.
+
+    Raises:
+        ConfigError: a sample was drawn for another patch size.
+    """
+    for b, p in enumerate(params):
+        if tuple(p.patch) != tuple(patch):
+            raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {tuple(patch)}")
+    B = len(params)
+    slots = max(len(p.objects) + p.dropped for p in params)
+    arrays, boxes = {}, []
+    for k in range(slots):
+        objs = [p.objects[k] if k < len(p.objects) else None for p in params]
+        side = max([o.base.shape[0] for o in objs if o is not None] + [1])
+        height = max([o.index.shape[0] for o in objs if o is not None] + [1])
+        base = np.zeros((B, side, side), np.float32)
+        index = np.full((B, height, side), -1, np.int32)
+        info = np.zeros((B, 4), np.float32)  # origin (3), label (0 = empty slot)
+        for b, o in enumerate(objs):
+            if o is None:
+                continue
+            s, h = o.base.shape[0], o.index.shape[0]
+            base[b, :s, :s] = o.base
+            index[b, :h, :s] = o.index
+            info[b] = (*o.origin, o.label)
+        arrays.update({f"base{k}": base, f"index{k}": index, f"info{k}": info})
+        boxes.append((side, height))
+    return arrays, boxes
+
+
+def paint_primitives(a: dict[str, torch.Tensor], boxes: list, patch: tuple[int, int, int], batch: int,
+                     device) -> torch.Tensor:
+    """Device side: int64 labels [B, X, Y, Z], one batched step per slot (later object wins).
+
+    A slot's masks are gathered from the padded cross-sections and per-slice index maps, then written
+    through flat voxel indices; voxels outside an object go to one extra "dump" entry (no compaction)."""
+    X, Y, Z = patch
+    B = batch
+    N = B * X * Y * Z
+    out = torch.zeros(N + 1, dtype=torch.int64, device=device)
+    dump = torch.full((), N, dtype=torch.int64, device=device)
+    b_base = torch.arange(B, device=device).mul_(X * Y * Z).view(B, 1, 1, 1)
+    for k, (side, height) in enumerate(boxes):
+        base = a[f"base{k}"].reshape(B, side * side)
+        info = a[f"info{k}"].long()
+        idx = a[f"index{k}"].long().transpose(1, 2).clone(memory_format=torch.contiguous_format)  # [B, S, H]
+        valid = idx >= 0
+        safe = idx.clamp(min=0)
+        # [B, S(x), S(y), H(z)]: voxel (i, j, h) shows base[safe[i, h], safe[j, h]]
+        flat = safe[:, :, None, :] * side + safe[:, None, :, :]
+        m = base.gather(1, flat.view(B, -1)).view(B, side, side, height) > 0
+        m &= valid[:, :, None, :] & valid[:, None, :, :]
+        r = [torch.arange(n, device=device) for n in (side, side, height)]
+        x = info[:, 0, None] + r[0]
+        y = info[:, 1, None] + r[1]
+        z = info[:, 2, None] + r[2]
+        inside = [(x < X), (y < Y), (z < Z)]
+        m &= inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+        target = (b_base + (x * (Y * Z))[:, :, None, None]) + (y * Z)[:, None, :, None]
+        target = target + z[:, None, None, :]
+        target = torch.where(m, target, dump)
+        out.index_put_((target,), info[:, 3].view(B, 1, 1, 1))
+    return out[:N].view(B, X, Y, Z)
+
+
+def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int], device="cpu") -> torch.Tensor:
+    """Paint each sample's objects into an int64 label batch [B, X, Y, Z] on ``device`` (later object wins).
+
+    Raises:
+        ConfigError: a sample was drawn for another patch size.
+    """
+    from anatosynth.synth.raster import upload
+
+    patch = tuple(int(v) for v in patch)  # type: ignore[assignment]
+    params = list(params)
+    arrays, boxes = pack_primitives(params, patch)
+    dev = torch.device(device)
+    return paint_primitives(upload(arrays, dev), boxes, patch, len(params), dev)
+
+
 def _object_mask(obj, device) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
     """An object's filled mask (H, S, S), slice by slice from its cross-section and height profile, and
     the box it occupies in the patch."""
@@ -239,23 +324,6 @@ def _object_mask(obj, device) -> tuple[torch.Tensor, tuple[slice, slice, slice]]
     m = base[safe[:, :, None], safe[:, None, :]] & valid[:, :, None] & valid[:, None, :]
     box = tuple(slice(o, o + n) for o, n in zip(obj.origin, obj.size))
     return m, box  # type: ignore[return-value]
-
-
-def apply_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int], device="cpu") -> torch.Tensor:
-    """Paint each sample's objects into an int64 label batch [B, X, Y, Z] on ``device`` (later object wins).
-
-    Raises:
-        ConfigError: a sample was drawn for another patch size.
-    """
-    patch = tuple(int(v) for v in patch)  # type: ignore[assignment]
-    out = torch.zeros((len(params), *patch), dtype=torch.int64, device=device)
-    for b, p in enumerate(params):
-        if tuple(p.patch) != patch:
-            raise ConfigError(f"sample {b} was drawn for patch {tuple(p.patch)}, not {patch}")
-        for obj in p.objects:
-            m, box = _object_mask(obj, device)
-            out[b][box].masked_fill_(m.permute(1, 2, 0), obj.label)
-    return out
 
 
 def _inplane_ring(mask: torch.Tensor, width: int) -> torch.Tensor:

@@ -34,10 +34,14 @@ from anatosynth.synth.artefacts import (
     NO_ARTEFACTS,
     ArtefactParams,
     ArtefactRanges,
-    apply_artefacts_,
+    apply_packed_artefacts_,
     draw_artefacts,
     gaussian_into,
-    upsample_separable,
+    key_tensor,
+    pack_artefacts,
+    upsample_x,
+    upsample_yz,
+    x_weights,
 )
 
 __all__ = [
@@ -45,6 +49,8 @@ __all__ = [
     "RenderParams",
     "draw_render_params",
     "apply_render",
+    "pack_render",
+    "render_packed",
     "boundary_distance",
     "SHELL_THICKNESS",
     "FILL_MEAN",
@@ -212,20 +218,23 @@ def _shift_reduce(x: torch.Tensor, dims: Sequence[int], op) -> torch.Tensor:
     return x
 
 
-def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = False) -> torch.Tensor:
+def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = False,
+                      num_classes: int | None = None) -> torch.Tensor:
     """Chebyshev distance (voxels) from each voxel to the nearest voxel with a different label.
 
     Args:
         label: integer labels [B, X, Y, Z].
         max_distance: distances above this are returned as ``max_distance + 1``.
         in_plane: measure within each Z slice only (X, Y), as for per-slice contours.
+        num_classes: labels are below this (uint8 arithmetic when <= 256); default: from the dtype.
 
     Returns:
         uint8 tensor [B, X, Y, Z]; 1 means a differently labelled voxel touches this one (26- or
         8-neighbourhood). The patch border is not a boundary.
     """
     dims = (1, 2) if in_plane else (1, 2, 3)
-    lab = label.to(torch.uint8) if int(label.max()) < 256 else label.to(torch.int32)
+    narrow = label.dtype == torch.uint8 or (num_classes is not None and num_classes <= 256)
+    lab = label.to(torch.uint8) if narrow else label.to(torch.int32)
     near = _shift_reduce(lab, dims, torch.maximum) != _shift_reduce(lab, dims, torch.minimum)
     dist = torch.full(label.shape, max_distance + 1, dtype=torch.uint8, device=label.device)
     for r in range(1, max_distance + 1):
@@ -239,64 +248,140 @@ def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = F
 # Rendering
 # ----------------------------------------------------------------------------------------------------
 
-def _table(values: list[np.ndarray], cmax: int, dtype, device) -> torch.Tensor:
-    """Stack per-sample class tables into [B, cmax] (padding unused classes with 0)."""
+def _table(values: list[np.ndarray], cmax: int) -> np.ndarray:
+    """Stack per-sample class tables into float32 [B, cmax] (padding unused classes with 0)."""
     out = np.zeros((len(values), cmax), dtype=np.float64)
     for b, v in enumerate(values):
         out[b, : len(v)] = v
-    return torch.as_tensor(out, device=device).to(dtype)
+    return out.astype(np.float32)
 
 
-def _check_labels(label: torch.Tensor, params: Sequence[RenderParams]) -> None:
+def _check_labels(label: torch.Tensor, params: Sequence[RenderParams], values: bool) -> None:
+    """Shape, dtype and modes (host metadata); with ``values`` also the label range (reads the device)."""
     if label.dim() != 4 or label.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ConfigError(f"label must be an integer tensor [B, X, Y, Z], got {tuple(label.shape)} {label.dtype}")
     if label.shape[0] != len(params):
         raise ConfigError(f"{label.shape[0]} label patches but {len(params)} render params")
-    lo, hi = torch.aminmax(label.reshape(label.shape[0], -1), dim=1)
-    for b, (p, l0, l1) in enumerate(zip(params, lo.tolist(), hi.tolist())):
+    for b, p in enumerate(params):
         if p.render not in RENDERS:
             raise ConfigError(f"sample {b}: unknown render mode {p.render!r}")
+    if not values:
+        return
+    lo, hi = torch.aminmax(label.reshape(label.shape[0], -1), dim=1)
+    for b, (p, l0, l1) in enumerate(zip(params, lo.tolist(), hi.tolist())):
         if l0 < 0 or l1 >= p.num_classes:
             raise ConfigError(f"sample {b}: labels {l0}..{l1} outside 0..{p.num_classes - 1}")
 
 
-def _distances(lab: torch.Tensor, params: list[RenderParams]) -> torch.Tensor | None:
-    """Boundary distance of every sample that needs one (3-D, or in-plane for contours); others 255."""
-    dist = None
-    B = lab.shape[0]
+# how far each mode needs the boundary distance, whatever was drawn: a fixed reach keeps the kernels of
+# a batch independent of its samples (distances are exact up to the reach, so the image is the same)
+_REACH = {"shell": SHELL_THICKNESS[1], "shell+fill": SHELL_THICKNESS[1], "fill": 0,
+          "texture": TEXTURE_BAND[1] + TEXTURE_RAMP, "contour": CONTOUR_WIDTH}
+
+
+def _reach(p: RenderParams) -> int:
+    return max(p.max_distance, _REACH[p.render]) if p.max_distance > 0 else 0
+
+
+def _has_texture(p: RenderParams) -> bool:
+    return p.texture_amp is not None and bool(np.any(p.texture_amp > 0))
+
+
+def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
+                minimal: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """Host side of rendering a batch: the per-sample tables as arrays to upload (with the batch's other
+    parameters, in one copy), and the host facts that shape the program (no tensor values).
+    ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`)."""
+    params = list(params)
+    B = len(params)
+    cmax = max(p.num_classes for p in params)
+    arrays: dict[str, np.ndarray] = {
+        "values": _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax)}
+    groups = []
     for in_plane in (False, True):
-        group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and p.max_distance > 0]
-        if not group:
-            continue
-        reach = max(params[b].max_distance for b in group)
+        group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and _reach(p) > 0]
+        if group:
+            groups.append((in_plane, group, max(_reach(params[b]) for b in group)))
+    meta = {"cmax": cmax, "groups": groups, "shell": any(p.shell_thickness.any() for p in params),
+            "fill": any(np.any(p.std > 0) for p in params), "texture": any(_has_texture(p) for p in params),
+            "artefacts": False}
+    if meta["shell"]:
+        arrays["thickness"] = _table([p.shell_thickness for p in params], cmax)
+    if meta["fill"]:
+        arrays["fill_std"] = _table([np.concatenate([p.std, np.zeros_like(p.std)]) for p in params], 2 * cmax)
+        arrays["fill_key"] = key_tensor([p.seed for p in params], FILL_STREAM)
+    if meta["texture"]:
+        for j, k in enumerate(TEXTURE_SCALES):
+            small = tuple(max(2, s // k) for s in patch)
+            grids = [p.texture_grids[j] if _has_texture(p) else np.zeros(small, np.float32) for p in params]
+            arrays[f"tex{j}"] = np.stack([upsample_yz(g * TEXTURE_NORM, patch) for g in grids])
+            arrays.update({f"tex{j}_{n}": v for n, v in x_weights(small[0], patch[0]).items()})
+            arrays[f"tex{j}_w"] = _table([(p.texture_amp * p.texture_mix[:, j]).astype(np.float32)
+                                          if _has_texture(p) else np.zeros(p.num_classes) for p in params], cmax)
+        arrays["tex_band"] = np.array([p.texture_band for p in params], np.float32)
+    art = pack_artefacts([p.artefacts for p in params], patch, minimal)
+    if art is not None:
+        meta["artefacts"] = True
+        arrays.update({f"art_{k}": v for k, v in art.items()})
+    return arrays, meta
+
+
+def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -> torch.Tensor:
+    """Device side: images float32 [B, 1, X, Y, Z] from labels and the uploaded tables of :func:`pack_render`.
+
+    A fixed sequence of batched kernels (no loop over samples, no read back to the host)."""
+    lab = label.long()
+    B = lab.shape[0]
+    dev = lab.device
+    cmax = meta["cmax"]
+    flat = lab.reshape(B, -1)
+    dist = None
+    for in_plane, group, reach in meta["groups"]:
+        d = boundary_distance(lab if len(group) == B else lab[group], reach, in_plane, num_classes=cmax)
         if len(group) == B:
-            return boundary_distance(lab, reach, in_plane=in_plane)
-        if dist is None:
-            dist = torch.full(lab.shape, 255, dtype=torch.uint8, device=lab.device)
-        idx = torch.tensor(group, device=lab.device)
-        dist.index_copy_(0, idx, boundary_distance(lab.index_select(0, idx), reach, in_plane=in_plane))
-    return dist
+            dist = d
+        else:
+            if dist is None:
+                dist = torch.full(lab.shape, 255, dtype=torch.uint8, device=dev)
+            dist[group] = d
+
+    # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
+    cls = flat
+    if meta["shell"]:
+        thick = a["thickness"].to(torch.uint8).gather(1, flat)
+        small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
+        shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
+        cls = shell.add_(flat.to(small)).long()
+    img = a["values"].gather(1, cls).view(lab.shape)
+
+    if meta["fill"]:  # per-class Gaussian fill noise (shell voxels and samples without fill get 0 std)
+        z = torch.empty(flat.shape, dtype=torch.float32, device=dev)
+        gaussian_into(z, a["fill_key"])
+        img.add_(z.mul_(a["fill_std"].gather(1, cls)).view(lab.shape))
+
+    if meta["texture"]:  # sum_j amp[L] mix[L, j] F_j, faded in after the clean band
+        tex = torch.zeros(lab.shape, dtype=torch.float32, device=dev)
+        for j in range(len(TEXTURE_SCALES)):
+            f = upsample_x(a[f"tex{j}"], {n: a[f"tex{j}_{n}"] for n in ("i0", "w0", "w1")})
+            tex.add_(f.mul_(a[f"tex{j}_w"].gather(1, flat).view(lab.shape)))
+        ramp = (dist.float() - a["tex_band"].view(B, 1, 1, 1)).mul_(1.0 / TEXTURE_RAMP).clamp_(0.0, 1.0)
+        img.add_(tex.mul_(ramp))
+
+    if meta["artefacts"]:
+        apply_packed_artefacts_(img, {k[4:]: v for k, v in a.items() if k.startswith("art_")})
+    else:
+        img.clamp_(0.0, 1.0)
+    return img[:, None]
 
 
-def _add_texture_(x: torch.Tensor, lab: torch.Tensor, dist: torch.Tensor, p: RenderParams) -> None:
-    """Add one sample's texture in place: sum_j amp[L] mix[L, j] F_j, faded in after the clean band."""
-    shape = tuple(lab.shape)
-    flat = lab.reshape(-1)
-    tex = torch.zeros(shape, dtype=torch.float32, device=lab.device)
-    for j, grid in enumerate(p.texture_grids):
-        f = upsample_separable(grid * TEXTURE_NORM, shape, lab.device)
-        w = torch.as_tensor((p.texture_amp * p.texture_mix[:, j]).astype(np.float32), device=lab.device)
-        tex.add_(f.mul_(w[flat].view(shape)))
-    ramp = (dist.float() - float(p.texture_band)).mul_(1.0 / TEXTURE_RAMP).clamp_(0.0, 1.0)
-    x.add_(tex.mul_(ramp))
-
-
-def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.Tensor:
+def apply_render(label: torch.Tensor, params: Sequence[RenderParams], check: bool = True) -> torch.Tensor:
     """Render a batch of label patches into images.
 
     Args:
         label: integer labels [B, X, Y, Z] on any device (values 0..num_classes-1 of each sample).
         params: one :class:`RenderParams` per sample (modes may be mixed).
+        check: also check the label values (one read back from the device; the stream, whose labels
+            are its own, skips it).
 
     Returns:
         float32 image [B, 1, X, Y, Z] on the labels' device, values in [0, 1].
@@ -304,37 +389,9 @@ def apply_render(label: torch.Tensor, params: Sequence[RenderParams]) -> torch.T
     Raises:
         ConfigError: wrong shape or dtype, or labels outside a sample's classes.
     """
+    from anatosynth.synth.raster import upload
+
     params = list(params)
-    _check_labels(label, params)
-    lab = label.long()
-    B = lab.shape[0]
-    dev = lab.device
-    cmax = max(p.num_classes for p in params)
-    flat = lab.reshape(B, -1)
-    dist = _distances(lab, params)
-
-    # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
-    cls = flat
-    if any(p.shell_thickness.any() for p in params):
-        thick = _table([p.shell_thickness for p in params], cmax, torch.uint8, dev).gather(1, flat)
-        small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
-        shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
-        cls = shell.add_(flat.to(small)).long()
-    values = _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax, torch.float32, dev)
-    img = values.gather(1, cls).view(lab.shape)
-
-    fill = [b for b, p in enumerate(params) if np.any(p.std > 0)]
-    if fill:  # per-class Gaussian fill noise (shell voxels get none)
-        stds = _table([np.concatenate([p.std, np.zeros_like(p.std)]) for p in params], 2 * cmax, torch.float32, dev)
-        n = flat.shape[1]
-        z = torch.empty(n, dtype=torch.float32, device=dev)
-        for b in fill:
-            gaussian_into(z, params[b].seed, FILL_STREAM)
-            img[b].add_(z.mul_(stds[b].gather(0, cls[b])).view(lab.shape[1:]))
-
-    for b, p in enumerate(params):
-        if p.texture_amp is not None and np.any(p.texture_amp > 0):
-            _add_texture_(img[b], lab[b], dist[b], p)
-
-    apply_artefacts_(img, [p.artefacts for p in params])
-    return img[:, None]
+    _check_labels(label, params, check)
+    arrays, meta = pack_render(params, tuple(label.shape[1:]))
+    return render_packed(label, upload(arrays, label.device), meta)

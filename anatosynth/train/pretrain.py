@@ -458,10 +458,10 @@ class _Trainer:
     def _one_step(self, stop: int):
         cfg = self.cfg
         idx = self._indices(0)
-        params = self.prefetch.params(idx)
         if self.ahead and self.step + self.ahead < stop:
             self.prefetch.schedule(self._indices(self.ahead))
-        batch = self.stream.apply(params, self.device)
+        # on CUDA the next batch renders on a side stream while this step runs
+        batch = self.prefetch.next_batch(idx, self.device, self._indices(1) if self.step + 1 < stop else None)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(batch.image)
         loss = self.loss_fn(logits.float(), batch.label.unsqueeze(1))
