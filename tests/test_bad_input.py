@@ -216,7 +216,7 @@ def test_empty_label_folder(work, capsys):
 
 # ---------------------------------------------------------------------------- --out problems
 FILE_OUT = ("bank build", "bank merge", "bank inspect", "synth preview")  # --out names a file
-DIR_OUT = ("synth export", "pretrain", "finetune", "evaluate", "experiment", "demo")  # --out names a folder
+DIR_OUT = ("synth export", "pretrain", "finetune", "evaluate", "experiment", "demo", "release")  # --out: a folder
 
 
 def _out_commands(corpus: Path, run: Path, bank: Path, out: Path) -> dict[str, list]:
@@ -236,6 +236,7 @@ def _out_commands(corpus: Path, run: Path, bank: Path, out: Path) -> dict[str, l
         "experiment": ["experiment", Path(__file__).parents[1] / "protocols" / "cpu-mini.yaml", "--out", out,
                        "--quiet"],
         "demo": ["demo", "--out", out, "--steps", "1", "--threads", "1"],
+        "release": ["release", run, "--out", out],
     }
 
 
@@ -313,6 +314,8 @@ def test_truncated_checkpoints(corpus, fake_run, work, capsys):
                     "--model", "unet", "--feature-size", "4", "--patch", "32,32,16", "--steps", "1",
                     "--train-cases", "2", "--spacing", "3,3,8", "--device", "cpu", "--quiet"],
                    capsys, work, "model.pt", "truncated")
+    # release of a run whose model.pt was cut short
+    _fails_cleanly(["release", run, "--out", work / "weights"], capsys, work, "model.pt", "truncated")
     # pretrain --resume of a run whose checkpoint.pt was cut short
     pre = work / "pre"
     pre.mkdir()

@@ -63,7 +63,10 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     """
     from safetensors.torch import save_file
 
+    from anatosynth.io.volume import check_output_dir
+
     run, out = Path(run), Path(out)
+    check_output_dir(out)
     meta_path, model_path = run / "metadata.json", run / "model.pt"
     if not model_path.is_file() or not meta_path.is_file():
         raise InputError(run, "not a finished pre-training run (model.pt and metadata.json needed)")
