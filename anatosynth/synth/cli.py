@@ -54,7 +54,10 @@ def stream_from_args(args: argparse.Namespace):
     from anatosynth.synth import SynthConfig, SyntheticStream
 
     d = _load_config(getattr(args, "config", None))
-    d.update(mode=args.mode, render=args.render, patch=parse_patch(args.patch))
+    # flags win over the config file, which wins over the defaults (as in pretrain)
+    d["mode"] = args.mode or d.get("mode", "anatomy")
+    d["render"] = args.render or d.get("render", "shell")
+    d["patch"] = parse_patch(args.patch) if args.patch is not None else d.get("patch", 96)
     if args.no_anchors:
         d["anchors"] = False
     if args.no_graph:
@@ -142,9 +145,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--bank", default=None, help="bank file or builtin:phantom (default; not needed for primitives)")
-    p.add_argument("--mode", default="anatomy", choices=_MODES)
-    p.add_argument("--render", default="shell", choices=_RENDERS)
-    add_patch_argument(p, "96", "patch size, multiples of 32")
+    p.add_argument("--mode", default=None, choices=_MODES, help="default: --config's, else anatomy")
+    p.add_argument("--render", default=None, choices=_RENDERS, help="default: --config's, else shell")
+    add_patch_argument(p, None, "patch size, multiples of 32 (default: --config's, else 96)")
     p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -107,7 +107,7 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
         card["weights_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         atomic_write_text(tmp / "metadata.json", json.dumps(card_meta, indent=1) + "\n")
         atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=1) + "\n")
-        atomic_write_text(tmp / "README.md", _card_markdown(card))
+        atomic_write_text(tmp / "README.md", _card_markdown(card, out))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -135,7 +135,7 @@ def load_release(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, meta
 
 
-def _card_markdown(card: dict) -> str:
+def _card_markdown(card: dict, out: Path) -> str:
     arch = card.get("architecture") or {}
     patch = "×".join(str(p) for p in arch.get("patch", []))
     classes = [c for c in (card.get("class_names") or []) if c != "background"]
@@ -157,7 +157,7 @@ def _card_markdown(card: dict) -> str:
         f"- **Made with:** commit `{card.get('commit')}`; {versions}.",
         f"- **Command:** `{card.get('command')}`",
         "",
-        "Fine-tune from it: `anatosynth finetune --data DATA --init weights/" + card["name"] +
+        f"Fine-tune from it: `anatosynth finetune --data DATA --init {out.as_posix()}" +
         f" --model {arch.get('name')} --feature-size {arch.get('feature_size')} --out RUN`",
         "(the output head is re-initialised when the classes differ). Synthesis settings: `card.json`.",
         "",

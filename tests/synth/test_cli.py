@@ -103,3 +103,24 @@ def test_cuda_without_gpu(bank_file, capsys):
 def test_parse_patch():
     assert parse_patch("96") == (96, 96, 96)
     assert parse_patch("96x96x32") == (96, 96, 32)
+
+
+def test_config_file_sets_mode_render_and_patch_and_flags_win(bank_file, tmp_path, capsys):
+    """`--config` values for mode/render/patch are used (they were silently replaced by the flags' defaults)."""
+    def export(name, *extra):
+        out = tmp_path / name
+        assert main(["synth", "export", "--bank", bank_file, "--n", "1", "--seed", "2", "--out", str(out), *extra]) == 0
+        return nib.load(str(out / "imagesTr" / "case_0000_0000.nii.gz"))
+
+    (tmp_path / "fill.yaml").write_text("render: fill\npatch: [32, 32, 32]\nmode: random\n")
+    from_file = export("file", "--config", str(tmp_path / "fill.yaml"))
+    from_flags = export("flags", "--render", "fill", "--patch", "32", "--mode", "random")
+    assert from_file.shape == (32, 32, 32)
+    assert np.array_equal(np.asarray(from_file.dataobj), np.asarray(from_flags.dataobj))
+    overridden = export("over", "--config", str(tmp_path / "fill.yaml"), "--render", "shell")
+    assert not np.array_equal(np.asarray(overridden.dataobj), np.asarray(from_flags.dataobj))
+    (tmp_path / "bad.yaml").write_text("render: shel\n")
+    assert main(["synth", "preview", "--bank", bank_file, "--config", str(tmp_path / "bad.yaml"),
+                 "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "shel" in err

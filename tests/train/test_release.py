@@ -49,7 +49,7 @@ def test_release_is_half_precision_with_a_complete_card(run, tmp_path):
     assert card["weights_bytes"] < 0.6 * size32
     assert str(run) not in (out / "card.json").read_text()  # no local paths on the card
     assert meta["class_names"] == card["class_names"]
-    assert "# tiny" in (out / "README.md").read_text()
+    assert "# tiny" in (out / "README.md").read_text() and f"--init {out.as_posix()} " in (out / "README.md").read_text()
 
 
 def test_finetune_init_from_a_release_folder(run, tmp_path):
