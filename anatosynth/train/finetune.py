@@ -466,8 +466,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
 
             tqdm.write(report.summary())
         if resume:
-            log.info("resumed at step %d" % loop.step if resuming else
-                     "resume: no checkpoint was written yet, starting at step 0")
+            said = ("resumed at step %d" % loop.step if resuming else
+                    "resume: no checkpoint was written yet, starting at step 0")
+            log.info(said)
+            from tqdm import tqdm
+
+            tqdm.write(f"finetune: {said}")  # on the console too: a restart from 0 is never silent
         loop.metadata = {"kind": "finetune", "model": spec.to_dict(), "class_names": classes.names,
                          "label_ids": classes.ids, "preprocess": pre.to_dict(), "dataset": dataset.name,
                          "init": cfg.init, "seed": cfg.seed, "steps": cfg.steps}

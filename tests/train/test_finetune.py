@@ -250,6 +250,7 @@ def test_interrupted_folder_messages_are_true_and_resume_starts_it(dataset, tmp_
     assert "drop --steps" in capsys.readouterr().err
     assert main(["finetune", "--resume", str(run), "--quiet"]) == 0
     assert "no checkpoint was written yet, starting at step 0" in (run / "train.log").read_text()
+    assert "no checkpoint was written yet, starting at step 0" in capsys.readouterr().out  # said on the console
     assert (run / "model.pt").is_file()
     assert main(_cli(dataset, run, "--train-cases", "2")) == 2
     assert "already holds a finished fine-tuning run" in capsys.readouterr().err
