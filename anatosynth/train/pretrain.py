@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError, InputError, Interrupted
-from anatosynth.io.volume import atomic_write_bytes, atomic_write_text, check_output_dir, ensure_writable_dir
+from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.train.checkpoint import (check_compatible, load_state_strict, read_checkpoint, save_checkpoint,
                                          save_model, write_json)
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
