@@ -8,11 +8,17 @@ from anatosynth.experiment import demo
 def run_experiment(args) -> int:
     from pathlib import Path
 
-    from anatosynth.experiment.protocol import expand, load_protocol
+    from anatosynth.errors import ConfigError
+    from anatosynth.experiment.protocol import expand, load_protocol, subset
     from anatosynth.experiment.runner import run_protocol, write_reports
 
     raw = load_protocol(args.protocol)
     protocol = expand(raw, str(args.protocol))
+    if args.arms or args.seeds:
+        seeds = _names(args.seeds)
+        if seeds and not all(s.lstrip("-").isdigit() for s in seeds):
+            raise ConfigError(f"--seeds: expected whole numbers separated by commas, got {args.seeds!r}")
+        protocol = subset(protocol, _names(args.arms), [int(s) for s in seeds] if seeds else None, str(args.protocol))
     out = Path(args.out)
     print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
           f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
@@ -31,6 +37,10 @@ def run_experiment(args) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="run a protocol: arms x seeds x labelled-set sizes, with tables and plots")
     p.add_argument("protocol", help="protocol YAML (see protocols/)")
@@ -41,6 +51,9 @@ def register(sub) -> None:
                         "shared among --jobs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tune+evaluate runs at a time (default 1); on 2 cores: --jobs 2 --threads 1")
+    p.add_argument("--arms", default=None,
+                   help="run only these arms, comma-separated (a pilot; its jobs are the full grid's own)")
+    p.add_argument("--seeds", default=None, help="run only these seeds, comma-separated, e.g. 0")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: tables and plots from the jobs finished so far")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -296,6 +296,30 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
                     finetunes, baseline, str(results) if results else None)
 
 
+def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] | None = None,
+           source: str = "protocol") -> Protocol:
+    """The jobs of ``protocol`` for some arms and seeds only (a pilot of a grid).
+
+    Job keys do not depend on which arms or seeds a run selects, so a pilot's finished jobs are the
+    grid's own: the full run later reuses them instead of running them again.
+    """
+    known_arms = {a["name"] for a in protocol.raw["arms"]}
+    known_seeds = {int(s) for s in protocol.raw["seeds"]}
+    if arms is not None and not set(arms) <= known_arms:
+        raise ConfigError(f"{source}: unknown arm(s) {', '.join(sorted(set(arms) - known_arms))}; "
+                          f"the protocol has {', '.join(sorted(known_arms))}")
+    if seeds is not None and not set(seeds) <= known_seeds:
+        raise ConfigError(f"{source}: seed(s) {', '.join(map(str, sorted(set(seeds) - known_seeds)))} are not "
+                          f"among the protocol's seeds ({', '.join(map(str, sorted(known_seeds)))})")
+    finetunes = [j for j in protocol.finetunes
+                 if (arms is None or j.arm in arms) and (seeds is None or j.seed in seeds)]
+    used = {j.pretrain for j in finetunes}
+    pretrains = [j for j in protocol.pretrains if j.key in used]
+    used_banks = {j.bank for j in pretrains}
+    banks = [b for b in protocol.banks if b.key in used_banks]
+    return Protocol(protocol.name, protocol.raw, banks, pretrains, finetunes, protocol.baseline, protocol.results)
+
+
 def released_digest(folder: str | Path) -> str | None:
     """What a fine-tune from released weights depends on: the pre-training job key on the card (releases the
     grid wrote itself, so keys are the same before and after the release), else ``weights:<sha256 prefix>``;

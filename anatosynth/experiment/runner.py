@@ -289,7 +289,9 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
         pool = ThreadPoolExecutor(max_workers=max(1, int(jobs)))
         try:
             models = {job.key: pool.submit(pretrain_one, job) for job in protocol.pretrains}
-            futures = [*models.values(), *(pool.submit(finetune_one, job) for job in protocol.finetunes)]
+            # fine-tunes that need no model (scratch) first: they fill the cores while models pre-train
+            order = sorted(protocol.finetunes, key=lambda job: job.pretrain is not None)
+            futures = [*models.values(), *(pool.submit(finetune_one, job) for job in order)]
             for future in futures:
                 future.result()  # re-raises the first failure
         except BaseException:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from anatosynth.errors import ConfigError
-from anatosynth.experiment.protocol import expand, load_protocol
+from anatosynth.experiment.protocol import expand, load_protocol, subset
 
 RAW = {
     "name": "t",
@@ -175,3 +175,18 @@ def test_released_weights_enter_the_fine_tune_key(tmp_path):
         expand({**RAW, "arms": [{"name": "scratch", "pretrain": "none", "weigths": "x"}]})
     with pytest.raises(ConfigError, match="does not pre-train"):
         expand({**RAW, "arms": [{"name": "scratch", "pretrain": "none", "weights": "x"}]})
+
+
+def test_a_subset_of_arms_and_seeds_keeps_the_grid_keys():
+    full = expand(RAW)
+    pilot = subset(full, arms=["scratch", "anatomy"], seeds=[0])
+    assert {j.arm for j in pilot.finetunes} == {"scratch", "anatomy"} and {j.seed for j in pilot.finetunes} == {0}
+    assert {j.key for j in pilot.finetunes} <= {j.key for j in full.finetunes}  # the pilot's jobs are the grid's
+    # only the pre-training runs and banks the selected fine-tunes need
+    assert {j.key for j in pilot.pretrains} == {j.pretrain for j in pilot.finetunes if j.pretrain}
+    assert {j.arm for j in pilot.pretrains} == {"anatomy"}
+    assert {b.key for b in pilot.banks} == {j.bank for j in pilot.pretrains}
+    with pytest.raises(ConfigError, match="unknown arm.*nope"):
+        subset(full, arms=["nope"])
+    with pytest.raises(ConfigError, match="seed.*7"):
+        subset(full, seeds=[7])
