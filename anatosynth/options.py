@@ -8,7 +8,13 @@ import re
 from anatosynth.errors import ConfigError
 
 __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
-           "apply_threads", "THREADS_HELP"]
+           "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "resolve_device"]
+
+#: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
+#: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
+SYNTH_MODES = ("anatomy", "random", "primitives")
+#: How labels become intensities (docs/method.md "Render modes"). The one definition.
+RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 THREADS_HELP = "torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)"
 
@@ -49,6 +55,27 @@ def add_patch_argument(parser, default: str | None, what: str) -> None:
     shown = f" (default {default})" if default is not None else ""
     parser.add_argument("--patch", nargs="+", default=default, metavar="N",
                         help=f"{what}: {PATCH_SPELLINGS}{shown}")
+
+
+def resolve_device(name=None):
+    """A checked torch device: ``auto`` (or None) → the first CUDA GPU when there is one, else the CPU.
+
+    CUDA requested without a GPU, or a device type we do not support, is a one-line ConfigError here
+    rather than a crash later.
+    """
+    import torch
+
+    if name is None or (isinstance(name, str) and name in ("", "auto")):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available (use --device cpu)")
+    return device
 
 
 def reject_unknown_keys(d: dict, known, what: str) -> None:
