@@ -47,6 +47,9 @@ RUN_ONLY_PRETRAIN = ("bank", "out", "threads", "workers", "minutes", "checkpoint
                      "trace_indices")
 RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "quiet", "seed", "train_cases",
                      "val_cases", "checkpoint_every", "log_every")
+# options added after jobs were run, with the value that reproduces the earlier behaviour: left out of a key
+# at that value, so adding the option does not orphan finished jobs; any other value enters the key
+NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0}
 
 
 def result_versions() -> dict[str, int]:
@@ -154,6 +157,9 @@ def resolved_finetune(options: dict) -> dict:
             full[k] = [full[k]] * 3
     for k in RUN_ONLY_FINETUNE:
         full.pop(k, None)
+    for k, neutral in NEUTRAL_FINETUNE.items():
+        if full.get(k) == neutral:
+            full.pop(k)
     ev.pop("no_predictions", None)  # writes files, changes no metric
     full["evaluate"] = ev
     return full

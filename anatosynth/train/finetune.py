@@ -80,6 +80,8 @@ class FinetuneConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup: int | None = None
+    pretrained_lr_scale: float = 1.0
+    freeze_pretrained_steps: int = 0
     crops: int = 2
     val_every: int = 100
     val_max_cases: int = 4
@@ -106,6 +108,10 @@ class FinetuneConfig:
             raise ConfigError(f"--overlap must be in [0, 1), got {self.overlap}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.pretrained_lr_scale < 0:
+            raise ConfigError(f"--pretrained-lr-scale must be at least 0, got {self.pretrained_lr_scale}")
+        if not 0 <= self.freeze_pretrained_steps < self.steps:
+            raise ConfigError(f"--freeze-pretrained-steps must be in [0, steps), got {self.freeze_pretrained_steps}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -127,6 +133,11 @@ class FinetuneConfig:
     @property
     def warmup_steps(self) -> int:
         return int(self.warmup) if self.warmup is not None else min(self.steps // 10, 100)
+
+    @property
+    def splits_pretrained(self) -> bool:
+        """Whether the tensors transferred from ``init`` train on their own schedule (a second param group)."""
+        return self.init.lower() != "none" and (self.pretrained_lr_scale != 1.0 or self.freeze_pretrained_steps > 0)
 
 
 def make_split(cases: list[Case], train_cases: int | None, seed: int,
@@ -443,7 +454,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
         report = transfer_weights(model, cfg.init, rebuild=rebuild, new_class_names=classes.names,
                                   spec=spec.to_dict())
     model.to(device)
-    loop = _Loop(cfg, model, train, val, classes, paths, device)
+    pretrained = _pretrained_keys(cfg, report, paths)
+    loop = _Loop(cfg, model, train, val, classes, paths, device, pretrained)
     if resuming:
         loop.restore()  # bad checkpoint: error before anything is written
     out = ensure_writable_dir(paths.root)
@@ -484,11 +496,41 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     return out
 
 
+def _pretrained_keys(cfg: FinetuneConfig, report, paths: FinetunePaths) -> set[str]:
+    """The model tensors transferred from ``cfg.init`` (for their own learning rate / frozen warm-up): from
+    this run's transfer report, or, when resuming, from the ``transfer.json`` it wrote."""
+    import json
+
+    if not cfg.splits_pretrained:
+        return set()
+    if report is not None:
+        return set(report.transferred)
+    try:
+        return set(json.loads(paths.transfer.read_text())["transferred"])
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(paths.transfer, f"cannot tell which tensors were pre-trained ({err.__class__.__name__}); "
+                                         "--pretrained-lr-scale/--freeze-pretrained-steps need it") from None
+
+
+def _pretrained_schedule(cfg: FinetuneConfig):
+    """Learning-rate multiplier of the pre-trained tensors: 0 while frozen, then their own warm-up and
+    cosine over the remaining steps, times ``pretrained_lr_scale``."""
+    from anatosynth.train.schedule import warmup_cosine
+
+    frozen, scale = int(cfg.freeze_pretrained_steps), float(cfg.pretrained_lr_scale)
+    warmup = min(cfg.warmup_steps, max(0, cfg.steps - frozen - 1))
+
+    def multiplier(step: int) -> float:
+        return 0.0 if step < frozen else scale * warmup_cosine(step - frozen, warmup, cfg.steps - frozen)
+
+    return multiplier
+
+
 class _Loop:
     """The optimisation loop with periodic validation, best-weights keeping and resumable checkpoints."""
 
     def __init__(self, cfg: FinetuneConfig, model, train: list[PreparedCase], val: list[PreparedCase],
-                 classes: ClassMap, paths: FinetunePaths, device):
+                 classes: ClassMap, paths: FinetunePaths, device, pretrained: set[str] | None = None):
         import torch
         from monai.losses import DiceCELoss
 
@@ -501,8 +543,19 @@ class _Loop:
         self.rng = np.random.default_rng(case_seed)
         self.flip_lr = not lateralised(classes.names)
         self.pipeline = _augmentations(cfg, int(aug_seed.generate_state(1)[0]), self.flip_lr)
-        self.optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = build_scheduler(self.optimiser, cfg.warmup_steps, cfg.steps)
+        # tensors transferred from --init may train on their own schedule (lower rate; frozen at first, as in
+        # linear-probing-then-fine-tuning): a second parameter group, only when asked for (bytes unchanged else)
+        named = list(model.named_parameters())
+        self.frozen_params = [p for n, p in named if n in (pretrained or set())]
+        if self.frozen_params:
+            fresh = [p for n, p in named if n not in pretrained]
+            groups = [{"params": fresh}, {"params": self.frozen_params}]
+            self.optimiser = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.scheduler = build_scheduler(self.optimiser, cfg.warmup_steps, cfg.steps,
+                                             extra=[_pretrained_schedule(cfg)])
+        else:
+            self.optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.scheduler = build_scheduler(self.optimiser, cfg.warmup_steps, cfg.steps)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.cuda = device.type == "cuda"
         if self.cuda:
@@ -596,6 +649,10 @@ class _Loop:
         import torch
 
         image, label = _batch(self.pipeline, self.sources[int(self.rng.integers(len(self.sources)))])
+        if self.frozen_params:  # frozen tensors get no gradient (no backward through them, no Adam state)
+            train_them = self.step >= self.cfg.freeze_pretrained_steps
+            for p in self.frozen_params:
+                p.requires_grad_(train_them)
         if self.cuda:  # pinned host memory: the copies overlap with work already queued on the GPU
             image = image.pin_memory().to(self.device, non_blocking=True)
             label = label.pin_memory().to(self.device, non_blocking=True)

@@ -25,7 +25,8 @@ def parse_pair(text: str) -> tuple[float, float]:
 
 # options that describe what a run trains: fixed once the run exists (--resume refuses to change them)
 _TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "val_every",
-             "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup", "crops",
+             "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup",
+             "pretrained_lr_scale", "freeze_pretrained_steps", "crops",
              "overlap", "sw_batch", "checkpoint_every", "log_every", "overwrite")
 
 
@@ -40,7 +41,8 @@ def _config(args):
         patch=parse_patch(args.patch), steps=args.steps, train_cases=args.train_cases,
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, crops=args.crops, val_every=args.val_every,
+        weight_decay=args.weight_decay, warmup=args.warmup, pretrained_lr_scale=args.pretrained_lr_scale,
+        freeze_pretrained_steps=args.freeze_pretrained_steps, crops=args.crops, val_every=args.val_every,
         val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, device=args.device,
         overwrite=args.overwrite)
@@ -103,6 +105,12 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (default 1e-4)")
     p.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default min(steps/10, 100))")
+    p.add_argument("--pretrained-lr-scale", type=float, default=1.0,
+                   help="learning-rate multiplier of the tensors transferred from --init (default 1; e.g. 0.1 "
+                        "keeps pre-trained features closer to where pre-training left them)")
+    p.add_argument("--freeze-pretrained-steps", type=int, default=0, metavar="N",
+                   help="train only the tensors not transferred from --init (the new output head) for the first "
+                        "N steps, then all (linear probing, then fine-tuning; default 0)")
     p.add_argument("--crops", type=int, default=2, help="crops per step from one case (default 2; BTCV uses 4)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap for validation (default 0.25)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass in validation (default 1)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -22,11 +23,20 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int,
+                    extra: list[Callable[[int], float]] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR stepped once per optimiser step.
 
-    The multiplier is a closure, so the scheduler's state_dict keeps only the step count and learning
-    rates (``lr_lambdas`` is stored as ``None``): a resumed run takes ``warmup``/``total`` from its config.
+    The first parameter group follows :func:`warmup_cosine`; ``extra`` gives the multipliers of further
+    groups (e.g. pre-trained tensors with their own rate). The multipliers are closures, so the
+    scheduler's state_dict keeps only the step count and learning rates (``lr_lambdas`` is stored as
+    ``None``): a resumed run takes ``warmup``/``total`` from its config.
     """
     warmup, total = int(warmup), int(total)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+
+    def main(step: int) -> float:
+        return warmup_cosine(step, warmup, total)
+
+    if not extra:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, main)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [main, *extra])

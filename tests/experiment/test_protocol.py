@@ -190,3 +190,14 @@ def test_a_subset_of_arms_and_seeds_keeps_the_grid_keys():
         subset(full, arms=["nope"])
     with pytest.raises(ConfigError, match="seed.*7"):
         subset(full, seeds=[7])
+
+
+def test_options_added_later_keep_old_keys_at_their_neutral_value():
+    from anatosynth.experiment.protocol import NEUTRAL_FINETUNE
+
+    base = expand(RAW)
+    for name, neutral in NEUTRAL_FINETUNE.items():
+        same = expand({**RAW, "finetune": {**RAW["finetune"], name: neutral}})
+        assert [j.key for j in same.finetunes] == [j.key for j in base.finetunes], name
+    changed = expand({**RAW, "finetune": {**RAW["finetune"], "freeze_pretrained_steps": 2}})
+    assert {j.key for j in changed.finetunes}.isdisjoint({j.key for j in base.finetunes})

@@ -271,3 +271,51 @@ def test_cuda_step_bf16_autocast_and_resume(dataset, tmp_path):
     history = read_checkpoint(run / "checkpoint.pt")["history"]
     assert history.shape == (4, 3) and torch.isfinite(history).all()
     assert (run / "model.pt").is_file() and (run / "postprocessing.json").is_file()
+
+
+def _other_task_weights(path: Path) -> Path:
+    """Plain state-dict weights of the same network trained for 5 classes: the head cannot transfer."""
+    from anatosynth.train.models import ModelSpec, build_model
+
+    torch.manual_seed(11)
+    model = build_model(ModelSpec("unet", 1, 5, 4, (32, 32, 32)))
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_frozen_pretrained_warm_up_then_all_tensors_train_and_resume(dataset, tmp_path):
+    source = _other_task_weights(tmp_path / "other.pt")
+    init = torch.load(source, weights_only=True)
+    kw = dict(init=str(source), steps=4, freeze_pretrained_steps=2, checkpoint_every=1, log_every=1)
+    run = finetune(_cfg(dataset, tmp_path / "stopped", **kw), progress=False, stop_at=2)
+    report = json.loads((run / "transfer.json").read_text())
+    assert report["head_reinitialised"] and report["n_not_initialised"] >= 2  # the last layer: fresh, not frozen
+    at2 = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(at2[k], init[k]) for k in report["transferred"])  # frozen for 2 steps
+    from anatosynth.train.finetune import resume_config
+
+    finetune(resume_config(run), progress=False, resume=True)
+    final = torch.load(run / "model.pt", weights_only=True)
+    moved = [k for k in report["transferred"] if not torch.equal(final[k], init[k])]
+    assert len(moved) > len(report["transferred"]) // 2  # then everything trains
+    straight = finetune(_cfg(dataset, tmp_path / "straight", **kw), progress=False)
+    uninterrupted = torch.load(straight / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], uninterrupted[k]) for k in final)  # resume knows the groups
+
+
+def test_pretrained_lr_scale_zero_keeps_transferred_tensors(dataset, tmp_path):
+    source = _other_task_weights(tmp_path / "other.pt")
+    init = torch.load(source, weights_only=True)
+    run = finetune(_cfg(dataset, tmp_path / "r", init=str(source), pretrained_lr_scale=0.0), progress=False)
+    final = torch.load(run / "model.pt", weights_only=True)
+    transferred = json.loads((run / "transfer.json").read_text())["transferred"]
+    assert all(torch.equal(final[k], init[k]) for k in transferred)
+    head = [k for k in final if k not in transferred]
+    assert head and all(not torch.equal(final[k], init[k]) for k in head if init[k].shape == final[k].shape)
+
+
+@pytest.mark.parametrize("kw, message", [({"pretrained_lr_scale": -1.0}, "pretrained-lr-scale"),
+                                         ({"freeze_pretrained_steps": 3}, "freeze-pretrained-steps")])
+def test_pretrained_schedule_options_are_checked(dataset, tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(dataset, tmp_path / "x", **kw)
