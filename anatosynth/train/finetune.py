@@ -2,7 +2,7 @@
 
 Recipe (MONAI's SwinUNETR BTCV recipe, scaled to a step budget):
 
-* cases are preprocessed once (:mod:`anatosynth.train.preprocess`) and kept in memory;
+* cases are preprocessed once (:mod:`anatosynth.transforms.preprocess`) and kept in memory;
 * each step draws one training case (seeded) and ``crops`` patches from it, balanced 1:1 between
   foreground and background centres (``RandCropByPosNegLabeld``), padded when the volume is smaller
   than the patch; random flips on each axis (p 0.2; none along the left-right axis when a class name
@@ -12,7 +12,7 @@ Recipe (MONAI's SwinUNETR BTCV recipe, scaled to a step budget):
 * every ``val_every`` steps (and at the end) sliding-window Dice on the validation cases; the best
   weights are kept as ``model_best.pt``, the final ones as ``model.pt``; on the same predictions the
   run decides, per class, whether keeping the largest connected component helps
-  (:mod:`anatosynth.evaluate.postprocess`, recorded in ``postprocessing.json``).
+  (:mod:`anatosynth.transforms.postprocess`, recorded in ``postprocessing.json``).
 
 The run folder is pre-training's (:class:`~anatosynth.train.pretrain.RunPaths`): ``config.yaml`` (the
 resolved options), ``checkpoint.pt`` every ``checkpoint_every`` steps (model, optimiser, scheduler, the
@@ -49,7 +49,7 @@ from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.models import ModelSpec
-from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
+from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
 from anatosynth.train.pretrain import RunPaths  # the run-folder names shared with pre-training
 
 __all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "finetune", "resume_config", "class_dice", "lateralised"]
@@ -291,8 +291,8 @@ def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig,
 
     Also returns the largest-connected-component decision taken on the same predictions.
     """
-    from anatosynth.evaluate.inference import sliding_probs
-    from anatosynth.evaluate.postprocess import decide_largest_component, keep_largest_component
+    from anatosynth.transforms.inferer import sliding_probs
+    from anatosynth.transforms.postprocess import decide_largest_component, keep_largest_component
 
     model.eval()
     per_case, per_case_lcc = [], []
@@ -325,7 +325,7 @@ class FinetunePaths(RunPaths):
 
     @property
     def postprocessing(self) -> Path:
-        from anatosynth.evaluate.postprocess import POSTPROCESSING_FILE
+        from anatosynth.transforms.postprocess import POSTPROCESSING_FILE
 
         return self.root / POSTPROCESSING_FILE
 
@@ -413,7 +413,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
-    from anatosynth.evaluate.inference import resolve_device
+    from anatosynth.options import resolve_device
     from anatosynth.io.volume import ensure_writable_dir
     from anatosynth.train.checkpoint import write_json
     from anatosynth.train.models import build_model

@@ -1,8 +1,15 @@
-"""CLI verb of the I/O stage: ``anatosynth check DATASET`` validates a dataset before you use it."""
+"""CLI verb ``anatosynth check DATASET``: validate a dataset before you use it.
+
+Reading and geometry checks come from :mod:`anatosynth.io`; the anatomical invariants on organ centroids
+(liver right of spleen, ...) from :mod:`anatosynth.bank.orientation`, which is why the verb lives in the bank
+stage rather than in ``io`` (``io`` imports nothing above it).
+"""
 
 from __future__ import annotations
 
 import sys
+
+__all__ = ["register", "run_check"]
 
 _HINT = "fix the header or pass --fix-orientation to bank build"
 
