@@ -26,7 +26,7 @@ from anatosynth.io.datasets import Dataset
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
 from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
 from anatosynth.evaluate.metrics import ClassScore, case_scores
-from anatosynth.transforms.postprocess import MODES, keep_largest_component, read_decision
+from anatosynth.transforms.postprocess import POSTPROCESS_MODES, keep_largest_component, read_decision
 from anatosynth.evaluate.report import summarise, write_reports
 from anatosynth.transforms.preprocess import ClassMap, prepare_image
 
@@ -64,8 +64,8 @@ def postprocessing_plan(run: Run, mode: str) -> dict:
     """Which classes keep only their largest component, and why (reported in ``summary.json``)."""
     from anatosynth.errors import ConfigError
 
-    if mode not in MODES:
-        raise ConfigError(f"--postprocess must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in POSTPROCESS_MODES:
+        raise ConfigError(f"--postprocess must be one of {', '.join(POSTPROCESS_MODES)}, got {mode!r}")
     names = list(run.classes.names[1:])
     if mode == "none":
         return {"mode": mode, "keep_largest": [], "source": "--postprocess none"}

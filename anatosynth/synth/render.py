@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import RENDERS, parse_patch
 from anatosynth.synth.artefacts import (
     DEFAULT_ARTEFACTS,
     NO_ARTEFACTS,
@@ -45,7 +46,6 @@ from anatosynth.synth.artefacts import (
 )
 
 __all__ = [
-    "RENDERS",
     "RenderParams",
     "draw_render_params",
     "apply_render",
@@ -62,8 +62,6 @@ __all__ = [
     "CONTOUR_VALUE",
     "CONTOUR_WIDTH",
 ]
-
-RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 SHELL_THICKNESS = (1, 3)  # voxels, inclusive, per organ
 FILL_MEAN = (25 / 255, 225 / 255)  # SynthSeg U[25, 225] scaled to [0, 1]
@@ -84,7 +82,7 @@ class RenderParams:
     """Everything random for rendering ONE sample.
 
     Attributes:
-        render: one of :data:`RENDERS`.
+        render: one of :data:`anatosynth.options.RENDERS`.
         num_classes: label values 0..num_classes-1 (0 = background) that the sample may contain.
         mean: (C,) base intensity of each class in [0, 1].
         std: (C,) per-class Gaussian std of the fill (0 for shell, texture and contour).
@@ -122,13 +120,6 @@ class RenderParams:
         return d
 
 
-def _check_patch(patch: Sequence[int]) -> tuple[int, int, int]:
-    p = tuple(int(v) for v in patch)
-    if len(p) != 3 or any(v < 8 for v in p):
-        raise ConfigError(f"patch must be three sizes of at least 8 voxels, got {tuple(patch)}")
-    return p  # type: ignore[return-value]
-
-
 def draw_render_params(
     rng: np.random.Generator,
     num_classes: int,
@@ -141,7 +132,7 @@ def draw_render_params(
     Args:
         rng: the sample's generator (e.g. ``np.random.default_rng(SeedSequence(...))``).
         num_classes: number of label values including background (labels 0..num_classes-1).
-        render: one of :data:`RENDERS`.
+        render: one of :data:`anatosynth.options.RENDERS`.
         patch: (X, Y, Z) patch size, needed for the texture grids.
         artefacts: artefact ranges; default :data:`DEFAULT_ARTEFACTS`, or none for ``contour``.
 
@@ -153,7 +144,7 @@ def draw_render_params(
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be at least 1 (background), got {num_classes}")
     C = int(num_classes)
-    patch = _check_patch(patch)
+    patch = parse_patch(patch)
     if artefacts is None:
         artefacts = NO_ARTEFACTS if render == "contour" else DEFAULT_ARTEFACTS
     # Fixed draw order for every mode, so the same rng state gives related samples across modes.

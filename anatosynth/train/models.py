@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import MODELS
 
 __all__ = ["ModelSpec", "build_model", "MODELS"]
-
-MODELS = ("swinunetr", "unetr", "unet", "dynunet")
 
 
 @dataclass

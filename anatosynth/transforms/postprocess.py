@@ -22,10 +22,11 @@ import numpy as np
 from anatosynth.errors import InputError
 
 __all__ = ["POSTPROCESSING_FILE", "keep_largest_component", "decide_largest_component", "read_decision",
-           "MODES"]
+           "POSTPROCESS_MODES"]
 
 POSTPROCESSING_FILE = "postprocessing.json"
-MODES = ("auto", "none", "largest")
+#: ``evaluate --postprocess``: the run's validated choice, nothing, or the largest component of every class
+POSTPROCESS_MODES = ("auto", "none", "largest")
 RULE = "keep the largest connected component of a class when its mean validation Dice does not drop"
 
 

@@ -16,7 +16,6 @@ from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
 from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 from anatosynth.train.checkpoint import read_checkpoint
-from anatosynth.train.finetune_cli import parse_patch
 
 
 def _write_dataset(root: Path, n: int = 3, seed: int = 0, shape=(26, 24, 16)) -> Path:
@@ -86,11 +85,11 @@ def test_class_dice_marks_absent_classes():
     assert d[0] == pytest.approx(2 / 3) and d[1] == pytest.approx(2 / 3) and np.isnan(d[2])
 
 
-def test_parse_patch():
-    assert parse_patch("96") == (96, 96, 96)
-    assert parse_patch("96x96x32") == (96, 96, 32)
-    with pytest.raises(ConfigError):
-        parse_patch("4")
+def test_a_bad_patch_is_one_line_naming_the_option(tmp_path, capsys):
+    assert main(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--patch", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "anatosynth finetune: error: --patch entries must be at least 8, got ['4']"
+    assert not (tmp_path / "run").exists()
 
 
 def test_finetune_writes_a_complete_seeded_run(dataset, tmp_path):
