@@ -12,8 +12,8 @@ import importlib
 import os
 import sys
 
-from anatosynth.version import __version__
 from anatosynth.errors import AnatosynthError, Interrupted
+from anatosynth.version import __version__
 
 __all__ = ["main", "build_parser"]
 

@@ -72,7 +72,6 @@ def _merge(args) -> int:
 def _inspect(args) -> int:
     from anatosynth.bank import load_bank
     from anatosynth.bank.report import draw_bank, draw_subject, orientation_lines, summary
-
     from anatosynth.io.volume import check_output_file
 
     for png in (args.png, args.slices):

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 from anatosynth.errors import InputError
+from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
+from anatosynth.evaluate.metrics import ClassScore, case_scores
+from anatosynth.evaluate.report import summarise, write_reports
 from anatosynth.io import Volume, check_pair, load_image, load_label, read_dataset, save_volume
 from anatosynth.io.datasets import Dataset
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
-from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
-from anatosynth.evaluate.metrics import ClassScore, case_scores
 from anatosynth.transforms.postprocess import POSTPROCESS_MODES, keep_largest_component, read_decision
-from anatosynth.evaluate.report import summarise, write_reports
 from anatosynth.transforms.preprocess import ClassMap, prepare_image
 
 __all__ = ["evaluate", "dataset_classes", "choose_cases", "postprocessing_plan"]

@@ -68,7 +68,8 @@ def load_run(path: str | Path, device: str | None = "auto") -> Run:
 
         torch.backends.cudnn.benchmark = True  # one window size: let cuDNN pick its fastest kernels
     model.to(target).eval()
-    return Run(folder, weights, model, tuple(int(p) for p in meta["model"]["patch"]), classes,
+    px, py, pz = (int(p) for p in meta["model"]["patch"])
+    return Run(folder, weights, model, (px, py, pz), classes,
                PreprocessConfig.from_dict(meta["preprocess"]), meta)
 
 

@@ -99,7 +99,7 @@ class SynthConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "SynthConfig":
+    def validate(self) -> SynthConfig:
         """Check every field; normalise tuples. Raises ConfigError naming the first bad field."""
         if self.mode not in SYNTH_MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(SYNTH_MODES)}")
@@ -144,7 +144,7 @@ class SynthConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SynthConfig":
+    def from_dict(cls, d: dict) -> SynthConfig:
         """Build from a dict, rejecting unknown keys (typos would otherwise be silently ignored)."""
         reject_unknown_keys(d, {f.name for f in fields(cls)}, "synth config")
         values = dict(d)

@@ -49,8 +49,8 @@ from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.models import ModelSpec
-from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
 from anatosynth.train.pretrain import RunPaths  # the run-folder names shared with pre-training
+from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, modality_kind, prepare_cases
 
 __all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "finetune", "resume_config", "class_dice", "lateralised"]
 
@@ -112,7 +112,7 @@ class FinetuneConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str | Path) -> "FinetuneConfig":
+    def from_dict(cls, d: dict, source: str | Path) -> FinetuneConfig:
         """Rebuild from a saved ``config.yaml`` (lists back to tuples); unknown keys name the file."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -190,15 +190,22 @@ def _augmentations(cfg: FinetuneConfig, seed: int, flip_left_right: bool = True)
     indices). ``flip_left_right=False`` drops flips along the first (RAS left-right) axis, which would
     turn a left organ into a right one while its label still says left.
     """
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d,
-                                  RandScaleIntensityd, RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        Transform,
+    )
 
     keys = ["image", "label"]
-    steps = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch, pos=1, neg=1,
-                                    num_samples=cfg.crops, allow_smaller=False,
-                                    fg_indices_key="fg_indices", bg_indices_key="bg_indices"),
-             *([RandFlipd(keys, prob=0.2, spatial_axis=0)] if flip_left_right else []),
-             RandFlipd(keys, prob=0.2, spatial_axis=1), RandFlipd(keys, prob=0.2, spatial_axis=2)]
+    steps: list[Transform] = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch, pos=1, neg=1,
+                                                num_samples=cfg.crops, allow_smaller=False,
+                                                fg_indices_key="fg_indices", bg_indices_key="bg_indices"),
+                              *([RandFlipd(keys, prob=0.2, spatial_axis=0)] if flip_left_right else []),
+                              RandFlipd(keys, prob=0.2, spatial_axis=1), RandFlipd(keys, prob=0.2, spatial_axis=2)]
     if cfg.patch[0] == cfg.patch[1]:
         steps.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
     steps += [RandScaleIntensityd("image", factors=0.1, prob=0.1),
@@ -225,12 +232,15 @@ def _crop_source(case: PreparedCase, patch) -> dict:
     from monai.transforms import SpatialPadd
     from monai.transforms.utils import map_binary_to_indices
 
+    assert case.label is not None, case.name  # training cases come with their label maps
+    # MONAI's transforms take numpy arrays as well (NdarrayOrTensor); the signature only names Tensor
     padded = SpatialPadd(["image", "label"], spatial_size=patch, mode="constant")(
-        {"image": case.image[None], "label": case.label[None].astype(np.float32)})
+        {"image": case.image[None], "label": case.label[None].astype(np.float32)})  # type: ignore[dict-item]
 
     image, label = _plain(padded["image"]).contiguous(), _plain(padded["label"]).contiguous()
-    fg, bg = map_binary_to_indices(label, None, 0.0)  # on the float map, as MONAI would (not on integers:
-    # there its `~` is a bitwise not and every voxel would count as background)
+    # on the float map, as MONAI would (not on integers: there its `~` is a bitwise not and every voxel would
+    # count as background); tensors in, tensors out
+    fg, bg = map(torch.as_tensor, map_binary_to_indices(label, None, 0.0))
     small = torch.uint8 if int(case.label.max(initial=0)) < 256 else torch.int16  # memory per case
     if label.numel() < 2**31:
         fg, bg = fg.to(torch.int32), bg.to(torch.int32)
@@ -298,6 +308,7 @@ def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig,
     per_case, per_case_lcc = [], []
     foreground = range(1, classes.num_classes)
     for case in cases:
+        assert case.label is not None, case.name  # validation cases come with their label maps
         pred = sliding_probs(model, case.image, cfg.patch, cfg.overlap, cfg.sw_batch).argmax(0).numpy()
         per_case.append(class_dice(pred, case.label, classes.num_classes))
         per_case_lcc.append(class_dice(keep_largest_component(pred, foreground), case.label, classes.num_classes))
@@ -392,7 +403,7 @@ def _attach_log(out: Path) -> logging.Handler:
 def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, PreprocessConfig]:
     dataset = read_dataset(cfg.data).require_images("finetune")
     classes = ClassMap.from_labels(dataset.labels)
-    pre = PreprocessConfig(cfg.modality or dataset.modality, cfg.spacing, cfg.window)
+    pre = PreprocessConfig(modality_kind(cfg.modality or dataset.modality), cfg.spacing, cfg.window)
     return dataset, classes, pre
 
 
@@ -413,8 +424,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
-    from anatosynth.options import resolve_device
     from anatosynth.io.volume import ensure_writable_dir
+    from anatosynth.options import resolve_device
     from anatosynth.train.checkpoint import write_json
     from anatosynth.train.models import build_model
     from anatosynth.train.transfer import transfer_weights
@@ -429,7 +440,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     by_name = {c.name: c for c in dataset.cases}
     train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train", progress)
     val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val", progress)
-    if not any(c.label.any() for c in train):
+    if not any(c.label is not None and c.label.any() for c in train):
         raise InputError(dataset.root, "the training cases hold no foreground voxels at all")
 
     spec = ModelSpec(cfg.model, 1, classes.num_classes, cfg.feature_size, cfg.patch)
@@ -466,7 +477,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
 
             tqdm.write(report.summary())
         if resume:
-            said = ("resumed at step %d" % loop.step if resuming else
+            said = (f"resumed at step {loop.step}" if resuming else
                     "resume: no checkpoint was written yet, starting at step 0")
             log.info(said)
             from tqdm import tqdm
@@ -666,17 +677,17 @@ class _Loop:
                 if validate or self.step % cfg.log_every == 0:
                     loss = self._log_loss(writer, lr)
                     bar.set_postfix(loss=f"{loss:.3f}", best=f"{max(self.best, 0):.3f}")
-                if validate:
+                if validate and loss is not None:  # (validation steps always log the loss)
                     self._validate(writer, loss)
                 elif loss is not None:
                     log.info("step %d loss %.4f", self.step, loss)
                 if self.step % cfg.checkpoint_every == 0 or self.step == stop:
                     self.save_checkpoint()
                     saved = self.step
-        except BaseException:
+        except BaseException as err:
             where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
                      else "step 0 (no checkpoint was written yet)")
-            message = (f"stopped by {sys.exc_info()[0].__name__} at step {self.step}; 'anatosynth finetune "
+            message = (f"stopped by {type(err).__name__} at step {self.step}; 'anatosynth finetune "
                        f"--resume {self.paths.root}' continues from {where}")
             log.info("%s", message)
             print(f"fine-tuning {message}", file=sys.stderr)

@@ -38,8 +38,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "no_graph", False):
         synth["graph"] = False
     over["synth"] = synth or None
-    if over.get("patch") is not None:
-        over["patch"] = list(over["patch"])
+    patch = over.get("patch")
+    if patch is not None:
+        over["patch"] = list(patch)
     return over
 
 
