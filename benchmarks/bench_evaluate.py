@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process (less sensitive than wall time to other busy processes)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -49,8 +50,6 @@ def make_run(folder: Path, feature_size: int, patch: int) -> Path:
 
 def breakdown(run_dir: Path, case_name: str, overlap: float) -> dict:
     """Seconds spent in each stage for one case."""
-    import numpy as np
-
     from anatosynth.evaluate.inference import load_run
     from anatosynth.evaluate.metrics import case_scores
     from anatosynth.io import load_image, load_label, read_dataset

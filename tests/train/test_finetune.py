@@ -14,8 +14,8 @@ import torch
 from anatosynth.cli import main
 from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
-from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 from anatosynth.train.checkpoint import read_checkpoint
+from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 
 
 def _write_dataset(root: Path, n: int = 3, seed: int = 0, shape=(26, 24, 16)) -> Path:
