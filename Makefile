@@ -1,10 +1,11 @@
 # Two commands: `make demo` and `make test`. Both build .venv on first use, offline-safe.
+# `make test` runs `make lint` (ruff + mypy on the package, configured in pyproject.toml) first.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo lint test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -19,11 +20,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/anatosynth demo --out demo_run
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check anatosynth
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) demo_run .pytest_cache
+	rm -rf $(VENV) demo_run .pytest_cache .mypy_cache .ruff_cache

@@ -7,4 +7,4 @@ Pipeline, one sub-package per stage:
 The command line (``anatosynth.cli``) is a thin layer on top.
 """
 
-__version__ = "0.1.0"
+from anatosynth.version import __version__ as __version__  # defined once, in version.py

@@ -12,15 +12,14 @@ import importlib
 import os
 import sys
 
-from anatosynth import __version__
 from anatosynth.errors import AnatosynthError, Interrupted
+from anatosynth.version import __version__
 
 __all__ = ["main", "build_parser"]
 
 # stage modules, in pipeline order; each registers the verbs named beside it
 STAGES = [
-    ("anatosynth.io.cli", "check"),
-    ("anatosynth.bank.cli", "bank"),
+    ("anatosynth.bank.cli", "check, bank"),
     ("anatosynth.synth.cli", "synth"),
     ("anatosynth.train.cli", "pretrain, finetune, release"),
     ("anatosynth.evaluate.cli", "evaluate"),

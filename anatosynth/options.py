@@ -8,13 +8,15 @@ import re
 from anatosynth.errors import ConfigError
 
 __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
-           "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "resolve_device"]
+           "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "MODELS", "resolve_device"]
 
 #: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
 #: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
 SYNTH_MODES = ("anatomy", "random", "primitives")
 #: How labels become intensities (docs/method.md "Render modes"). The one definition.
 RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
+#: The MONAI networks a run can build (anatosynth.train.models). The one definition.
+MODELS = ("swinunetr", "unetr", "unet", "dynunet")
 
 THREADS_HELP = "torch CPU threads (default: the cores not busy with other work, or OMP_NUM_THREADS)"
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process (less sensitive than wall time to other busy processes)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -36,7 +37,7 @@ def make_run(folder: Path, feature_size: int, patch: int) -> Path:
     from anatosynth.io import read_dataset
     from anatosynth.train.checkpoint import save_model, write_json
     from anatosynth.train.models import ModelSpec, build_model
-    from anatosynth.train.preprocess import ClassMap, PreprocessConfig
+    from anatosynth.transforms.preprocess import ClassMap, PreprocessConfig
 
     classes = ClassMap.from_labels(read_dataset(DATA).labels)
     spec = ModelSpec("swinunetr", 1, classes.num_classes, feature_size, (patch, patch, patch))
@@ -49,12 +50,11 @@ def make_run(folder: Path, feature_size: int, patch: int) -> Path:
 
 def breakdown(run_dir: Path, case_name: str, overlap: float) -> dict:
     """Seconds spent in each stage for one case."""
-    import numpy as np
-
-    from anatosynth.evaluate.inference import load_run, sliding_probs
+    from anatosynth.evaluate.inference import load_run
     from anatosynth.evaluate.metrics import case_scores
     from anatosynth.io import load_image, load_label, read_dataset
-    from anatosynth.train.preprocess import prepare_image, to_original_grid
+    from anatosynth.transforms.inferer import sliding_probs
+    from anatosynth.transforms.preprocess import prepare_image, to_original_grid
 
     run = load_run(run_dir)
     case = read_dataset(DATA).select([case_name]).cases[0]

@@ -44,7 +44,7 @@ def main() -> None:
     from anatosynth.io import read_dataset
     from anatosynth.train.finetune import FinetuneConfig, FinetunePaths, _batch, _Loop
     from anatosynth.train.models import ModelSpec, build_model
-    from anatosynth.train.preprocess import ClassMap, PreprocessConfig, prepare_cases
+    from anatosynth.transforms.preprocess import ClassMap, PreprocessConfig, prepare_cases
 
     torch.set_num_threads(args.threads)
     spacing = tuple(float(v) for v in args.spacing.split(","))

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anatosynth.options import RENDERS
 from anatosynth.synth.primitives import apply_primitives, draw_primitive_params, primitive_contours
-from anatosynth.synth.render import RENDERS, apply_render, draw_render_params
+from anatosynth.synth.render import apply_render, draw_render_params
 
 PATCH = (96, 96, 96)
 

@@ -36,7 +36,7 @@ def main() -> None:
     from anatosynth.bank import load_bank
     from anatosynth.synth import SynthConfig, SyntheticStream
     from anatosynth.synth.bench import run_bench
-    from anatosynth.synth.cli import parse_patch
+    from anatosynth.synth.config import check_patch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,7 +44,7 @@ def main() -> None:
     for mode in args.modes.split(","):
         for render in args.renders.split(","):
             extra = {} if args.patches_per_body is None else {"patches_per_body": args.patches_per_body}
-            cfg = SynthConfig(mode=mode, render=render, patch=parse_patch(args.patch), **extra)
+            cfg = SynthConfig(mode=mode, render=render, patch=check_patch(args.patch), **extra)
             stream = SyntheticStream(bank, cfg, seed=0)
             result = run_bench(stream, n=args.n, batch=args.batch, device=args.device, workers=args.workers)
             result["date"] = datetime.date.today().isoformat()

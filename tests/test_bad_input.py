@@ -148,7 +148,7 @@ def fake_run(tmp_path_factory, corpus) -> Path:
 
     from anatosynth.train.checkpoint import save_model, write_json
     from anatosynth.train.models import ModelSpec, build_model
-    from anatosynth.train.preprocess import PreprocessConfig
+    from anatosynth.transforms.preprocess import PreprocessConfig
 
     run = tmp_path_factory.mktemp("runs") / "ft"
     run.mkdir()

@@ -33,15 +33,6 @@ def test_errors(value, kwargs, message):
         parse_patch(value, **kwargs)
 
 
-def test_the_three_verbs_agree():
-    from anatosynth.synth.cli import parse_patch as synth_patch
-    from anatosynth.train.config import parse_patch as pretrain_patch
-    from anatosynth.train.finetune_cli import parse_patch as finetune_patch
-
-    for text in ("96,96,32", "96x96x32"):
-        assert synth_patch(text) == pretrain_patch(text) == finetune_patch(text) == (96, 96, 32)
-
-
 def test_help_does_not_import_torch():
     """`anatosynth --help` stays fast: no verb imports torch or MONAI until it runs."""
     code = ("import sys, anatosynth.cli as c; c.build_parser(); "
@@ -50,22 +41,64 @@ def test_help_does_not_import_torch():
     assert out.strip() == "[]"
 
 
+def _actions(parser, path):
+    """The argparse actions of the sub-command ``path`` (e.g. ``["synth", "bench"]``), by option name."""
+    import argparse
+
+    for word in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return {s: a for a in parser._actions for s in a.option_strings}
+
+
+def test_every_verb_takes_its_choices_from_options():
+    """Modes, renders, networks and post-processing choices are the tables themselves, not copies."""
+    from anatosynth.cli import build_parser
+    from anatosynth.options import MODELS, RENDERS, SYNTH_MODES
+    from anatosynth.transforms.postprocess import POSTPROCESS_MODES
+
+    parser = build_parser()
+    verbs = [["synth", "preview"], ["synth", "export"], ["synth", "bench"], ["pretrain"]]
+    for verb in verbs:
+        actions = _actions(parser, verb)
+        assert actions["--mode"].choices is SYNTH_MODES and actions["--render"].choices is RENDERS, verb
+    assert _actions(parser, ["pretrain"])["--model"].choices is MODELS
+    assert _actions(parser, ["finetune"])["--model"].choices is MODELS
+    assert _actions(parser, ["evaluate"])["--postprocess"].choices is POSTPROCESS_MODES
+
+
+def test_the_stages_check_against_the_same_tables():
+    """What the CLIs offer is what the configs accept: every choice passes, anything else is refused."""
+    from anatosynth.options import MODELS, RENDERS, SYNTH_MODES
+    from anatosynth.synth.config import SynthConfig
+    from anatosynth.train.models import ModelSpec, build_model
+
+    for mode in SYNTH_MODES:
+        for render in RENDERS:
+            assert SynthConfig(mode=mode, render=render).render == render
+    for bad in ({"mode": "Anatomy"}, {"render": "shell+texture"}):
+        with pytest.raises(ConfigError):
+            SynthConfig(**bad)
+    for name in MODELS:
+        assert type(build_model(ModelSpec(name, out_channels=2, feature_size=12, patch=(64, 64, 64)))).__name__
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model(ModelSpec("vnet"))
+
+
 @pytest.mark.parametrize("spelling", [["64,64,32"], ["64x64x32"], ["64", "64", "32"], ["64X64X32"]])
 def test_every_verb_reads_every_spelling_of_patch(spelling):
     """One ``--patch`` argument (options.add_patch_argument) in synth, pretrain and finetune."""
     from anatosynth.cli import build_parser
-    from anatosynth.synth.cli import parse_patch as synth_patch
-    from anatosynth.train.finetune_cli import parse_patch as finetune_patch
+    from anatosynth.synth.config import check_patch
     from anatosynth.train.pretrain_cli import overrides_from_args
-    from anatosynth.train.config import parse_patch as pretrain_patch
 
     parser = build_parser()
     for verb in (["synth", "preview", "--out", "x.png"], ["synth", "export", "--out", "x"], ["synth", "bench"]):
-        assert synth_patch(parser.parse_args([*verb, "--patch", *spelling]).patch) == (64, 64, 32)
+        assert check_patch(parser.parse_args([*verb, "--patch", *spelling]).patch) == (64, 64, 32)
     args = parser.parse_args(["pretrain", "--patch", *spelling])
-    assert pretrain_patch(overrides_from_args(args)["patch"]) == (64, 64, 32)
+    assert parse_patch(overrides_from_args(args)["patch"]) == (64, 64, 32)
     args = parser.parse_args(["finetune", "--data", "d", "--out", "o", "--patch", *spelling])
-    assert finetune_patch(args.patch) == (64, 64, 32)
+    assert parse_patch(args.patch) == (64, 64, 32)
 
 
 @pytest.mark.parametrize("cores,load,expected", [
@@ -105,3 +138,20 @@ def test_help_shows_the_defaults_of_pretrain():
         assert shown[dest], f"--{dest} does not show its default"
         assert shown[dest].group(1) == str(getattr(defaults, dest)), dest
     assert shown["patch"].group(1) == str(defaults.patch[0]) and len(set(defaults.patch)) == 1
+
+
+def test_resolve_device_auto_and_bad_names():
+    """One ``resolve_device`` for every verb: auto → the GPU when there is one; bad names are one-line errors."""
+    import torch
+
+    from anatosynth.options import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device().type == resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad, message in (("tpu", "unknown device"), ("meta", "unsupported device")):
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda:0")

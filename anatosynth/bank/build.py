@@ -14,18 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from anatosynth.bank.graph import assemble_bank
 from anatosynth.bank.model import OrganShape, ShapeBank
 from anatosynth.bank.names import canonical_name
-from anatosynth.bank.orientation import (FIX_HINT, POLICIES, Finding, OrientationError, check_centroids,
-                                         check_shapes, consensus_finding, describe_transform, fix_affine,
-                                         label_centroids, named, reorient_shapes)
+from anatosynth.bank.orientation import (
+    FIX_HINT,
+    POLICIES,
+    Finding,
+    OrientationError,
+    check_centroids,
+    check_shapes,
+    consensus_finding,
+    describe_transform,
+    fix_affine,
+    label_centroids,
+    named,
+    reorient_shapes,
+)
 from anatosynth.bank.shapes import SubjectShapes, subject_shapes
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io.volume import Volume
@@ -72,10 +83,10 @@ def collect_cases(sources: Sequence[str | Path], labels: str | Path | None = Non
     for src in sources:
         ds = read_dataset(src, labels)
         organs = canonical_ids(ds.labels, Path(labels) if labels else ds.root)
-        found = [c for c in ds.cases if c.label is not None]
+        found = [SourceCase(c.name, Path(c.label), organs, ds.labels) for c in ds.cases if c.label is not None]
         if not found:
             raise InputError(src, "no label maps found")
-        cases += [SourceCase(c.name, Path(c.label), organs, ds.labels) for c in found]
+        cases += found
     return cases
 
 
@@ -187,6 +198,7 @@ def build_bank(sources: Sequence[str | Path], labels: str | Path | None = None, 
             problems.append(problem)
             continue
         if record and record["action"] == "fixed":
+            assert finding.transform is not None  # "fixed" means the check found the transform
             sid, cut = _cut(case, Volume(vol.array, fix_affine(vol.affine, finding.transform)), sp, salt)
         if sid in shapes:
             raise InputError(case.path, "the same subject is given twice")
@@ -230,7 +242,8 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation:
     problems: list[str] = []
     anchors: list[dict[str, np.ndarray]] = []
     for b, name in zip(banks, names):
-        old = b.meta.get("orientation") if isinstance(b.meta.get("orientation"), dict) else {}
+        found_old = b.meta.get("orientation")
+        old: dict = found_old if isinstance(found_old, dict) else {}
         own: dict[str, dict[str, OrganShape]] = {}
         for sid in b.subjects:
             if sid in shapes or sid in own:
@@ -242,6 +255,7 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation:
                 problems.append(problem)
                 continue
             if record and record["action"] == "fixed":
+                assert finding.transform is not None  # "fixed" means the check found the transform
                 try:
                     subject = reorient_shapes(subject, finding.transform, sp)
                 except ValueError as err:

@@ -1,10 +1,11 @@
-"""CLI verbs of the bank stage: ``anatosynth bank build|merge|inspect|audit``."""
+"""CLI verbs of the bank stage: ``anatosynth check`` and ``anatosynth bank build|merge|inspect|audit``."""
 
 from __future__ import annotations
 
 import json
 import sys
 
+from anatosynth.bank import check_cli
 from anatosynth.errors import ConfigError
 
 __all__ = ["register"]
@@ -71,7 +72,6 @@ def _merge(args) -> int:
 def _inspect(args) -> int:
     from anatosynth.bank import load_bank
     from anatosynth.bank.report import draw_bank, draw_subject, orientation_lines, summary
-
     from anatosynth.io.volume import check_output_file
 
     for png in (args.png, args.slices):
@@ -126,6 +126,7 @@ def _audit(args) -> int:
 
 
 def register(sub) -> None:
+    check_cli.register(sub)
     p = sub.add_parser("bank", help="build, merge, inspect and audit shape banks",
                        description="Shape banks: de-identified organ masks, spatial anchors, topological graph.")
     verbs = p.add_subparsers(dest="bank_verb", metavar="ACTION")

@@ -18,12 +18,15 @@ Per organ pair and subject having both organs (see docs/method.md):
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from anatosynth.bank.model import Edge, Organ, OrganShape, ShapeBank
 from anatosynth.bank.names import organ_sort_key
+from anatosynth.io.canonical import parse_spacing
 
 __all__ = ["GAP_SEARCH_MM", "assemble_bank", "anchor_stats", "pair_relations"]
 
@@ -55,8 +58,8 @@ def _contained(inner: np.ndarray, inner_lo: np.ndarray, outer: np.ndarray, outer
     if inner.sum() > 2 * np.prod(hi - lo):  # fewer than half of inner's voxels fit in the common box
         return False
     filled = fill()
-    a = filled[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, outer_lo))]
-    b = inner[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, inner_lo))]
+    a = filled[tuple(slice(low - o, high - o) for low, high, o in zip(lo, hi, outer_lo))]
+    b = inner[tuple(slice(low - o, high - o) for low, high, o in zip(lo, hi, inner_lo))]
     return bool((a & b).sum() * 2 >= inner.sum())
 
 
@@ -98,8 +101,8 @@ def _shared_voxels(a: np.ndarray, lo_a: np.ndarray, b: np.ndarray, lo_b: np.ndar
     hi = np.minimum(lo_a + a.shape, lo_b + b.shape)
     if np.any(hi <= lo):
         return False
-    sa = a[tuple(slice(int(l - o), int(h - o)) for l, h, o in zip(lo, hi, lo_a))]
-    sb = b[tuple(slice(int(l - o), int(h - o)) for l, h, o in zip(lo, hi, lo_b))]
+    sa = a[tuple(slice(int(low - o), int(high - o)) for low, high, o in zip(lo, hi, lo_a))]
+    sb = b[tuple(slice(int(low - o), int(high - o)) for low, high, o in zip(lo, hi, lo_b))]
     return bool((sa & sb).any())
 
 
@@ -138,10 +141,11 @@ def pair_relations(shapes: dict[str, OrganShape], spacing) -> dict[tuple[str, st
             # query the smaller of the two surfaces (each cut to the other's box) against the other's tree
             pa, pb = _within(surf[a], lo[b] - 1, hi[b] + 1), _within(surf[b], lo[a] - 1, hi[a] + 1)
             q, other = (pa, b) if len(pa) < len(pb) else (pb, a)
-            contact = bool(q.size) and bool(np.any(tree(other, False).query(q, p=np.inf, distance_upper_bound=1.5)[0] <= 1))
+            contact = bool(q.size) and bool(
+                np.any(tree(other, False).query(q, p=np.inf, distance_upper_bound=1.5)[0] <= 1))
             if contact:
-                overlap = _contained(shapes[b].mask, lo[b], shapes[a].mask, lo[a], lambda: filled(a)) or \
-                    _contained(shapes[a].mask, lo[a], shapes[b].mask, lo[b], lambda: filled(b))
+                overlap = _contained(shapes[b].mask, lo[b], shapes[a].mask, lo[a], partial(filled, a)) or \
+                    _contained(shapes[a].mask, lo[a], shapes[b].mask, lo[b], partial(filled, b))
                 out[(a, b)] = (True, 0.0, overlap)
                 continue
             reach = np.ceil(GAP_SEARCH_MM / sp).astype(np.int64)
@@ -174,7 +178,7 @@ def assemble_bank(spacing, subjects: dict[str, dict[str, OrganShape]], meta: dic
     """A bank (organ order, anchors, graph) from subjects' shapes: subject id → organ name → shape."""
     from tqdm import tqdm
 
-    sp = tuple(float(v) for v in spacing)
+    sp = parse_spacing(spacing)
     names = sorted({n for s in subjects.values() for n in s}, key=organ_sort_key)
     organs = []
     for label, name in enumerate(names, start=1):

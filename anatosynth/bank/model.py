@@ -103,7 +103,7 @@ class Edge:
                 words.append(pos if v > 0 else neg)
         return ", ".join(words) or "mixed"
 
-    def oriented(self, a: str, b: str) -> "Edge":
+    def oriented(self, a: str, b: str) -> Edge:
         """This edge seen from ``a`` to ``b``: direction and offset negated when the pair is reversed."""
         if (a, b) == (self.a, self.b):
             return self

@@ -126,8 +126,8 @@ def _paint(label: np.ndarray, value: int, inside, lo_mm: np.ndarray, hi_mm: np.n
     lo2 = np.maximum(lo + np.array([i.min() for i in idx]) * stride - stride, lo)
     hi2 = np.minimum(lo + np.array([i.max() for i in idx]) * stride + stride + 1, hi)
     # fine voxels whose nearest coarse sample is in or next to the organ
-    fine_k = [np.minimum((np.arange(a, b) - l + stride // 2) // stride, n - 1)
-              for a, b, l, n in zip(lo2, hi2, lo, near.shape)]
+    fine_k = [np.minimum((np.arange(a, b) - low + stride // 2) // stride, n - 1)
+              for a, b, low, n in zip(lo2, hi2, lo, near.shape)]
     cand = near[np.ix_(*fine_k)]
     fidx = np.nonzero(cand)
     pts = np.stack([(BODY_LO[i] + spacing[i] * (lo2[i] + fidx[i])).astype(np.float32) for i in range(3)], axis=-1)
@@ -194,13 +194,15 @@ def phantom_label_map(seed: int | np.random.SeedSequence, spacing=(1.5, 1.5, 2.0
     rng = np.random.default_rng(ss)
     body_scale = float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12))
     draws = {name: _draw(rng, body_scale) for name in PHANTOM_ORGANS}
-    shape = tuple(int(np.ceil((h - l) / s)) + 1 for l, h, s in zip(BODY_LO, BODY_HI, sp))
+    shape = tuple(int(np.ceil((high - low) / s)) + 1 for low, high, s in zip(BODY_LO, BODY_HI, sp))
     label = np.zeros(shape, np.int16)
     names = {}
     for value, (name, prim) in enumerate(PHANTOM_ORGANS.items(), start=1):
         names[value] = name
-        paint = _paint_blob if isinstance(prim, Blob) else _paint_tube
-        paint(label, value, prim, draws[name], sp)
+        if isinstance(prim, Blob):
+            _paint_blob(label, value, prim, draws[name], sp)
+        else:
+            _paint_tube(label, value, prim, draws[name], sp)
     return label, names
 
 

@@ -153,7 +153,8 @@ def read_bank(path: str | Path) -> ShapeBank:
         edges = [Edge(str(e["a"]), str(e["b"]), int(e["n_subjects"]), float(e["contact"]), _arr(e["direction"]),
                       float(e["consistency"]), _arr(e["offset_mean_mm"]), _arr(e["offset_cov_mm"], (3, 3)),
                       float(e["min_gap_mm"]), str(e["overlap"])) for e in manifest["edges"]]
-        return ShapeBank(tuple(float(v) for v in manifest["spacing"]), [str(s) for s in manifest["subjects"]],
+        sx, sy, sz = (float(v) for v in manifest["spacing"])  # a wrong count is a ValueError: damaged
+        return ShapeBank((sx, sy, sz), [str(s) for s in manifest["subjects"]],
                          organs, edges, str(manifest.get("frame", "body")), int(manifest["version"]),
                          dict(manifest.get("meta", {})))
     except (KeyError, TypeError, ValueError, IndexError) as err:

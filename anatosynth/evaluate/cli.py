@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from anatosynth.options import THREADS_HELP
+from anatosynth.transforms.postprocess import POSTPROCESS_MODES
 
 __all__ = ["register"]
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True,
                    help="fine-tuned run folder (its best-on-validation model_best.pt) or a weights file in it "
                         "(RUN/model.pt: the final weights)")
-    p.add_argument("--postprocess", default="auto", choices=("auto", "none", "largest"),
+    p.add_argument("--postprocess", default="auto", choices=POSTPROCESS_MODES,
                    help="keep the largest connected component per class: auto (default) where the run's "
                         "postprocessing.json says it helped on validation, none, or largest (every class)")
     p.add_argument("--out", required=True, help="report folder (summary.json, per_case.csv, summary.md, predictions/)")

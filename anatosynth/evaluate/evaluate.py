@@ -5,7 +5,7 @@ For each case: load and check image and label (same geometry), preprocess as at 
 grid, argmax, class indices mapped to the dataset's own label ids (by class name), prediction saved as
 ``predictions/CASE.nii.gz`` with the image's affine, then Dice/HD95 per class on the original grid.
 
-Post-processing (:mod:`anatosynth.evaluate.postprocess`): ``auto`` (default) keeps the largest connected
+Post-processing (:mod:`anatosynth.transforms.postprocess`): ``auto`` (default) keeps the largest connected
 component of the classes for which the run's ``postprocessing.json`` says so for the weights evaluated,
 ``none`` keeps the raw argmax, ``largest`` post-processes every class; applied on the original grid,
 before scoring; what was applied is reported in the summary.
@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from anatosynth.errors import InputError
+from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
+from anatosynth.evaluate.metrics import ClassScore, case_scores
+from anatosynth.evaluate.report import summarise, write_reports
 from anatosynth.io import Volume, check_pair, load_image, load_label, read_dataset, save_volume
 from anatosynth.io.datasets import Dataset
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
-from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
-from anatosynth.evaluate.metrics import ClassScore, case_scores
-from anatosynth.evaluate.postprocess import MODES, keep_largest_component, read_decision
-from anatosynth.evaluate.report import summarise, write_reports
-from anatosynth.train.preprocess import ClassMap, prepare_image
+from anatosynth.transforms.postprocess import POSTPROCESS_MODES, keep_largest_component, read_decision
+from anatosynth.transforms.preprocess import ClassMap, prepare_image
 
 __all__ = ["evaluate", "dataset_classes", "choose_cases", "postprocessing_plan"]
 
@@ -64,8 +64,8 @@ def postprocessing_plan(run: Run, mode: str) -> dict:
     """Which classes keep only their largest component, and why (reported in ``summary.json``)."""
     from anatosynth.errors import ConfigError
 
-    if mode not in MODES:
-        raise ConfigError(f"--postprocess must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in POSTPROCESS_MODES:
+        raise ConfigError(f"--postprocess must be one of {', '.join(POSTPROCESS_MODES)}, got {mode!r}")
     names = list(run.classes.names[1:])
     if mode == "none":
         return {"mode": mode, "keep_largest": [], "source": "--postprocess none"}

@@ -1,18 +1,22 @@
-"""Sliding-window inference of a fine-tuned run on real scans, back in each case's original geometry."""
+"""A fine-tuned run on real scans: load it, predict with sliding windows, back in each case's original geometry."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from anatosynth.errors import InputError
 from anatosynth.io import Volume
-from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, to_original_grid
+from anatosynth.options import resolve_device
+from anatosynth.transforms.inferer import sliding_probs
+from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, to_original_grid
 
-__all__ = ["Run", "load_run", "run_weights", "resolve_device", "sliding_probs", "predict_prepared", "read_split"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Run", "load_run", "run_weights", "predict_prepared", "read_split"]
 
 
 @dataclass
@@ -21,28 +25,11 @@ class Run:
 
     path: Path
     weights: Path
-    model: "torch.nn.Module"
+    model: torch.nn.Module
     patch: tuple[int, int, int]
     classes: ClassMap
     preprocess: PreprocessConfig
     metadata: dict
-
-
-def resolve_device(name: str | None = "auto") -> "torch.device":
-    """``auto`` → the first CUDA GPU when there is one, else the CPU; otherwise the named device."""
-    import torch
-
-    from anatosynth.errors import ConfigError
-
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
-    return device
 
 
 def run_weights(path: str | Path) -> Path:
@@ -81,35 +68,9 @@ def load_run(path: str | Path, device: str | None = "auto") -> Run:
 
         torch.backends.cudnn.benchmark = True  # one window size: let cuDNN pick its fastest kernels
     model.to(target).eval()
-    return Run(folder, weights, model, tuple(int(p) for p in meta["model"]["patch"]), classes,
+    px, py, pz = (int(p) for p in meta["model"]["patch"])
+    return Run(folder, weights, model, (px, py, pz), classes,
                PreprocessConfig.from_dict(meta["preprocess"]), meta)
-
-
-def sliding_probs(model, image: np.ndarray, patch, overlap: float = 0.5, sw_batch: int = 1,
-                  progress: bool = False) -> "torch.Tensor":
-    """Softmax probabilities (C, X, Y, Z) of ``model`` over a whole canonical image.
-
-    Uses MONAI's ``sliding_window_inference`` with Gaussian blending; images smaller than the patch are
-    padded by MONAI and cropped back. On CUDA the network runs under bf16 autocast and its logits are
-    blended in fp32; the image goes to the GPU from pinned memory.
-    """
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)[None, None]
-    x = x.pin_memory().to(device, non_blocking=True) if cuda else x.to(device)
-
-    def predict(window):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-            return model(window).float()
-
-    with torch.no_grad():
-        logits = sliding_window_inference(x, tuple(int(p) for p in patch), int(sw_batch), predict if cuda else model,
-                                          overlap=float(overlap), mode="gaussian", progress=progress)
-        logits = logits.as_tensor() if hasattr(logits, "as_tensor") else logits
-        return torch.softmax(logits[0].float(), dim=0).cpu()
 
 
 def predict_prepared(run: Run, case: PreparedCase, overlap: float = 0.5, sw_batch: int = 1) -> Volume:

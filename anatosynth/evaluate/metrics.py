@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ClassScore", "class_score", "case_scores", "STATUSES"]
 
@@ -50,14 +54,14 @@ def _crop_union(pred: np.ndarray, ref: np.ndarray, margin: int = 1) -> tuple[np.
     return pred[sl], ref[sl]
 
 
-def _onehot(mask: np.ndarray) -> "torch.Tensor":
+def _onehot(mask: np.ndarray) -> torch.Tensor:
     import torch
 
     m = torch.as_tensor(np.ascontiguousarray(mask))
     return torch.stack([~m, m])[None].float()
 
 
-def class_score(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> ClassScore:
+def class_score(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | np.ndarray) -> ClassScore:
     """Score one binary prediction against one binary reference (see module docstring for the rule)."""
     from monai.metrics import compute_dice, compute_hausdorff_distance
 
@@ -79,6 +83,6 @@ def class_score(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> 
 
 
 def case_scores(pred: np.ndarray, ref: np.ndarray, class_ids: dict[str, int],
-                spacing: Sequence[float]) -> dict[str, ClassScore]:
+                spacing: Sequence[float] | np.ndarray) -> dict[str, ClassScore]:
     """Scores of every named foreground class (name → dataset label id) in one case."""
     return {name: class_score(pred == ident, ref == ident, spacing) for name, ident in class_ids.items()}

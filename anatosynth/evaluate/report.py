@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def _json_value(v: float) -> float | None:
 
 def summarise(scores: dict[str, dict[str, ClassScore]], class_names: list[str]) -> dict:
     """Aggregate per-case scores (case → class → score) into per-class and overall statistics."""
-    classes = {}
+    classes: dict[str, dict[str, Any]] = {}
     for name in class_names:
         rows = [scores[c][name] for c in scores]
         counts = {s: sum(1 for r in rows if r.status == s) for s in ("ok", "missed", "false_positive", "absent")}
@@ -68,7 +69,7 @@ def _fmt(stats: dict, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def _cell(v: float, digits: int) -> str:
+def _cell(v: float | None, digits: int) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -110,7 +111,8 @@ def _csv(summary: dict) -> str:
     for case, per in summary["per_case"].items():
         for name, s in per.items():
             w.writerow([case, name, "" if s["dice"] is None else f"{s['dice']:.6f}",
-                        "" if s["hd95"] is None else f"{s['hd95']:.4f}", s["status"], s["ref_voxels"], s["pred_voxels"]])
+                        "" if s["hd95"] is None else f"{s['hd95']:.4f}", s["status"], s["ref_voxels"],
+                        s["pred_voxels"]])
     return buf.getvalue()
 
 

@@ -91,7 +91,8 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
             for r in pts:
                 by_x[r[key]].append(r["dice"])
             # the main grid's point: endless pool / default bank
-            main = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == arm and r["train_cases"] == k]
+            main = [r["dice"] for r in main_grid(rows)
+                    if r["dataset"] == ds and r["arm"] == arm and r["train_cases"] == k]
             xs = sorted(by_x)
             if main:
                 x_main = (max(xs) * 4 if key == "samples" else bank_subjects)

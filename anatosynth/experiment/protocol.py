@@ -240,11 +240,12 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         if arm.get("weights") and arm.get("pretrain", "none") in (None, "none"):
             raise ConfigError(f"{source}: arm {arm['name']!r} names 'weights' but does not pre-train")
     if baseline not in names:
-        raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(names)})")
+        raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(map(str, names))})")
 
     for pair in raw.get("compare") or []:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(a not in names for a in pair):
-            raise ConfigError(f"{source}: 'compare' entries must be two arm names, e.g. [anatomy, random]; got {pair!r}")
+            raise ConfigError(f"{source}: 'compare' entries must be two arm names, e.g. [anatomy, random]; "
+                              f"got {pair!r}")
 
     finetunes: list[FinetuneJob] = []
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import yaml
 
 from anatosynth.errors import AnatosynthError
-from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
+from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
 
@@ -43,7 +43,8 @@ def _flag(name: str) -> str:
 
 
 def _cli_args(options: dict) -> list[str]:
-    """``{"feature_size": 12, "patch": [64, 64, 32], "quiet": True}`` → ``--feature-size 12 --patch 64,64,32 --quiet``."""
+    """Options as flags: ``{"feature_size": 12, "patch": [64, 64, 32], "quiet": True}`` →
+    ``--feature-size 12 --patch 64,64,32 --quiet``."""
     args: list[str] = []
     for k, v in options.items():
         if v is None or v is False:
@@ -149,11 +150,13 @@ class Runner:
         return self.release(job, folder)
 
     def release(self, job: PretrainJob, folder: Path) -> Path:
-        """The model a fine-tune starts from: the run's model.pt, or its release in ``weights:`` if the arm names one."""
+        """The model a fine-tune starts from: the run's model.pt, or its release in ``weights:`` if the arm
+        names one."""
         if not job.weights:
             return folder / "model.pt"
         self.call(["release", str(folder), "--out", job.weights, "--job-key", job.key, "--command",
-                   f"anatosynth experiment {self.protocol.name} (job {job.key})"], folder / "release")  # log: folder/release.log
+                   f"anatosynth experiment {self.protocol.name} (job {job.key})"],
+                  folder / "release")  # log: folder/release.log
         return Path(job.weights)
 
     def result_file(self, job: FinetuneJob) -> Path | None:
@@ -188,7 +191,7 @@ class Runner:
         return result
 
 
-    def eval_cases(self, job: FinetuneJob) -> list[str]:
+    def eval_cases(self, job: FinetuneJob) -> list[str] | None:
         from anatosynth.io.datasets import read_dataset
 
         names = [c.name for c in read_dataset(job.data).cases if c.image is not None and c.label is not None]
@@ -243,7 +246,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
     protocol's order whatever order the jobs finish in. ``report_only`` runs nothing and reports the
     finished jobs (e.g. while the grid still runs elsewhere).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from tqdm import tqdm
 
@@ -291,7 +294,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
             models = {job.key: pool.submit(pretrain_one, job) for job in protocol.pretrains}
             # fine-tunes that need no model (scratch) first: they fill the cores while models pre-train
             order = sorted(protocol.finetunes, key=lambda job: job.pretrain is not None)
-            futures = [*models.values(), *(pool.submit(finetune_one, job) for job in order)]
+            futures: list[Future] = [*models.values(), *(pool.submit(finetune_one, job) for job in order)]
             for future in futures:
                 future.result()  # re-raises the first failure
         except BaseException:

@@ -3,14 +3,15 @@
 Results are rows (dicts) with at least ``arm``, ``dataset``, ``seed``, ``train_cases`` and ``dice``
 (mean foreground Dice of one fine-tuned run, in percent). Rows of two arms are *paired* when they share
 dataset, seed and train_cases: same split, same fine-tuning seed, only the pre-training differs (the
-baseline, scratch, has one row per pair; scaling points of an arm pair with the same scratch row). The confidence interval of the mean paired difference is a percentile bootstrap
-over pairs (seeded, so tables are reproducible).
+baseline, scratch, has one row per pair; scaling points of an arm pair with the same scratch row). The
+confidence interval of the mean paired difference is a percentile bootstrap over pairs (seeded, so tables
+are reproducible).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -122,7 +123,8 @@ def compare_table(comparisons: list[dict]) -> str:
     if not comparisons:
         return ""
     lines = ["**paired differences between arms** (same dataset, seed and labelled cases)", "",
-             "| dataset | labelled cases | difference | n | Δ Dice % [95% CI] | per seed |", "|---|---|---|---|---|---|"]
+             "| dataset | labelled cases | difference | n | Δ Dice % [95% CI] | per seed |",
+             "|---|---|---|---|---|---|"]
     for c in comparisons:
         lines.append(f"| {c['dataset']} | {c['train_cases']} | {c['a']} − {c['b']} | {c['n_pairs']} | "
                      f"{_fmt(c['delta'])} [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}] | "

@@ -9,7 +9,8 @@ convention); the last voxel lies within one target voxel of the original extent.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import overload
 
 import nibabel as nib
 import numpy as np
@@ -83,6 +84,7 @@ def _linear_axis(array: np.ndarray, pos: np.ndarray, axis: int, step: float) -> 
             continue
         term = np.take(array, idx, axis=axis) * (w / norm).astype(np.float32).reshape(shape)
         out = term if out is None else out + term
+    assert out is not None  # taps always holds 0
     return out
 
 
@@ -149,6 +151,15 @@ def resample_label(volume: Volume, spacing: Sequence[float]) -> Volume:
             region = out[sl]
             region[p >= pmax - 1e-6] = lab
     return Volume(out, affine)
+
+
+@overload
+def crop_foreground(volume: Volume, mask: np.ndarray | None = None, margin: int = 0) -> Volume: ...
+
+
+@overload
+def crop_foreground(volume: Volume, mask: np.ndarray | None, margin: int, other: Volume, /,
+                    *others: Volume) -> tuple[Volume, ...]: ...
 
 
 def crop_foreground(volume: Volume, mask: np.ndarray | None = None, margin: int = 0,

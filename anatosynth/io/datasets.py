@@ -53,7 +53,7 @@ class Dataset:
     def foreground(self) -> dict[int, str]:
         return {k: v for k, v in self.labels.items() if k != 0}
 
-    def require_images(self, verb: str) -> "Dataset":
+    def require_images(self, verb: str) -> Dataset:
         """Raise one clear line when no case has an image (e.g. a folder of label maps given to ``verb``)."""
         if not any(c.image is not None for c in self.cases):
             what = "this folder has label maps but no images" if self.layout == "labels" else "no case has an image"
@@ -61,7 +61,7 @@ class Dataset:
                                         "dataset)")
         return self
 
-    def select(self, names: list[str]) -> "Dataset":
+    def select(self, names: list[str]) -> Dataset:
         """Keep only the named cases (in the given order); unknown names are an error."""
         by_name = {c.name: c for c in self.cases}
         missing = [n for n in names if n not in by_name]
@@ -166,9 +166,13 @@ def _entries(data: dict, key: str, root: Path, source: Path) -> list[Case]:
             image = image[0]
         img = _inside(root, image, source) if image else None
         lab = _inside(root, entry["label"], source) if entry.get("label") else None
-        if img is None and lab is None:
+        if lab is not None:
+            name = case_name(lab)
+        elif img is not None:
+            name = case_name(img, channel_suffix=True)
+        else:
             raise InputError(source, f"entry in '{key}' has neither image nor label: {entry!r}")
-        cases.append(Case(case_name(lab) if lab else case_name(img, channel_suffix=True), img, lab, key))
+        cases.append(Case(name, img, lab, key))
     return cases
 
 

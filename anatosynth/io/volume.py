@@ -57,7 +57,7 @@ class Volume:
         ijk = np.asarray(ijk, dtype=np.float64)
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         return Volume(array, self.affine.copy())
 
 
@@ -80,6 +80,8 @@ def _read(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     _check_suffix(path)
     try:
         img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):  # NIfTI-1/2 are; the suffix was checked
+            raise InputError(path, f"not a NIfTI image ({type(img).__name__})")
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise InputError(path, f"truncated or corrupt gzip data ({err.__class__.__name__})") from None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["MODES", "SynthConfig", "SyntheticStream", "SynthBatch", "SampleParams"]
+__all__ = ["SynthConfig", "SyntheticStream", "SynthBatch", "SampleParams"]
 
-_WHERE = {"MODES": "config", "SynthConfig": "config", "SyntheticStream": "generator", "SynthBatch": "generator",
+_WHERE = {"SynthConfig": "config", "SyntheticStream": "generator", "SynthBatch": "generator",
           "SampleParams": "generator"}
 
 

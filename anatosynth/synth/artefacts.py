@@ -15,8 +15,8 @@ results are exact per element, so bytes do not change with thread count or batch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -303,7 +303,8 @@ def upsample_separable(grid: np.ndarray, shape: tuple[int, int, int], device) ->
     return upsample_x(g, w)[0]
 
 
-def _rescale_gamma(x: torch.Tensor, rescale: torch.Tensor, gamma_on: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def _rescale_gamma(x: torch.Tensor, rescale: torch.Tensor, gamma_on: torch.Tensor | None,
+                   lut: torch.Tensor | None) -> torch.Tensor:
     """Per sample of x [B, ...]: min-max rescale to [0, 1] where ``rescale`` and a gamma table (nearest of
     GAMMA_KNOTS entries, ``lut`` [B, K]) where ``gamma_on``; others pass unchanged ((x - 0) * 1)."""
     B = x.shape[0]
@@ -312,7 +313,7 @@ def _rescale_gamma(x: torch.Tensor, rescale: torch.Tensor, gamma_on: torch.Tenso
     lo = torch.where(rescale, flat.amin(1), 0.0)
     scale = torch.where(rescale, 1.0 / torch.clamp(flat.amax(1) - lo, min=1e-6), 1.0)
     plain = (x - lo.view(view)).mul_(scale.view(view))
-    if lut is None:
+    if lut is None or gamma_on is None:
         return plain
     t = (x - lo.view(view)).mul_((scale * float(GAMMA_KNOTS - 1)).view(view)).add_(0.5)
     t = t.clamp_(0.0, float(GAMMA_KNOTS - 1)).long()
@@ -344,6 +345,7 @@ def pack_artefacts(params: Sequence[ArtefactParams], shape: tuple[int, int, int]
         return None
     if minimal:
         out = pack_artefacts(params, shape)
+        assert out is not None  # some sample has an artefact (checked above)
         for key, used in (("blur", any(p.blur_sigma > 0 for p in params)),
                           ("bias", any(p.bias is not None for p in params)),
                           ("noise", any(p.noise_std > 0 for p in params)),
@@ -405,7 +407,8 @@ def apply_artefacts_(img: torch.Tensor, params: Sequence[ArtefactParams]) -> tor
     """
     from anatosynth.synth.raster import upload
 
-    packed = pack_artefacts(params, tuple(img.shape[1:]))
+    _, nx, ny, nz = img.shape
+    packed = pack_artefacts(params, (nx, ny, nz))
     if packed is None:
         return img.clamp_(0.0, 1.0)
     return apply_packed_artefacts_(img, upload(packed, img.device))

@@ -13,19 +13,10 @@ import argparse
 import json
 
 from anatosynth.errors import ConfigError
-from anatosynth.options import THREADS_HELP, add_patch_argument
-from anatosynth.options import parse_patch as _parse_patch
+from anatosynth.options import RENDERS, SYNTH_MODES, THREADS_HELP, add_patch_argument
+from anatosynth.synth.config import check_patch
 
-__all__ = ["register", "parse_patch", "stream_from_args"]
-
-# kept literal here so that `anatosynth --help` does not import torch
-_MODES = ("anatomy", "random", "primitives")
-_RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
-
-
-def parse_patch(text) -> tuple[int, int, int]:
-    """``"96"``, ``"96,96,32"``, ``"96x96x32"`` or ``["96", "96", "32"]`` → (X, Y, Z); multiples of 32."""
-    return _parse_patch(text, minimum=32, multiple=32, what="patch size")
+__all__ = ["register", "stream_from_args"]
 
 
 def _load_config(path: str | None) -> dict:
@@ -57,7 +48,7 @@ def stream_from_args(args: argparse.Namespace):
     # flags win over the config file, which wins over the defaults (as in pretrain)
     d["mode"] = args.mode or d.get("mode", "anatomy")
     d["render"] = args.render or d.get("render", "shell")
-    d["patch"] = parse_patch(args.patch) if args.patch is not None else d.get("patch", 96)
+    d["patch"] = check_patch(args.patch) if args.patch is not None else d.get("patch", 96)
     if args.no_anchors:
         d["anchors"] = False
     if args.no_graph:
@@ -77,13 +68,12 @@ def stream_from_args(args: argparse.Namespace):
 
 
 def _check_device(device: str, threads: int | None = None) -> str:
-    """Validate the device and apply ``--threads`` (torch intra-op threads; default: the free cores)."""
-    from anatosynth.options import apply_threads
-    from anatosynth.synth.generator import resolve_device
+    """The checked device (``auto``: the GPU when there is one); applies ``--threads`` (default: the free cores)."""
+    from anatosynth.options import apply_threads, resolve_device
 
-    resolve_device(device)
+    checked = str(resolve_device(device))
     apply_threads(threads)
-    return device
+    return checked
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -145,12 +135,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--bank", default=None, help="bank file or builtin:phantom (default; not needed for primitives)")
-    p.add_argument("--mode", default=None, choices=_MODES, help="default: --config's, else anatomy")
-    p.add_argument("--render", default=None, choices=_RENDERS, help="default: --config's, else shell")
+    p.add_argument("--mode", default=None, choices=SYNTH_MODES, help="default: --config's, else anatomy")
+    p.add_argument("--render", default=None, choices=RENDERS, help="default: --config's, else shell")
     add_patch_argument(p, None, "patch size, multiples of 32 (default: --config's, else 96)")
     p.add_argument("--n", type=int, default=n_default, help=f"number of samples (default {n_default})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--no-anchors", action="store_true", help="ablation: ignore spatial anchors")
     p.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")

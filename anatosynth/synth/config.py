@@ -5,38 +5,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from anatosynth.errors import ConfigError
-from anatosynth.options import reject_unknown_keys
+from anatosynth.options import RENDERS, SYNTH_MODES, parse_patch, reject_unknown_keys
 
-__all__ = ["MODES", "RENDER_NAMES", "WINDOW_POLICIES", "SynthConfig", "check_patch", "STREAM_VERSION"]
+__all__ = ["WINDOW_POLICIES", "SynthConfig", "check_patch", "STREAM_VERSION"]
 
 # Bumped whenever the synthetic stream's bytes change for an unchanged SynthConfig (experiment job keys hash it).
 STREAM_VERSION = 2  # 2: batched rasteriser (issue 11): labels differ at organ borders in ~0.2 % of voxels
 
-MODES = ("anatomy", "random", "primitives")
-# kept in step with anatosynth.synth.render.RENDERS (checked there at import time when present)
-RENDER_NAMES = ("shell", "fill", "shell+fill", "texture", "contour")
+MODES = SYNTH_MODES  # the old name, still imported by synth/generator.py; the table is in anatosynth.options
 WINDOW_POLICIES = ("organ", "body")
 
 
-def check_patch(patch) -> tuple[int, int, int]:
-    """Return ``patch`` as three ints, each a positive multiple of 32 (SwinUNETR's downsampling).
+def check_patch(patch: object) -> tuple[int, int, int]:
+    """A synthetic patch size as three ints, each a multiple of 32 (SwinUNETR's downsampling).
+
+    Reads every spelling of :func:`anatosynth.options.parse_patch` (``96``, ``"96,96,32"``, ``[96, 96, 32]``...).
 
     Raises:
-        ConfigError: wrong length, non-integers or an entry not divisible by 32.
+        ConfigError: not one or three whole numbers, or an entry not a multiple of 32.
     """
-    if isinstance(patch, int):
-        patch = (patch, patch, patch)
-    try:
-        values = tuple(int(v) for v in patch)
-        exact = all(float(v) == int(v) for v in patch)
-    except (TypeError, ValueError):
-        raise ConfigError(f"patch size {patch!r}: expected three integers") from None
-    if len(values) != 3 or not exact:
-        raise ConfigError(f"patch size {patch!r}: expected three integers")
-    if any(v <= 0 or v % 32 for v in values):
-        raise ConfigError(f"patch size {'x'.join(map(str, values))}: every entry must be a positive "
-                          "multiple of 32")
-    return values  # type: ignore[return-value]
+    return parse_patch(patch, minimum=32, multiple=32, what="patch size")
 
 
 @dataclass
@@ -111,12 +99,12 @@ class SynthConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> "SynthConfig":
+    def validate(self) -> SynthConfig:
         """Check every field; normalise tuples. Raises ConfigError naming the first bad field."""
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.render not in RENDER_NAMES:
-            raise ConfigError(f"unknown render {self.render!r}; choose one of {', '.join(RENDER_NAMES)}")
+        if self.mode not in SYNTH_MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(SYNTH_MODES)}")
+        if self.render not in RENDERS:
+            raise ConfigError(f"unknown render {self.render!r}; choose one of {', '.join(RENDERS)}")
         if self.window not in WINDOW_POLICIES:
             raise ConfigError(f"unknown window policy {self.window!r}; choose one of "
                               f"{', '.join(WINDOW_POLICIES)}")
@@ -156,7 +144,7 @@ class SynthConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SynthConfig":
+    def from_dict(cls, d: dict) -> SynthConfig:
         """Build from a dict, rejecting unknown keys (typos would otherwise be silently ignored)."""
         reject_unknown_keys(d, {f.name for f in fields(cls)}, "synth config")
         values = dict(d)

@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy import ndimage, signal
 from scipy.spatial.transform import Rotation
-
-import torch
 
 from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
@@ -130,7 +129,7 @@ def _rotation(rng: np.random.Generator, max_deg: float, free: bool) -> np.ndarra
     if free:
         return Rotation.random(random_state=rng).as_matrix()
     axis = rng.normal(size=3)
-    axis /= max(np.linalg.norm(axis), 1e-12)
+    axis /= max(float(np.linalg.norm(axis)), 1e-12)
     angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
     return Rotation.from_rotvec(axis * angle).as_matrix()
 
@@ -179,7 +178,8 @@ class BodyModel:
         span = np.maximum((np.asarray(mask.shape) - 1) * self.spacing, 1e-3)
         support = mask if self.config.collision_margin == 0 else ndimage.binary_dilation(
             np.pad(mask, 1), np.ones((3, 3, 3), bool), iterations=self.config.collision_margin)[1:-1, 1:-1, 1:-1]
-        return ShapeGeometry(lo, span, tuple(int(v) for v in mask.shape),
+        nx, ny, nz = (int(v) for v in mask.shape)
+        return ShapeGeometry(lo, span, (nx, ny, nz),
                              np.asarray(mask.shape) * self.spacing, pad_mask(support))
 
     def _check_fits(self) -> None:
@@ -219,8 +219,8 @@ class BodyModel:
             self.bits[i, i // 64] = np.uint64(1) << np.uint64(i % 64)
         self.forbidden_bits = np.zeros((n, self.words), dtype=np.uint64)
         for i in range(n):
-            for j in np.nonzero(self.forbidden[i])[0]:
-                self.forbidden_bits[i] |= self.bits[j]
+            for other in np.nonzero(self.forbidden[i])[0]:
+                self.forbidden_bits[i] |= self.bits[other]
 
     def _body_box(self) -> None:
         """Body box: where the organs lie (anchor means ± half the mean extents), body scale 1."""
@@ -347,8 +347,8 @@ class BodyModel:
             hi = np.minimum(stop, s_j + np.asarray(hit_j.shape))
             if np.any(hi <= lo):
                 continue
-            a = fp.hit[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, start))]
-            b = hit_j[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, s_j))]
+            a = fp.hit[tuple(slice(int(low - s), int(high - s)) for low, high, s in zip(lo, hi, start))]
+            b = hit_j[tuple(slice(int(low - s), int(high - s)) for low, high, s in zip(lo, hi, s_j))]
             n = int(np.count_nonzero(a & b))
             if n:
                 first = j if first < 0 else first
@@ -386,9 +386,9 @@ class BodyModel:
             if si != s:
                 g = self.geometry[k][si]
                 fp = self._footprint(g, centre0, matrix, elastic)
-            shift = self._nearest_free(k, fp, occupied, prefer, centre0, gauss)
-            if shift is not None:
-                return self._accept(k, si, centre0, shift, matrix, elastic, g, fp, occupied,
+            free = self._nearest_free(k, fp, occupied, prefer, centre0, gauss)
+            if free is not None:
+                return self._accept(k, si, centre0, free, matrix, elastic, g, fp, occupied,
                                     cfg.retries + 1 + n_shape, True)
         return {"organ": self.bank.organs[k].name, "reason": "forbidden overlap after "
                 f"{cfg.retries + 1} draws and no free position within {cfg.max_shift_mm:g} mm for any shape",
@@ -429,8 +429,8 @@ class BodyModel:
             hi = np.minimum(start + size, s_j + np.asarray(hit_j.shape))
             if np.any(hi <= lo):
                 continue
-            sub = hit_j[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, s_j))]
-            view = region[tuple(slice(int(l - s), int(h - s)) for l, h, s in zip(lo, hi, start))]
+            sub = hit_j[tuple(slice(int(low - s), int(high - s)) for low, high, s in zip(lo, hi, s_j))]
+            view = region[tuple(slice(int(low - s), int(high - s)) for low, high, s in zip(lo, hi, start))]
             np.maximum(view, sub, out=view)
         overlap = signal.fftconvolve(region, fp.hit[::-1, ::-1, ::-1].astype(np.float32), mode="valid")
         free = np.argwhere(overlap < 0.5) - r

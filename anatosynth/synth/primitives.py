@@ -16,8 +16,8 @@ gathers and scatters in torch and rebuilds exactly the masks that the overlap te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -142,7 +142,7 @@ def _cross_section(rng: np.random.Generator, kind: int, max_side: int) -> np.nda
         angle = int(rng.integers(0, 181))
         side = min(2 * int(max(a, b)), max_side)
         return _ellipse_mask(min(a, side / 2), min(b, side / 2), angle, side)
-    side = int(min(rng.integers(BOX_SIDE[0], BOX_SIDE[1] + 1), max_side))
+    side = min(int(rng.integers(BOX_SIDE[0], BOX_SIDE[1] + 1)), max_side)
     n = kind + 2
     bins = np.linspace(0, 360, n + 1)
     angles = np.deg2rad([rng.integers(int(bins[i]), int(bins[i + 1]) + 1) for i in range(n)])
@@ -182,7 +182,7 @@ def _draw_object(rng: np.random.Generator, patch: tuple[int, int, int]) -> tuple
     cls = int(rng.integers(NUM_PRIMITIVE_CLASSES))
     kind, prof = divmod(cls, len(PROFILES))
     base = _cross_section(rng, kind, min(patch[0], patch[1]))
-    height = int(min(rng.integers(HEIGHT[0], HEIGHT[1] + 1), patch[2]))
+    height = min(int(rng.integers(HEIGHT[0], HEIGHT[1] + 1)), int(patch[2]))
     index = _index_map(_profile(rng, PROFILES[prof], height), base.shape[0])
     obj = PrimitiveObject(label=cls + 1, origin=(0, 0, 0), base=base, index=index)
     mask = object_mask(obj)
@@ -228,10 +228,11 @@ def draw_primitive_params(
                 break
         else:
             dropped += 1
-    return PrimitiveParams(patch=patch, objects=placed, dropped=dropped)  # type: ignore[arg-type]
+    return PrimitiveParams(patch=patch, objects=placed, dropped=dropped)
 
 
-def pack_primitives(params: Sequence[PrimitiveParams], patch: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], list]:
+def pack_primitives(params: Sequence[PrimitiveParams],
+                    patch: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], list]:
     """Host arrays of a batch's objects, slot by slot (slot k = each sample's k-th object in painting
     order; a sample with fewer objects leaves it empty), and each slot's box (the batch's largest object
     in that slot). The number of slots is the objects drawn per sample, so it does not depend on the batch.

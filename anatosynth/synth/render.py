@@ -22,13 +22,14 @@ Artefacts (:mod:`anatosynth.synth.artefacts`) follow for all modes but ``contour
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import RENDERS, parse_patch
 from anatosynth.synth.artefacts import (
     DEFAULT_ARTEFACTS,
     NO_ARTEFACTS,
@@ -45,7 +46,6 @@ from anatosynth.synth.artefacts import (
 )
 
 __all__ = [
-    "RENDERS",
     "RenderParams",
     "draw_render_params",
     "apply_render",
@@ -62,8 +62,6 @@ __all__ = [
     "CONTOUR_VALUE",
     "CONTOUR_WIDTH",
 ]
-
-RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 
 SHELL_THICKNESS = (1, 3)  # voxels, inclusive, per organ
 FILL_MEAN = (25 / 255, 225 / 255)  # SynthSeg U[25, 225] scaled to [0, 1]
@@ -84,7 +82,7 @@ class RenderParams:
     """Everything random for rendering ONE sample.
 
     Attributes:
-        render: one of :data:`RENDERS`.
+        render: one of :data:`anatosynth.options.RENDERS`.
         num_classes: label values 0..num_classes-1 (0 = background) that the sample may contain.
         mean: (C,) base intensity of each class in [0, 1].
         std: (C,) per-class Gaussian std of the fill (0 for shell, texture and contour).
@@ -122,13 +120,6 @@ class RenderParams:
         return d
 
 
-def _check_patch(patch: Sequence[int]) -> tuple[int, int, int]:
-    p = tuple(int(v) for v in patch)
-    if len(p) != 3 or any(v < 8 for v in p):
-        raise ConfigError(f"patch must be three sizes of at least 8 voxels, got {tuple(patch)}")
-    return p  # type: ignore[return-value]
-
-
 def draw_render_params(
     rng: np.random.Generator,
     num_classes: int,
@@ -141,7 +132,7 @@ def draw_render_params(
     Args:
         rng: the sample's generator (e.g. ``np.random.default_rng(SeedSequence(...))``).
         num_classes: number of label values including background (labels 0..num_classes-1).
-        render: one of :data:`RENDERS`.
+        render: one of :data:`anatosynth.options.RENDERS`.
         patch: (X, Y, Z) patch size, needed for the texture grids.
         artefacts: artefact ranges; default :data:`DEFAULT_ARTEFACTS`, or none for ``contour``.
 
@@ -153,7 +144,7 @@ def draw_render_params(
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be at least 1 (background), got {num_classes}")
     C = int(num_classes)
-    patch = _check_patch(patch)
+    patch = parse_patch(patch)
     if artefacts is None:
         artefacts = NO_ARTEFACTS if render == "contour" else DEFAULT_ARTEFACTS
     # Fixed draw order for every mode, so the same rng state gives related samples across modes.
@@ -287,13 +278,19 @@ def _has_texture(p: RenderParams) -> bool:
     return p.texture_amp is not None and bool(np.any(p.texture_amp > 0))
 
 
+def _texture_weights(p: RenderParams, octave: int) -> np.ndarray:
+    """Per-class weight of texture octave ``octave``: amplitude x mix (zeros for a sample without texture)."""
+    if p.texture_amp is None or p.texture_mix is None or not _has_texture(p):
+        return np.zeros(p.num_classes)
+    return (p.texture_amp * p.texture_mix[:, octave]).astype(np.float32)
+
+
 def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
                 minimal: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Host side of rendering a batch: the per-sample tables as arrays to upload (with the batch's other
     parameters, in one copy), and the host facts that shape the program (no tensor values).
     ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`)."""
     params = list(params)
-    B = len(params)
     cmax = max(p.num_classes for p in params)
     arrays: dict[str, np.ndarray] = {
         "values": _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax)}
@@ -316,8 +313,7 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
             grids = [p.texture_grids[j] if _has_texture(p) else np.zeros(small, np.float32) for p in params]
             arrays[f"tex{j}"] = np.stack([upsample_yz(g * TEXTURE_NORM, patch) for g in grids])
             arrays.update({f"tex{j}_{n}": v for n, v in x_weights(small[0], patch[0]).items()})
-            arrays[f"tex{j}_w"] = _table([(p.texture_amp * p.texture_mix[:, j]).astype(np.float32)
-                                          if _has_texture(p) else np.zeros(p.num_classes) for p in params], cmax)
+            arrays[f"tex{j}_w"] = _table([_texture_weights(p, j) for p in params], cmax)
         arrays["tex_band"] = np.array([p.texture_band for p in params], np.float32)
     art = pack_artefacts([p.artefacts for p in params], patch, minimal)
     if art is not None:
@@ -348,6 +344,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
     # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
     cls = flat
     if meta["shell"]:
+        assert dist is not None  # the groups cover every sample with a shell
         thick = a["thickness"].to(torch.uint8).gather(1, flat)
         small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
         shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
@@ -360,6 +357,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
         img.add_(z.mul_(a["fill_std"].gather(1, cls)).view(lab.shape))
 
     if meta["texture"]:  # sum_j amp[L] mix[L, j] F_j, faded in after the clean band
+        assert dist is not None  # the groups cover every sample with texture
         tex = torch.zeros(lab.shape, dtype=torch.float32, device=dev)
         for j in range(len(TEXTURE_SCALES)):
             f = upsample_x(a[f"tex{j}"], {n: a[f"tex{j}_{n}"] for n in ("i0", "w0", "w1")})
@@ -393,5 +391,6 @@ def apply_render(label: torch.Tensor, params: Sequence[RenderParams], check: boo
 
     params = list(params)
     _check_labels(label, params, check)
-    arrays, meta = pack_render(params, tuple(label.shape[1:]))
+    _, nx, ny, nz = label.shape
+    arrays, meta = pack_render(params, (nx, ny, nz))
     return render_packed(label, upload(arrays, label.device), meta)

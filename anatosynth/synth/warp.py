@@ -36,7 +36,7 @@ def _affine_grid(rel: list[np.ndarray], a: np.ndarray, b: np.ndarray, dev: torch
     out = torch.empty((3,) + shape, dtype=torch.float32, device=dev)
     for c in range(3):
         terms = [torch.as_tensor((rel[i] * a[c, i]).astype(np.float32), device=dev) for i in range(3)]
-        plane = (terms[0] + np.float32(b[c]))[:, None] + terms[1][None, :]
+        plane = (terms[0] + float(np.float32(b[c])))[:, None] + terms[1][None, :]
         torch.add(plane[:, :, None], terms[2][None, None, :], out=out[c])
     return out
 

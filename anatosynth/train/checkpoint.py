@@ -103,7 +103,7 @@ def check_compatible(saved_spec: dict, saved_classes: list[str] | None, spec: Mo
                      class_names: list[str] | None, path: str | Path) -> None:
     """Raise :class:`ConfigError` when a checkpoint was made for another network or class list."""
     want = spec.to_dict()
-    keys = ("name", "in_channels", "out_channels", "feature_size")
+    keys: tuple[str, ...] = ("name", "in_channels", "out_channels", "feature_size")
     if spec.name == "unetr":
         keys = keys + ("patch",)
     diff = [k for k in keys if saved_spec.get(k) != want.get(k)]

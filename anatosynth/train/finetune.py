@@ -2,7 +2,7 @@
 
 Recipe (MONAI's SwinUNETR BTCV recipe, scaled to a step budget):
 
-* cases are preprocessed once (:mod:`anatosynth.train.preprocess`) and kept in memory;
+* cases are preprocessed once (:mod:`anatosynth.transforms.preprocess`) and kept in memory;
 * each step draws one training case (seeded) and ``crops`` patches from it, balanced 1:1 between
   foreground and background centres (``RandCropByPosNegLabeld``), padded when the volume is smaller
   than the patch; random flips on each axis (p 0.2; none along the left-right axis when a class name
@@ -12,7 +12,7 @@ Recipe (MONAI's SwinUNETR BTCV recipe, scaled to a step budget):
 * every ``val_every`` steps (and at the end) sliding-window Dice on the validation cases; the best
   weights are kept as ``model_best.pt``, the final ones as ``model.pt``; on the same predictions the
   run decides, per class, whether keeping the largest connected component helps
-  (:mod:`anatosynth.evaluate.postprocess`, recorded in ``postprocessing.json``).
+  (:mod:`anatosynth.transforms.postprocess`, recorded in ``postprocessing.json``).
 
 The run folder is pre-training's (:class:`~anatosynth.train.pretrain.RunPaths`): ``config.yaml`` (the
 resolved options), ``checkpoint.pt`` every ``checkpoint_every`` steps (model, optimiser, scheduler, the
@@ -49,8 +49,8 @@ from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.models import ModelSpec
-from anatosynth.train.preprocess import ClassMap, PreparedCase, PreprocessConfig, prepare_cases
 from anatosynth.train.pretrain import RunPaths  # the run-folder names shared with pre-training
+from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, modality_kind, prepare_cases
 
 __all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "finetune", "resume_config", "class_dice", "lateralised"]
 
@@ -118,7 +118,7 @@ class FinetuneConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str | Path) -> "FinetuneConfig":
+    def from_dict(cls, d: dict, source: str | Path) -> FinetuneConfig:
         """Rebuild from a saved ``config.yaml`` (lists back to tuples); unknown keys name the file."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -201,15 +201,22 @@ def _augmentations(cfg: FinetuneConfig, seed: int, flip_left_right: bool = True)
     indices). ``flip_left_right=False`` drops flips along the first (RAS left-right) axis, which would
     turn a left organ into a right one while its label still says left.
     """
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d,
-                                  RandScaleIntensityd, RandShiftIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        Transform,
+    )
 
     keys = ["image", "label"]
-    steps = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch, pos=1, neg=1,
-                                    num_samples=cfg.crops, allow_smaller=False,
-                                    fg_indices_key="fg_indices", bg_indices_key="bg_indices"),
-             *([RandFlipd(keys, prob=0.2, spatial_axis=0)] if flip_left_right else []),
-             RandFlipd(keys, prob=0.2, spatial_axis=1), RandFlipd(keys, prob=0.2, spatial_axis=2)]
+    steps: list[Transform] = [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch, pos=1, neg=1,
+                                                num_samples=cfg.crops, allow_smaller=False,
+                                                fg_indices_key="fg_indices", bg_indices_key="bg_indices"),
+                              *([RandFlipd(keys, prob=0.2, spatial_axis=0)] if flip_left_right else []),
+                              RandFlipd(keys, prob=0.2, spatial_axis=1), RandFlipd(keys, prob=0.2, spatial_axis=2)]
     if cfg.patch[0] == cfg.patch[1]:
         steps.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
     steps += [RandScaleIntensityd("image", factors=0.1, prob=0.1),
@@ -236,12 +243,15 @@ def _crop_source(case: PreparedCase, patch) -> dict:
     from monai.transforms import SpatialPadd
     from monai.transforms.utils import map_binary_to_indices
 
+    assert case.label is not None, case.name  # training cases come with their label maps
+    # MONAI's transforms take numpy arrays as well (NdarrayOrTensor); the signature only names Tensor
     padded = SpatialPadd(["image", "label"], spatial_size=patch, mode="constant")(
-        {"image": case.image[None], "label": case.label[None].astype(np.float32)})
+        {"image": case.image[None], "label": case.label[None].astype(np.float32)})  # type: ignore[dict-item]
 
     image, label = _plain(padded["image"]).contiguous(), _plain(padded["label"]).contiguous()
-    fg, bg = map_binary_to_indices(label, None, 0.0)  # on the float map, as MONAI would (not on integers:
-    # there its `~` is a bitwise not and every voxel would count as background)
+    # on the float map, as MONAI would (not on integers: there its `~` is a bitwise not and every voxel would
+    # count as background); tensors in, tensors out
+    fg, bg = map(torch.as_tensor, map_binary_to_indices(label, None, 0.0))
     small = torch.uint8 if int(case.label.max(initial=0)) < 256 else torch.int16  # memory per case
     if label.numel() < 2**31:
         fg, bg = fg.to(torch.int32), bg.to(torch.int32)
@@ -302,13 +312,14 @@ def _validate(model, cases: list[PreparedCase], cfg: FinetuneConfig,
 
     Also returns the largest-connected-component decision taken on the same predictions.
     """
-    from anatosynth.evaluate.inference import sliding_probs
-    from anatosynth.evaluate.postprocess import decide_largest_component, keep_largest_component
+    from anatosynth.transforms.inferer import sliding_probs
+    from anatosynth.transforms.postprocess import decide_largest_component, keep_largest_component
 
     model.eval()
     per_case, per_case_lcc = [], []
     foreground = range(1, classes.num_classes)
     for case in cases:
+        assert case.label is not None, case.name  # validation cases come with their label maps
         pred = sliding_probs(model, case.image, cfg.patch, cfg.overlap, cfg.sw_batch).argmax(0).numpy()
         per_case.append(class_dice(pred, case.label, classes.num_classes))
         per_case_lcc.append(class_dice(keep_largest_component(pred, foreground), case.label, classes.num_classes))
@@ -336,7 +347,7 @@ class FinetunePaths(RunPaths):
 
     @property
     def postprocessing(self) -> Path:
-        from anatosynth.evaluate.postprocess import POSTPROCESSING_FILE
+        from anatosynth.transforms.postprocess import POSTPROCESSING_FILE
 
         return self.root / POSTPROCESSING_FILE
 
@@ -403,7 +414,7 @@ def _attach_log(out: Path) -> logging.Handler:
 def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, PreprocessConfig]:
     dataset = read_dataset(cfg.data).require_images("finetune")
     classes = ClassMap.from_labels(dataset.labels)
-    pre = PreprocessConfig(cfg.modality or dataset.modality, cfg.spacing, cfg.window)
+    pre = PreprocessConfig(modality_kind(cfg.modality or dataset.modality), cfg.spacing, cfg.window)
     return dataset, classes, pre
 
 
@@ -424,8 +435,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
-    from anatosynth.evaluate.inference import resolve_device
     from anatosynth.io.volume import ensure_writable_dir
+    from anatosynth.options import resolve_device
     from anatosynth.train.checkpoint import write_json
     from anatosynth.train.models import build_model
     from anatosynth.train.transfer import transfer_weights
@@ -440,7 +451,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     by_name = {c.name: c for c in dataset.cases}
     train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train", progress)
     val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val", progress)
-    if not any(c.label.any() for c in train):
+    if not any(c.label is not None and c.label.any() for c in train):
         raise InputError(dataset.root, "the training cases hold no foreground voxels at all")
 
     spec = ModelSpec(cfg.model, 1, classes.num_classes, cfg.feature_size, cfg.patch)
@@ -478,7 +489,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
 
             tqdm.write(report.summary())
         if resume:
-            said = ("resumed at step %d" % loop.step if resuming else
+            said = (f"resumed at step {loop.step}" if resuming else
                     "resume: no checkpoint was written yet, starting at step 0")
             log.info(said)
             from tqdm import tqdm
@@ -723,17 +734,17 @@ class _Loop:
                 if validate or self.step % cfg.log_every == 0:
                     loss = self._log_loss(writer, lr)
                     bar.set_postfix(loss=f"{loss:.3f}", best=f"{max(self.best, 0):.3f}")
-                if validate:
+                if validate and loss is not None:  # (validation steps always log the loss)
                     self._validate(writer, loss)
                 elif loss is not None:
                     log.info("step %d loss %.4f", self.step, loss)
                 if self.step % cfg.checkpoint_every == 0 or self.step == stop:
                     self.save_checkpoint()
                     saved = self.step
-        except BaseException:
+        except BaseException as err:
             where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
                      else "step 0 (no checkpoint was written yet)")
-            message = (f"stopped by {sys.exc_info()[0].__name__} at step {self.step}; 'anatosynth finetune "
+            message = (f"stopped by {type(err).__name__} at step {self.step}; 'anatosynth finetune "
                        f"--resume {self.paths.root}' continues from {where}")
             log.info("%s", message)
             print(f"fine-tuning {message}", file=sys.stderr)

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from anatosynth.errors import ConfigError
-from anatosynth.options import THREADS_HELP, add_patch_argument, apply_threads
-from anatosynth.options import parse_patch as _parse_patch
+from anatosynth.options import MODELS, THREADS_HELP, add_patch_argument, apply_threads, parse_patch
 
-__all__ = ["register", "parse_patch", "parse_pair"]
-
-
-def parse_patch(text) -> tuple[int, int, int]:
-    """``96`` → (96, 96, 96); ``96,96,32``, ``96x96x32`` or ``["96", "96", "32"]`` → (96, 96, 32)."""
-    return _parse_patch(text, what="--patch")
+__all__ = ["register", "parse_pair"]
 
 
 def parse_pair(text: str) -> tuple[float, float]:
@@ -38,7 +32,7 @@ def _config(args):
         raise ConfigError("finetune needs --data and --out (or --resume RUN to continue a run)")
     return FinetuneConfig(
         data=args.data, out=args.out, init=args.init, model=args.model, feature_size=args.feature_size,
-        patch=parse_patch(args.patch), steps=args.steps, train_cases=args.train_cases,
+        patch=parse_patch(args.patch, what="--patch"), steps=args.steps, train_cases=args.train_cases,
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, pretrained_lr_scale=args.pretrained_lr_scale,
@@ -89,7 +83,7 @@ def register(sub) -> None:
     p.add_argument("--init", default="none",
                    help="'none' (from scratch), an anatosynth RUN/model.pt, or a MONAI/SwinUNETR checkpoint "
                         "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
-    p.add_argument("--model", default="swinunetr", help="swinunetr | unetr | unet | dynunet (default swinunetr)")
+    p.add_argument("--model", default="swinunetr", choices=MODELS, help="MONAI network (default swinunetr)")
     p.add_argument("--feature-size", type=int, default=48, help="network width (default 48)")
     add_patch_argument(p, "96", "training/inference patch")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")

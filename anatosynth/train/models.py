@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import MODELS
 
 __all__ = ["ModelSpec", "build_model", "MODELS"]
-
-MODELS = ("swinunetr", "unetr", "unet", "dynunet")
 
 
 @dataclass
@@ -33,7 +32,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         d = dict(d)
         d["patch"] = tuple(d.get("patch", (96, 96, 96)))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -56,9 +55,10 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
         return nets.SwinUNETR(in_channels=spec.in_channels, out_channels=spec.out_channels,
                               feature_size=spec.feature_size, spatial_dims=3, use_checkpoint=False)
     if spec.name == "unetr":
+        wide = spec.feature_size >= 48  # ViT-B; narrower specs get a small transformer
         return nets.UNETR(in_channels=spec.in_channels, out_channels=spec.out_channels, img_size=patch,
-                          feature_size=max(spec.feature_size // 3, 8), hidden_size=768 if spec.feature_size >= 48 else 192,
-                          mlp_dim=3072 if spec.feature_size >= 48 else 768, num_heads=12 if spec.feature_size >= 48 else 4)
+                          feature_size=max(spec.feature_size // 3, 8), hidden_size=768 if wide else 192,
+                          mlp_dim=3072 if wide else 768, num_heads=12 if wide else 4)
     f = spec.feature_size
     if spec.name == "unet":
         return nets.UNet(spatial_dims=3, in_channels=spec.in_channels, out_channels=spec.out_channels,

@@ -242,7 +242,7 @@ def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainCon
 def _versions() -> dict:
     import monai
 
-    from anatosynth import __version__
+    from anatosynth.version import __version__
 
     return {"anatosynth": __version__, "torch": torch.__version__, "monai": monai.__version__,
             "numpy": np.__version__, "python": platform.python_version()}

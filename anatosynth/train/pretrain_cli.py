@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from anatosynth.options import THREADS_HELP, add_patch_argument
+from anatosynth.options import MODELS, RENDERS, SYNTH_MODES, THREADS_HELP, add_patch_argument
 
 __all__ = ["register", "overrides_from_args"]
 
@@ -38,8 +38,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "no_graph", False):
         synth["graph"] = False
     over["synth"] = synth or None
-    if over.get("patch") is not None:
-        over["patch"] = list(over["patch"])
+    patch = over.get("patch")
+    if patch is not None:
+        over["patch"] = list(patch)
     return over
 
 
@@ -73,16 +74,15 @@ def register(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/pretrain)")
     g = p.add_argument_group("data")
     g.add_argument("--bank", help="shape bank path or builtin:phantom (default builtin:phantom)")
-    g.add_argument("--mode", choices=("anatomy", "random", "primitives"), help="(default anatomy)")
-    g.add_argument("--render", choices=("shell", "fill", "shell+fill", "texture", "contour"),
-                   help="(default shell)")
+    g.add_argument("--mode", choices=SYNTH_MODES, help="(default anatomy)")
+    g.add_argument("--render", choices=RENDERS, help="(default shell)")
     add_patch_argument(g, None, "synthetic patch size (default 96)")
     g.add_argument("--samples", type=int, help="train on a fixed pool of N samples instead of the endless stream")
     g.add_argument("--no-anchors", action="store_true", help="ablation: place organs without spatial anchors")
     g.add_argument("--no-graph", action="store_true", help="ablation: ignore the topological graph")
     g.add_argument("--seed", type=int, help="seeds the network and the synthetic stream (default 0)")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--model", choices=("swinunetr", "unetr", "unet", "dynunet"), help="(default swinunetr)")
+    g.add_argument("--model", choices=MODELS, help="(default swinunetr)")
     g.add_argument("--feature-size", type=int, dest="feature_size", help="network width (default 48)")
     g.add_argument("--batch", type=int, help="patches per step and per process (default 4)")
     g.add_argument("--steps", type=int, help="optimiser steps to reach (default 1000)")

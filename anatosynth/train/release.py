@@ -76,7 +76,7 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     state = load_weights_only(model_path, "model")
     half = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
             for k, v in state.items()}
-    config = {}
+    config: dict = {}
     if (run / "config.yaml").is_file():
         import yaml
 

@@ -20,9 +20,9 @@ The output head is re-initialised (skipped) when the checkpoint's classes differ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -11,7 +11,6 @@ import torch
 
 from anatosynth.bank import save_bank
 from anatosynth.cli import main
-from anatosynth.synth.cli import parse_patch
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +97,6 @@ def test_unknown_mode_rejected_by_parser(capsys):
 def test_cuda_without_gpu(bank_file, capsys):
     assert main(["synth", "bench", "--bank", bank_file, "--n", "1", "--patch", "32", "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
-
-
-def test_parse_patch():
-    assert parse_patch("96") == (96, 96, 96)
-    assert parse_patch("96x96x32") == (96, 96, 32)
 
 
 def test_config_file_sets_mode_render_and_patch_and_flags_win(bank_file, tmp_path, capsys):

@@ -8,11 +8,11 @@ import torch
 from scipy import ndimage
 
 from anatosynth.errors import ConfigError
+from anatosynth.options import RENDERS
 from anatosynth.synth import artefacts as art
 from anatosynth.synth.render import (
     CONTOUR_VALUE,
     CONTOUR_WIDTH,
-    RENDERS,
     apply_render,
     boundary_distance,
     draw_render_params,

@@ -14,9 +14,8 @@ import torch
 from anatosynth.cli import main
 from anatosynth.errors import ConfigError
 from anatosynth.io.datasets import Case
-from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 from anatosynth.train.checkpoint import read_checkpoint
-from anatosynth.train.finetune_cli import parse_patch
+from anatosynth.train.finetune import FinetuneConfig, class_dice, finetune, lateralised, make_split
 
 
 def _write_dataset(root: Path, n: int = 3, seed: int = 0, shape=(26, 24, 16)) -> Path:
@@ -86,11 +85,11 @@ def test_class_dice_marks_absent_classes():
     assert d[0] == pytest.approx(2 / 3) and d[1] == pytest.approx(2 / 3) and np.isnan(d[2])
 
 
-def test_parse_patch():
-    assert parse_patch("96") == (96, 96, 96)
-    assert parse_patch("96x96x32") == (96, 96, 32)
-    with pytest.raises(ConfigError):
-        parse_patch("4")
+def test_a_bad_patch_is_one_line_naming_the_option(tmp_path, capsys):
+    assert main(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--patch", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "anatosynth finetune: error: --patch entries must be at least 8, got ['4']"
+    assert not (tmp_path / "run").exists()
 
 
 def test_finetune_writes_a_complete_seeded_run(dataset, tmp_path):
@@ -187,7 +186,7 @@ def test_crops_from_precomputed_indices_equal_a_scan_of_the_label_at_every_step(
 
     from anatosynth.io import read_dataset
     from anatosynth.train.finetune import _augmentations, _batch, _crop_source
-    from anatosynth.train.preprocess import ClassMap, PreprocessConfig, prepare_cases
+    from anatosynth.transforms.preprocess import ClassMap, PreprocessConfig, prepare_cases
 
     cfg = _cfg(dataset, dataset / "unused", crops=3)
     data = read_dataset(dataset)

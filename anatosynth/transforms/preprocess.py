@@ -17,14 +17,18 @@ Predictions made on the canonical grid return to each case's original grid with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io import Volume, check_pair, load_image, load_label, resample, resample_label, to_ras
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PreprocessConfig", "ClassMap", "PreparedCase", "modality_kind", "normalise", "prepare_case",
            "prepare_image", "prepare_cases", "to_original_grid"]
@@ -72,7 +76,7 @@ class PreprocessConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -101,7 +105,7 @@ class ClassMap:
     names: list[str]
 
     @classmethod
-    def from_labels(cls, labels: dict[int, str]) -> "ClassMap":
+    def from_labels(cls, labels: dict[int, str]) -> ClassMap:
         """Build from a dataset's id→name map (background 0 first, then ids in increasing order)."""
         items = sorted(labels.items())
         if not items or items[0][0] != 0:
@@ -186,7 +190,7 @@ def prepare_case(name: str, image_path: str | Path, label_path: str | Path | Non
                         canonical.affine, image.shape, image.affine, present)
 
 
-def to_original_grid(probs: np.ndarray | "torch.Tensor", affine: np.ndarray, shape: Sequence[int],
+def to_original_grid(probs: np.ndarray | torch.Tensor, affine: np.ndarray, shape: Sequence[int],
                      original_affine: np.ndarray, chunk: int = 16) -> np.ndarray:
     """Bring class probabilities from the canonical grid back to an original grid and take the argmax.
 

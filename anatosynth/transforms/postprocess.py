@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from anatosynth.errors import InputError
 
 __all__ = ["POSTPROCESSING_FILE", "keep_largest_component", "decide_largest_component", "read_decision",
-           "MODES"]
+           "POSTPROCESS_MODES"]
 
 POSTPROCESSING_FILE = "postprocessing.json"
-MODES = ("auto", "none", "largest")
+#: ``evaluate --postprocess``: the run's validated choice, nothing, or the largest component of every class
+POSTPROCESS_MODES = ("auto", "none", "largest")
 RULE = "keep the largest connected component of a class when its mean validation Dice does not drop"
 
 

@@ -1,4 +1,4 @@
-"""Preprocessing for fine-tuning: modality normalisation, class maps, and the way back to original grids."""
+"""Preprocessing of real scans: modality normalisation, class maps, and the way back to original grids."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import pytest
 
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io import Volume, resample_label, to_ras
-from anatosynth.train.preprocess import (ClassMap, PreprocessConfig, modality_kind, normalise, prepare_case,
-                                         to_original_grid)
+from anatosynth.transforms.preprocess import (
+    ClassMap,
+    PreprocessConfig,
+    modality_kind,
+    normalise,
+    prepare_case,
+    to_original_grid,
+)
 
 
 @pytest.mark.parametrize("text,kind", [("CT", "CT"), ("ct", "CT"), ("MRI", "MR"), ("MR", "MR"), ("T2", "MR"),

@@ -1,8 +1,15 @@
-"""CLI verb of the I/O stage: ``anatosynth check DATASET`` validates a dataset before you use it."""
+"""CLI verb ``anatosynth check DATASET``: validate a dataset before you use it.
+
+Reading and geometry checks come from :mod:`anatosynth.io`; the anatomical invariants on organ centroids
+(liver right of spleen, ...) from :mod:`anatosynth.bank.orientation`, which is why the verb lives in the bank
+stage rather than in ``io`` (``io`` imports nothing above it).
+"""
 
 from __future__ import annotations
 
 import sys
+
+__all__ = ["register", "run_check"]
 
 _HINT = "fix the header or pass --fix-orientation to bank build"
 
@@ -12,8 +19,8 @@ def run_check(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids, named
     from anatosynth.bank.names import canonical_name
+    from anatosynth.bank.orientation import OrientationError, check_centroids, label_centroids, named
     from anatosynth.io.datasets import read_dataset
     from anatosynth.io.volume import check_pair, load_image, load_label
 
@@ -29,6 +36,7 @@ def run_check(args) -> int:
         if image is not None and label is not None:
             check_pair(image, label, case.image, case.label)
         ref = label if label is not None else image
+        assert ref is not None  # read_dataset gives every case an image, a label map or both
         centroids = label_centroids(label) if label is not None else {}
         present = sorted(centroids)
         if label is not None:  # anatomical invariants on the organ centroids (see anatosynth.bank.orientation)
