@@ -556,10 +556,10 @@ class _Loop:
         self.pipeline = _augmentations(cfg, int(aug_seed.generate_state(1)[0]), self.flip_lr)
         # tensors transferred from --init may train on their own schedule (lower rate; frozen at first, as in
         # linear-probing-then-fine-tuning): a second parameter group, only when asked for (bytes unchanged else)
-        named = list(model.named_parameters())
-        self.frozen_params = [p for n, p in named if n in (pretrained or set())]
+        named, keys = list(model.named_parameters()), pretrained or set()
+        self.frozen_params = [p for n, p in named if n in keys]
         if self.frozen_params:
-            fresh = [p for n, p in named if n not in pretrained]
+            fresh = [p for n, p in named if n not in keys]
             groups = [{"params": fresh}, {"params": self.frozen_params}]
             self.optimiser = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
             self.scheduler = build_scheduler(self.optimiser, cfg.warmup_steps, cfg.steps,
