@@ -1,5 +1,8 @@
 """The synthetic stream as torch datasets, for ``torch.utils.data.DataLoader`` and MONAI transforms.
 
+Why here, in ``synth`` (and not a package of its own): the datasets are the stream's torch face and
+need nothing above it; ``synth bench`` uses them too, so a package above ``synth`` would make a cycle.
+
 Sample ``i`` of seed ``s`` depends only on ``(s, i)`` (:mod:`anatosynth.synth.generator`), so every form
 below gives the same bytes as ``SyntheticStream(bank, config, s).batch([i])``, whatever the batch, the
 number of workers or the process:
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
@@ -35,7 +38,9 @@ from anatosynth.synth.config import SynthConfig
 from anatosynth.synth.generator import SampleParams, SynthBatch, SyntheticStream
 
 __all__ = ["SyntheticDataset", "SyntheticIterableDataset", "SyntheticParamsDataset", "RenderBatch",
-           "shard_bodies", "dist_rank_world"]
+           "params_loader", "shard_bodies", "dist_rank_world", "WORKER_TIMEOUT_S"]
+
+WORKER_TIMEOUT_S = 600.0  # a batch's draw that takes longer than this is treated as a hung worker
 
 BankArg = ShapeBank | str | Path | None
 
@@ -286,3 +291,23 @@ class RenderBatch:
         if self.log:
             batch["log"] = out.logs
         return batch
+
+
+def params_loader(data: SyntheticParamsDataset, batch_sampler, workers: int = 0,
+                  timeout: float = WORKER_TIMEOUT_S) -> DataLoader:
+    """A DataLoader of lists of :class:`SampleParams`, one list per batch of ``batch_sampler``.
+
+    ``workers`` spawned processes (safe with CUDA; one torch thread each, since they only run numpy
+    placement) draw two batches each ahead; with 0 the calling process draws when asked. A worker that
+    dies, or stays silent past ``timeout`` seconds, is DataLoader's RuntimeError, not a hang. Render each
+    list with :meth:`SyntheticParamsDataset.renderer` (or the stream's ``apply``) where the model trains.
+    """
+    if workers <= 0:
+        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=list)
+    return DataLoader(data, batch_sampler=batch_sampler, collate_fn=list, num_workers=int(workers),
+                      multiprocessing_context="spawn", prefetch_factor=2, timeout=timeout,
+                      worker_init_fn=_single_thread)
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)

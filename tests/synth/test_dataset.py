@@ -8,15 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from anatosynth.bank import load_bank
-from anatosynth.data import (
+from anatosynth.errors import ConfigError
+from anatosynth.synth import SynthConfig, SyntheticStream
+from anatosynth.synth.dataset import (
     SyntheticDataset,
     SyntheticIterableDataset,
     SyntheticParamsDataset,
     dist_rank_world,
     shard_bodies,
 )
-from anatosynth.errors import ConfigError
-from anatosynth.synth import SynthConfig, SyntheticStream
 
 SEED = 7
 CONFIG = SynthConfig(patch=(32, 32, 32), patches_per_body=2)
