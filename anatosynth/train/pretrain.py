@@ -262,7 +262,7 @@ class _Trainer:
         barrier(self.ctx)
 
     # -- the loop
-    def _one_step(self, stop: int):
+    def _one_step(self):
         cfg = self.cfg
         assert self.batches is not None
         params = next(self.batches)  # drawn ahead by the loader's workers (or here, without workers)
@@ -313,7 +313,7 @@ class _Trainer:
         previous_handlers = self._catch_signals()
         try:
             while self.step < stop:
-                idx, batch, logits, loss = self._one_step(stop)
+                idx, batch, logits, loss = self._one_step()
                 loss_sum += loss.detach()
                 n_sum += 1
                 if trace is not None:

@@ -23,7 +23,8 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     cfg = resolve_config(path, {"steps": 7, "batch": None, "synth": {"graph": False}})
     assert (cfg.model, cfg.feature_size, cfg.patch, cfg.steps) == ("unet", 8, (64, 64, 64), 7)
     assert cfg.lr == pytest.approx(1e-4) and cfg.batch == PretrainConfig().batch
-    assert (cfg.synth.anchors, cfg.synth.graph, cfg.synth.patch, cfg.synth.mode) == (False, False, (64, 64, 64), "anatomy")
+    synth = cfg.synth
+    assert (synth.anchors, synth.graph, synth.patch, synth.mode) == (False, False, (64, 64, 64), "anatomy")
     again = PretrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
 
