@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from anatosynth.synth.dataset import (
     SyntheticIterableDataset,
     SyntheticParamsDataset,
     dist_rank_world,
+    params_loader,
     shard_bodies,
 )
 
@@ -146,3 +149,18 @@ def test_params_are_drawn_in_workers_and_rendered_as_one_batch(bank, reference):
     with pytest.raises(TypeError, match="no length"):
         len(SyntheticParamsDataset(bank, CONFIG))
     assert np.array_equal(ds[3].origin_mm, SyntheticStream(bank, CONFIG, SEED).draw(3).origin_mm)
+
+
+class _DyingParams(SyntheticParamsDataset):
+    """A draw worker that dies (as one killed for memory would) on the batch holding sample 2."""
+
+    def __getitems__(self, indices):
+        if 2 in indices:
+            os._exit(3)
+        return super().__getitems__(indices)
+
+
+def test_a_dead_draw_worker_is_an_error_not_a_hang(bank):
+    loader = params_loader(_DyingParams(bank, CONFIG, seed=SEED), [[0, 1], [2, 3], [4, 5]], workers=1, timeout=120)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        list(loader)
