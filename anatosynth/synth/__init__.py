@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["SynthConfig", "SyntheticStream", "SynthBatch", "SampleParams"]
+__all__ = ["SynthConfig", "SyntheticStream", "SynthBatch", "SampleParams", "SyntheticDataset",
+           "SyntheticIterableDataset", "SyntheticParamsDataset"]
 
 _WHERE = {"SynthConfig": "config", "SyntheticStream": "generator", "SynthBatch": "generator",
-          "SampleParams": "generator"}
+          "SampleParams": "generator", "SyntheticDataset": "dataset", "SyntheticIterableDataset": "dataset",
+          "SyntheticParamsDataset": "dataset"}
 
 
 def __getattr__(name: str):

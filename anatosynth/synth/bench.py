@@ -9,7 +9,8 @@ import time
 import numpy as np
 import torch
 
-from anatosynth.synth.generator import resolve_device
+from anatosynth.options import resolve_device
+from anatosynth.synth.dataset import SyntheticParamsDataset, params_loader
 
 __all__ = ["run_bench"]
 
@@ -19,25 +20,13 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-_STREAM = None
-
-
-def _init_worker(stream) -> None:
-    global _STREAM
-    _STREAM = stream
-    torch.set_num_threads(1)
-
-
-def _draw(index: int):
-    return _STREAM.draw(index)
-
-
 def run_bench(stream, n: int = 32, batch: int = 8, device: str = "cpu", workers: int = 0) -> dict:
     """Make samples ``0..n-1`` in batches and time drawing (CPU) and applying (device) separately.
 
     One warm-up batch (indices far from the timed ones) fills the per-device caches first. With
-    ``workers`` > 0, forked worker processes draw the parameters while the main process applies
-    (as a data loader would); ``draw_ms_per_patch`` is then the time spent waiting for them.
+    ``workers`` > 0, the DataLoader of :func:`~anatosynth.synth.dataset.params_loader` draws the parameters
+    in spawned workers while this process applies, as pre-training does; its first batch (a warm-up one,
+    untimed) waits for the workers to start; ``draw_ms_per_patch`` is then the time spent waiting for them.
 
     Returns:
         JSON-ready dict: ``patches_per_s``, ``ms_per_patch``, ``draw_ms_per_patch``,
@@ -48,21 +37,16 @@ def run_bench(stream, n: int = 32, batch: int = 8, device: str = "cpu", workers:
     warm = [10_000_000 + i for i in range(min(batch, n))]
     stream.apply([stream.draw(i) for i in warm], dev)
     _sync(dev)
+    batches = [list(range(start, min(n, start + batch))) for start in range(0, n, batch)]
+    drawn = iter(params_loader(SyntheticParamsDataset.from_stream(stream), [warm, *batches], workers))
+    next(drawn)  # the warm-up batch: the workers are up
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     draw_s = apply_s = 0.0
     logs = []
-    pool = None
-    if workers > 0:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (stream,))
-        pool.map(_draw, warm)  # start the workers before timing
-        drawn = pool.imap(_draw, range(n), chunksize=stream.config.patches_per_body)
-    for start in range(0, n, batch):
+    for _ in batches:
         t0 = time.perf_counter()
-        indices = range(start, min(n, start + batch))
-        params = [next(drawn) for _ in indices] if pool else [stream.draw(i) for i in indices]
+        params = next(drawn)
         t1 = time.perf_counter()
         out = stream.apply(params, dev)
         _sync(dev)
@@ -70,9 +54,7 @@ def run_bench(stream, n: int = 32, batch: int = 8, device: str = "cpu", workers:
         draw_s += t1 - t0
         apply_s += t2 - t1
         logs.extend(out.logs)
-    if pool is not None:
-        pool.close()
-        pool.join()
+    del drawn  # stops the workers
     total = draw_s + apply_s
     cfg = stream.config
     result = {

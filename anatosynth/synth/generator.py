@@ -18,31 +18,24 @@ per-voxel bitmask of painted organs makes the forbidden-overlap count exact at p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
-from anatosynth.synth.config import MODES, SynthConfig
+from anatosynth.options import resolve_device
+from anatosynth.synth.config import SynthConfig
 from anatosynth.synth.placement import BodyModel, Layout, OrganPlacement
 
-__all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "MODES", "resolve_device"]
+if TYPE_CHECKING:
+    from anatosynth.synth.raster import Rasteriser
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device, checked: CUDA requested without a GPU is a ConfigError, not a crash later."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use cpu or cuda")
-    return dev
+# resolve_device stays importable from here for older call sites; its one definition is anatosynth.options
+__all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "resolve_device"]
 
 
 @dataclass
@@ -109,7 +102,7 @@ class SyntheticStream:
         self.patch = self.config.patch
         if self.config.mode == "primitives":
             from anatosynth.synth.primitives import PRIMITIVE_CLASS_NAMES
-            self.body = None
+            self.body: BodyModel | None = None
             self.class_names = list(PRIMITIVE_CLASS_NAMES)
             self.spacing = tuple(float(v) for v in bank.spacing) if bank is not None else (1.0, 1.0, 1.0)
         else:
@@ -119,7 +112,7 @@ class SyntheticStream:
             self.class_names = list(bank.class_names)
             self.spacing = tuple(float(v) for v in bank.spacing)
         self.num_classes = len(self.class_names)
-        self._raster = None
+        self._raster: Rasteriser | None = None
         self._layouts: dict[int, Layout] = {}
 
     # ---- step 1: draw ---------------------------------------------------------------------
@@ -138,7 +131,7 @@ class SyntheticStream:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, body, 1 << 32]))
             if len(self._layouts) >= 16:
                 self._layouts.pop(next(iter(self._layouts)))
-            self._layouts[body] = self.body.draw(rng)
+            self._layouts[body] = self._body().draw(rng)
         return self._layouts[body]
 
     def draw(self, index: int) -> SampleParams:
@@ -162,7 +155,7 @@ class SyntheticStream:
         sp = np.asarray(self.spacing)
         half = (np.asarray(self.patch) - 1) / 2 * sp
         if not placed:
-            centre = (self.body.box_lo + self.body.box_hi) / 2
+            centre = (self._body().box_lo + self._body().box_hi) / 2
         elif self.config.window == "organ":
             chosen = placed[int(rng.integers(len(placed)))]
             centre = chosen.centre_mm + rng.uniform(-1, 1, size=3) * self.config.window_jitter * half
@@ -220,7 +213,7 @@ class SyntheticStream:
                 arrays.update({f"prim{g}_{k}": v for k, v in prim.items()})
                 boxes.append(b)
 
-            def paint(packed, dev):
+            def paint_primitives_(packed, dev):
                 labels = []
                 for g, group in enumerate(groups):
                     pre = f"prim{g}_"
@@ -228,7 +221,7 @@ class SyntheticStream:
                                                    boxes[g], self.patch, len(group), dev))
                 label = labels[0] if len(labels) == 1 else torch.cat(labels)
                 return label, lambda: self._primitive_logs(params, label)
-            return arrays, paint
+            return arrays, paint_primitives_
         arrays, boxes = {}, []
         for g, group in enumerate(groups):
             arrays[f"rows{g}"], b = self.raster.pack(group)
@@ -245,7 +238,8 @@ class SyntheticStream:
         """``apply([draw(i) for i in indices], device)``."""
         return self.apply([self.draw(int(i)) for i in indices], device)
 
-    def labels(self, params: Sequence[SampleParams], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[dict]]:
+    def labels(self, params: Sequence[SampleParams],
+               device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[dict]]:
         """Label maps [B, X, Y, Z] int64 and placement logs (no rendering)."""
         label, logs = self._labels(list(params), resolve_device(device))
         return label, logs()
@@ -261,8 +255,15 @@ class SyntheticStream:
         """The batched rasteriser of this stream (built on first use)."""
         if getattr(self, "_raster", None) is None:
             from anatosynth.synth.raster import Rasteriser
-            self._raster = Rasteriser(self.body, self.patch, self.config.max_carve)
+            self._raster = Rasteriser(self._body(), self.patch, self.config.max_carve)
+        assert self._raster is not None
         return self._raster
+
+    def _body(self) -> BodyModel:
+        """The body model (anatomy and random modes; primitives mode has none)."""
+        if self.body is None:
+            raise ConfigError("primitives mode places no organs (no body model)")
+        return self.body
 
     def organ_mask(self, p: SampleParams, pl: OrganPlacement,
                    dev: torch.device) -> tuple[tuple[slice, ...], torch.Tensor] | None:
@@ -272,20 +273,22 @@ class SyntheticStream:
 
     def _logs(self, params: list[SampleParams], counts: torch.Tensor) -> list[dict]:
         order = self.raster.order
-        counts = counts.cpu().numpy()  # [organs, B, 4]: the one read back of the batch
+        table = counts.cpu().numpy()  # [organs, B, 4]: the one read back of the batch
         logs = []
         for b, p in enumerate(params):
-            stats = {order[k]: tuple(int(v) for v in counts[k, b]) for k in range(len(order))}
+            stats = {order[k]: tuple(int(v) for v in table[k, b]) for k in range(len(order))}
             logs.append(self._log(p, stats))
         return logs
 
     # ---- logs -----------------------------------------------------------------------------
-    def _log(self, p: SampleParams, stats: list) -> dict:
+    def _log(self, p: SampleParams, stats: dict[int, tuple[int, ...]]) -> dict:
         """The placement log: organs placed (with position, anchor distance, voxels in the patch),
         organs dropped (with reason), and the forbidden-overlap voxel count of the painted patch."""
+        assert self.bank is not None  # anatomy and random modes have a bank
         organs = self.bank.organs
         in_patch = {o: (c, k, v) for o, (c, k, _, v) in stats.items()}
-        placed, dropped = [], [dict(d) for d in p.dropped]
+        placed: list[dict[str, Any]] = []
+        dropped = [dict(d) for d in p.dropped]
         for pl in p.placed:
             clash, voxels, carved = in_patch.get(pl.organ, (0, 0, 0))
             if clash:

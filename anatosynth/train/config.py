@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from anatosynth.errors import ConfigError, InputError
+from anatosynth.options import RENDERS, SYNTH_MODES, reject_unknown_keys
 from anatosynth.options import parse_patch as _parse_patch
-from anatosynth.options import reject_unknown_keys
+from anatosynth.synth.config import SynthConfig
 from anatosynth.train.models import MODELS, ModelSpec
 
-__all__ = ["PretrainConfig", "load_yaml", "resolve_config", "RESUME_MUTABLE", "MODES", "RENDERS"]
+__all__ = ["PretrainConfig", "load_yaml", "resolve_config", "RESUME_MUTABLE", "RUN_SYNTH_FIELDS"]
 
-MODES = ("anatomy", "random", "primitives")
-RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
+# SynthConfig fields that are top-level pre-training options (flags of their own; the model's patch too)
+RUN_SYNTH_FIELDS = ("mode", "render", "patch")
 
 # fields that may differ between a run's saved config and the flags given with --resume
 RESUME_MUTABLE = ("steps", "minutes", "checkpoint_every", "log_every", "image_every", "device", "threads",
@@ -53,7 +54,9 @@ class PretrainConfig:
         workers: processes that draw sample parameters ahead of the step (None: 0 on CPU, up to 4 on CUDA).
         deterministic: ask torch for deterministic algorithms (for exact resume checks).
         trace_indices: write the sample indices each process used to ``indices-rankR.txt`` (for tests).
-        synth: extra :class:`anatosynth.synth.SynthConfig` fields (e.g. ``anchors: false``).
+        synth: the synthesis options, a :class:`~anatosynth.synth.config.SynthConfig` (a mapping of its
+            fields in YAML, e.g. ``synth: {anchors: false}``; fields left out take their defaults). Its
+            ``mode``, ``render`` and ``patch`` are always this config's: set those at the top level.
         out: run folder.
     """
 
@@ -80,19 +83,27 @@ class PretrainConfig:
     workers: int | None = None
     deterministic: bool = False
     trace_indices: bool = False
-    synth: dict = field(default_factory=dict)
+    synth: SynthConfig = field(default_factory=SynthConfig)
     out: str = "runs/pretrain"
+
+    def __post_init__(self) -> None:
+        try:  # a mapping becomes a SynthConfig, with this run's mode, render and patch
+            self.synth = self.nested_synth()
+        except ConfigError:
+            pass  # validate() names the bad value with its source
 
     # --- conversions -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """Plain YAML/JSON-ready dict (patch as a list)."""
+        """Plain YAML/JSON-ready dict (patch as a list; ``synth``: every SynthConfig field but the top-level
+        ``mode``, ``render`` and ``patch``, so that the file reads as it always did)."""
         d = asdict(self)
         d["patch"] = [int(p) for p in self.patch]
-        d["synth"] = dict(self.synth)
+        synth = self.synth.to_dict() if isinstance(self.synth, SynthConfig) else dict(self.synth)
+        d["synth"] = {k: v for k, v in synth.items() if k not in RUN_SYNTH_FIELDS}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "PretrainConfig":
+    def from_dict(cls, d: dict, source: str = "config") -> PretrainConfig:
         """Build and validate from a dict, rejecting unknown keys with a message naming ``source``."""
         reject_unknown_keys(d, {f.name for f in fields(cls)}, source)
         d = dict(d)
@@ -111,7 +122,7 @@ class PretrainConfig:
     def model_spec(self, num_classes: int) -> ModelSpec:
         """The network this run trains, given the synthetic stream's class count."""
         return ModelSpec(name=self.model, in_channels=1, out_channels=int(num_classes),
-                         feature_size=int(self.feature_size), patch=tuple(self.patch))
+                         feature_size=int(self.feature_size), patch=parse_patch(self.patch))
 
     @property
     def warmup_steps(self) -> int:
@@ -119,13 +130,31 @@ class PretrainConfig:
             return int(self.warmup)
         return int(min(500, max(0, self.steps // 20)))
 
+    def nested_synth(self, source: str = "config") -> SynthConfig:
+        """``synth`` as a checked SynthConfig (from a mapping too) with this run's mode, render and patch."""
+        synth = self.synth
+        if isinstance(synth, SynthConfig):
+            d = synth.to_dict()
+        elif isinstance(synth, dict):
+            reject_unknown_keys(synth, {f.name for f in fields(SynthConfig)}, f"{source}: synth")
+            d = dict(synth)
+        else:
+            raise ConfigError(f"{source}: synth must be a mapping of SynthConfig fields, got {type(synth).__name__}")
+        d.update(mode=self.mode, render=self.render, patch=list(parse_patch(self.patch, source)))
+        try:
+            return SynthConfig.from_dict(d)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: synth: {err}") from None
+        except TypeError as err:
+            raise ConfigError(f"{source}: invalid synth options: {err}") from None
+
     def validate(self, source: str = "config") -> None:
         """Raise :class:`ConfigError` with one line for the first invalid value."""
         def bad(msg: str):
             raise ConfigError(f"{source}: {msg}")
 
-        if self.mode not in MODES:
-            bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in SYNTH_MODES:
+            bad(f"mode must be one of {', '.join(SYNTH_MODES)}, got {self.mode!r}")
         if self.render not in RENDERS:
             bad(f"render must be one of {', '.join(RENDERS)}, got {self.render!r}")
         if self.model not in MODELS:
@@ -158,13 +187,7 @@ class PretrainConfig:
             bad(f"lr must be positive, got {self.lr!r}")
         if self.minutes is not None and (not isinstance(self.minutes, (int, float)) or self.minutes <= 0):
             bad(f"minutes must be a positive number, got {self.minutes!r}")
-        if not isinstance(self.synth, dict):
-            bad(f"synth must be a mapping of SynthConfig fields, got {type(self.synth).__name__}")
-        from dataclasses import fields as _fields
-
-        from anatosynth.synth.config import SynthConfig
-
-        reject_unknown_keys(self.synth, {f.name for f in _fields(SynthConfig)}, f"{source}: synth")
+        self.synth = self.nested_synth(source)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

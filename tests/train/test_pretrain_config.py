@@ -23,7 +23,8 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     cfg = resolve_config(path, {"steps": 7, "batch": None, "synth": {"graph": False}})
     assert (cfg.model, cfg.feature_size, cfg.patch, cfg.steps) == ("unet", 8, (64, 64, 64), 7)
     assert cfg.lr == pytest.approx(1e-4) and cfg.batch == PretrainConfig().batch
-    assert cfg.synth == {"anchors": False, "graph": False}
+    synth = cfg.synth
+    assert (synth.anchors, synth.graph, synth.patch, synth.mode) == (False, False, (64, 64, 64), "anatomy")
     again = PretrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
 
@@ -101,3 +102,39 @@ def test_cli_bad_options_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.bank" in err[0]
     assert not (tmp_path / "r2").exists()
+
+
+def test_synthesis_options_nest_as_a_synth_config_and_old_files_still_read(tmp_path):
+    from anatosynth.synth.config import SynthConfig
+
+    # config.yaml as earlier versions wrote it: synth holds only the options that were given
+    old = {"mode": "random", "render": "fill", "patch": [64, 64, 64], "synth": {"anchors": False, "mode": "anatomy"}}
+    cfg = resolve_config(_yaml(tmp_path, old), {})
+    assert isinstance(cfg.synth, SynthConfig)
+    assert (cfg.synth.mode, cfg.synth.render, cfg.synth.patch) == ("random", "fill", (64, 64, 64))  # top level wins
+    assert cfg.synth.anchors is False and cfg.synth.graph is True
+    saved = cfg.to_dict()
+    assert not {"mode", "render", "patch"} & set(saved["synth"]) and saved["synth"]["anchors"] is False
+    assert PretrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(saved))) == cfg
+    assert resolve_config(_yaml(tmp_path, {"synth": {}}), {}).synth == SynthConfig()
+    direct = PretrainConfig(mode="primitives", patch=(32, 32, 32), synth=SynthConfig(primitive_objects=5))
+    assert (direct.synth.mode, direct.synth.patch, direct.synth.primitive_objects) == ("primitives", (32, 32, 32), 5)
+    with pytest.raises(ConfigError, match="run.yaml: synth: unknown option.*anchor"):
+        resolve_config(_yaml(tmp_path, {"synth": {"anchor": False}}), {})
+    with pytest.raises(ConfigError, match="run.yaml: synth: .*multiple of 32"):
+        resolve_config(_yaml(tmp_path, {"patch": 40}), {})
+
+
+def test_step_batches_resume_where_the_stream_stopped():
+    from anatosynth.train.stream_index import StepBatches
+
+    for samples in (None, 10):
+        whole = [b for r in range(2) for b in StepBatches(0, r, 2, 3, steps=5, samples=samples, seed=4)]
+        by_rank = {r: list(StepBatches(0, r, 2, 3, steps=5, samples=samples, seed=4)) for r in range(2)}
+        later = {r: list(StepBatches(2 * 2 * 3, r, 2, 3, steps=3, samples=samples, seed=4)) for r in range(2)}
+        assert all(later[r] == by_rank[r][2:] for r in range(2))
+        if samples is None:
+            assert sorted(i for b in whole for i in b) == list(range(30))
+        else:  # three passes over the pool, each a permutation of it
+            flat = [i for s in range(5) for r in range(2) for i in by_rank[r][s]]
+            assert [sorted(flat[k:k + 10]) for k in (0, 10, 20)] == [list(range(10))] * 3
