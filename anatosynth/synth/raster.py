@@ -81,16 +81,31 @@ class _Fields:
         self.n = n
 
 
-def _upsample_axis(v: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Linear upsampling by ELASTIC_STRIDE along ``dim`` (nodes at 0, q, 2q, ...), cropped to ``size``.
+def _upsample_axis(v: torch.Tensor, dim: int, lo: int, size: int) -> torch.Tensor:
+    """Linear upsampling by ELASTIC_STRIDE along ``dim`` (nodes at 0, q, 2q, ...), fine indices ``lo`` to
+    ``lo + size`` only.
 
-    Phase ``r`` of every interval is ``v[j] (1 - r/q) + v[j + 1] r/q`` with exact scalar weights: plain
-    elementwise products, so every element is computed the same way whatever the batch."""
+    Phase ``r`` of every interval is ``v[j] (1 - r/q) + v[j + 1] r/q`` with exact weights (multiples of 1/4):
+    plain elementwise products, broadcast over the phases, so every element is computed the same way
+    whatever the batch, the box or the crop."""
     q = ELASTIC_STRIDE
-    n = v.shape[dim]
-    v0, v1 = v.narrow(dim, 0, n - 1), v.narrow(dim, 1, n - 1)
-    phases = [v0 * (1.0 - r / q) + v1 * (r / q) for r in range(q)]
-    return torch.stack(phases, dim + 1).flatten(dim, dim + 1).narrow(dim, 0, size)
+    j0 = lo // q
+    n = (lo + size - 1) // q - j0 + 1  # intervals that hold the wanted fine indices
+    shape = [1] * (v.dim() + 1)
+    shape[dim + 1] = q
+    r = torch.arange(q, device=v.device, dtype=v.dtype).div_(q).view(shape)
+    v0, v1 = v.narrow(dim, j0, n).unsqueeze(dim + 1), v.narrow(dim, j0 + 1, n).unsqueeze(dim + 1)
+    out = v0 * (1.0 - r)
+    out += v1 * r
+    return out.flatten(dim, dim + 1).narrow(dim, lo - j0 * q, size)
+
+
+class Boxes(list):
+    """Each organ's box size (a list of (Ex, Ey, Ez), as :meth:`Rasteriser.pack` returns), and for a batch
+    of ONE sample also its host geometry ``windows`` (int64 [organs, 3 (start, lo, hi), 3], patch
+    voxels), with which :meth:`Rasteriser.paint` works on the organ's exact window through slices."""
+
+    windows: np.ndarray | None = None
 
 
 class Rasteriser:
@@ -181,8 +196,9 @@ class Rasteriser:
         dims = np.max([np.asarray(s.mask.shape) + 2 for s in self.bank.organs[organ].shapes], axis=0)
         return dims.astype(np.float64) - 1
 
-    def pack(self, params) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-        """The batch's rows (float32 [B, organs, F]) and each organ's box size (the batch's largest window)."""
+    def pack(self, params) -> tuple[np.ndarray, Boxes]:
+        """The batch's rows (float32 [B, organs, F]) and each organ's box size (the batch's largest window;
+        for one sample, with its windows, see :class:`Boxes`)."""
         f, s = self.fields, self.fields.slices
         sp = self.spacing
         P = np.asarray(self.patch)
@@ -216,7 +232,10 @@ class Rasteriser:
         start = np.maximum(np.minimum(aligned, np.floor_divide(P - boxes[None], q) * q), 0)
         rows[:, :, s["start"]] = start
         rows[:, :, s["coarse0"]] = start / q
-        return rows.astype(np.float32), [tuple(int(v) for v in b) for b in boxes]
+        out = Boxes(tuple(int(v) for v in b) for b in boxes)
+        if len(rows) == 1:
+            out.windows = np.stack([start[0], rows[0, :, s["lo"]], rows[0, :, s["hi"]]], 1).astype(np.int64)
+        return rows.astype(np.float32), out
 
     # ---- device program ---------------------------------------------------------------------
     @staticmethod
@@ -229,41 +248,72 @@ class Rasteriser:
         out = (t[0] + bias[:, :, None])[:, :, :, None, None] + t[1][:, :, None, :, None]
         return out + t[2][:, :, None, None, :]
 
-    def warp(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], dev: torch.device) -> torch.Tensor:
-        """One organ of every sample warped into its box: bool [B, Ex, Ey, Ez] (False outside the window)."""
+    def _grid(self, rows: torch.Tensor, box: tuple[int, int, int], crop: list[tuple[int, int]],
+              dev: torch.device) -> torch.Tensor:
+        """The organ's sampling grid (normalised mask coordinates) on the box voxels ``crop[a][0]`` to
+        ``crop[a][0] + crop[a][1]`` of each axis: [B, cx, cy, cz, 3] as ``grid_sample`` reads it."""
         s, n = self.fields.slices, self.n_points
         B = rows.shape[0]
-        slope1 = rows[:, s["slope1"]].view(B, 3, 3)
-        offset1 = rows[:, s["offset1"]].view(B, 3, 3)
-        start = rows[:, s["start"]].long()
         coarse0 = rows[:, s["coarse0"]].long()
-        fine = [start[:, a, None] + torch.arange(box[a], device=dev) for a in range(3)]  # patch indices
         nodes = [-(-box[a] // ELASTIC_STRIDE) + 1 for a in range(3)]
-        coarse = [(coarse0[:, a, None] + torch.arange(nodes[a], device=dev)).mul_(ELASTIC_STRIDE) for a in range(3)]
-        grid = self._affine(slope1, offset1, rows[:, s["bias1"]], [c.float() for c in coarse])
+        coarse = [(coarse0[:, a, None] + torch.arange(nodes[a], device=dev)).mul_(ELASTIC_STRIDE).float()
+                  for a in range(3)]
+        grid = self._affine(rows[:, s["slope1"]].view(B, 3, 3), rows[:, s["offset1"]].view(B, 3, 3),
+                            rows[:, s["bias1"]], coarse)
         field = rows[:, s["field"]].reshape(B, 3, n, n, n)
         disp = F.grid_sample(field, grid.permute(0, 2, 3, 4, 1), mode="bilinear", padding_mode="border",
                              align_corners=True)  # [B, 3, nx, ny, nz]
         # the affine part is linear, so the coarse nodes carry it exactly: add it there and upsample once
         base = self._affine(rows[:, s["slope2"]].view(B, 3, 3), rows[:, s["offset2"]].view(B, 3, 3),
-                            rows[:, s["bias2"]], [c.float() for c in coarse])
+                            rows[:, s["bias2"]], coarse)
         base += disp
+        # upsampled X, then Y, then Z, as ever; held [B, z, y, x, 3] in memory, so that the largest steps
+        # (Y, Z) run over long contiguous rows, and returned as the [B, x, y, z, 3] view grid_sample reads
+        base = base.permute(0, 4, 3, 2, 1).contiguous()
         for a in range(3):
-            base = _upsample_axis(base, a + 2, box[a])
+            base = _upsample_axis(base, 3 - a, crop[a][0], crop[a][1])
+        return base.permute(0, 3, 2, 1, 4)
+
+    def warp(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], dev: torch.device) -> torch.Tensor:
+        """One organ of every sample warped into its box: bool [B, Ex, Ey, Ez] (False outside the window)."""
+        s = self.fields.slices
+        B = rows.shape[0]
+        grid = self._grid(rows, box, [(0, box[a]) for a in range(3)], dev)
         masks = self.organs(dev)[organ].masks.index_select(0, rows[:, s["shape"]].view(B).long())
-        value = F.grid_sample(masks, base.permute(0, 2, 3, 4, 1), mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+        value = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+        start = rows[:, s["start"]].long()
+        fine = [start[:, a, None] + torch.arange(box[a], device=dev) for a in range(3)]  # patch indices
         lo, hi = rows[:, s["lo"]].long(), rows[:, s["hi"]].long()
         inside = [(fine[a] >= lo[:, a, None]) & (fine[a] < hi[:, a, None]) for a in range(3)]
         window = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
         return (value > 0.5) & window
 
-    def paint(self, packed: torch.Tensor, boxes: list[tuple[int, int, int]],
+    def _warp_window(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], window: np.ndarray,
+                     dev: torch.device) -> torch.Tensor:
+        """One organ of ONE sample warped into its exact window (host geometry ``window``: start, lo,
+        hi): bool [wx, wy, wz], the same voxels :meth:`warp` gives inside the window.
+
+        The mask is sampled with one ``grid_sample`` batch entry per X slice (the mask expanded, not
+        copied), because the CPU kernel runs its batch entries in parallel, and a single one serially."""
+        start, lo, hi = window
+        grid = self._grid(rows, box, [(lo[a] - start[a], hi[a] - lo[a]) for a in range(3)], dev)[0]
+        masks = self.organs(dev)[organ].masks.index_select(0, rows[:, self.fields.slices["shape"]].view(1).long())
+        wx = grid.shape[0]
+        value = F.grid_sample(masks.expand(wx, *masks.shape[1:]), grid[:, None], mode="bilinear",
+                              padding_mode="zeros", align_corners=True)
+        return value.view(grid.shape[:3]) > 0.5
+
+    def paint(self, packed: torch.Tensor, boxes: Boxes | list[tuple[int, int, int]],
               dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Label maps int64 [B, X, Y, Z] and per-organ counts int64 [organs, B, 4]: (clash voxels of a
         dropped organ, kept voxels, forbidden voxels added, carved voxels).
 
         Boxes are read and written through flat voxel indices; a voxel an organ does not keep is sent to
-        one extra "dump" entry past the end, so every write is unconditional (no mask compaction)."""
+        one extra "dump" entry past the end, so every write is unconditional (no mask compaction).
+        With the host geometry of one sample (``boxes.windows``), :meth:`_paint_windows` does the same
+        on each organ's exact window through slices."""
+        if getattr(boxes, "windows", None) is not None:
+            return self._paint_windows(packed, boxes, dev)
         B = packed.shape[0]
         X, Y, Z = self.patch
         N = B * X * Y * Z
@@ -300,6 +350,37 @@ class Rasteriser:
                                        n_clash * yields], 1))
         label = label[:N].view((B,) + self.patch)
         return label, torch.stack(counts) if counts else torch.zeros((0, B, 4), dtype=torch.int64, device=dev)
+
+    def _paint_windows(self, packed: torch.Tensor, boxes: Boxes,
+                       dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`paint` for one sample whose windows the host knows: every step on the organ's window
+        of the patch (views, no flat indices), the same labels and counts."""
+        label = torch.zeros(self.patch, dtype=torch.int64, device=dev)
+        occ = torch.zeros((self.words, *self.patch), dtype=torch.int64, device=dev)
+        none = torch.zeros(4, dtype=torch.int64, device=dev)
+        counts = []
+        for k, organ in enumerate(self.order):
+            window = boxes.windows[k]
+            lo, hi = window[1], window[2]
+            if np.any(hi <= lo):
+                counts.append(none)
+                continue
+            mask = self._warp_window(packed[:, k], organ, boxes[k], window, dev)
+            region = tuple(slice(a, b) for a, b in zip(lo.tolist(), hi.tolist()))
+            clash = torch.zeros_like(mask)
+            for w in range(self.words):
+                if self.forbidden[organ][w]:
+                    clash |= (occ[w][region] & self.forbidden[organ][w]) != 0
+            clash &= mask
+            n_clash = clash.sum()
+            # a small clash is carved away (the organ yields to the painted one); a larger one drops it
+            yields = n_clash <= self.max_carve * mask.sum()
+            keep = mask & ~clash & yields
+            label[region].masked_fill_(keep, organ + 1)
+            w = organ // 64
+            occ[w][region].bitwise_or_(keep * self.bits[organ][w])
+            counts.append(torch.stack([n_clash * ~yields, keep.sum(), (clash & keep).sum(), n_clash * yields]))
+        return label[None], torch.stack(counts)[:, None]
 
     def paint_batch(self, params, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`pack`, one upload, :meth:`paint`."""
