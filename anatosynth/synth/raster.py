@@ -60,10 +60,18 @@ def upload(arrays: dict[str, np.ndarray], dev: torch.device) -> dict[str, torch.
 
 @dataclass
 class _Organ:
-    """Static device data of one bank organ: its shapes' padded masks stacked [S, 1, D, H, W]."""
+    """Static device data of one bank organ: its shapes' padded masks stacked [S, 1, D, H, W], and their
+    summed-area tables [S, D + 1, H + 1, W + 1] (int32; entry (d, h, w) counts the mask voxels before it)."""
 
     masks: torch.Tensor
     size: np.ndarray  # (3,) stacked padded size - 1 (the normalisation of align_corners=True)
+    sat: torch.Tensor
+
+
+def _summed_area(masks: torch.Tensor) -> torch.Tensor:
+    """Summed-area tables of binary masks [S, 1, D, H, W]: int32 [S, D + 1, H + 1, W + 1]."""
+    t = F.pad(masks[:, 0].to(torch.int32), (1, 0, 1, 0, 1, 0))
+    return t.cumsum(1).cumsum(2).cumsum(3).to(torch.int32)
 
 
 class _Fields:
@@ -140,14 +148,16 @@ class Rasteriser:
             out = []
             for o in self.bank.organs:
                 if not o.shapes:
-                    out.append(_Organ(torch.zeros((1, 1, 2, 2, 2), device=dev), np.ones(3)))
+                    empty = torch.zeros((1, 1, 2, 2, 2), device=dev)
+                    out.append(_Organ(empty, np.ones(3), _summed_area(empty)))
                     continue
                 padded = [pad_mask(s.mask) for s in o.shapes]
                 dims = np.max([p.shape[2:] for p in padded], axis=0)
                 stack = torch.zeros((len(padded), 1, *dims), dtype=torch.float32)
                 for i, p in enumerate(padded):
                     stack[i, :, :p.shape[2], :p.shape[3], :p.shape[4]] = p[0]
-                out.append(_Organ(stack.to(dev), dims.astype(np.float64) - 1))
+                stack = stack.to(dev)
+                out.append(_Organ(stack, dims.astype(np.float64) - 1, _summed_area(stack)))
             self._devices[key] = out
         return self._devices[key]
 
@@ -248,10 +258,9 @@ class Rasteriser:
         out = (t[0] + bias[:, :, None])[:, :, :, None, None] + t[1][:, :, None, :, None]
         return out + t[2][:, :, None, None, :]
 
-    def _grid(self, rows: torch.Tensor, box: tuple[int, int, int], crop: list[tuple[int, int]],
-              dev: torch.device) -> torch.Tensor:
-        """The organ's sampling grid (normalised mask coordinates) on the box voxels ``crop[a][0]`` to
-        ``crop[a][0] + crop[a][1]`` of each axis: [B, cx, cy, cz, 3] as ``grid_sample`` reads it."""
+    def _nodes(self, rows: torch.Tensor, box: tuple[int, int, int], dev: torch.device) -> torch.Tensor:
+        """The organ's sampling coordinates (normalised mask coordinates, grid_sample's (W, H, D) order)
+        at the box's coarse nodes, every ELASTIC_STRIDE voxels: [B, 3, nx, ny, nz]."""
         s, n = self.fields.slices, self.n_points
         B = rows.shape[0]
         coarse0 = rows[:, s["coarse0"]].long()
@@ -267,9 +276,15 @@ class Rasteriser:
         base = self._affine(rows[:, s["slope2"]].view(B, 3, 3), rows[:, s["offset2"]].view(B, 3, 3),
                             rows[:, s["bias2"]], coarse)
         base += disp
-        # upsampled X, then Y, then Z, as ever; held [B, z, y, x, 3] in memory, so that the largest steps
-        # (Y, Z) run over long contiguous rows, and returned as the [B, x, y, z, 3] view grid_sample reads
-        base = base.permute(0, 4, 3, 2, 1).contiguous()
+        return base
+
+    def _grid(self, rows: torch.Tensor, box: tuple[int, int, int], crop: list[tuple[int, int]],
+              dev: torch.device) -> torch.Tensor:
+        """The organ's sampling grid on the box voxels ``crop[a][0]`` to ``crop[a][0] + crop[a][1]`` of
+        each axis: [B, cx, cy, cz, 3] as ``grid_sample`` reads it (the nodes upsampled X, then Y, then Z).
+
+        Held [B, z, y, x, 3] in memory, so that the largest steps (Y, Z) run over long contiguous rows."""
+        base = self._nodes(rows, box, dev).permute(0, 4, 3, 2, 1).contiguous()
         for a in range(3):
             base = _upsample_axis(base, 3 - a, crop[a][0], crop[a][1])
         return base.permute(0, 3, 2, 1, 4)
@@ -291,17 +306,51 @@ class Rasteriser:
     def _warp_window(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], window: np.ndarray,
                      dev: torch.device) -> torch.Tensor:
         """One organ of ONE sample warped into its exact window (host geometry ``window``: start, lo,
-        hi): bool [wx, wy, wz], the same voxels :meth:`warp` gives inside the window.
+        hi): bool [wx, wy, wz], the same voxels :meth:`warp` gives (CPU path: compacts on the host).
 
-        The mask is sampled with one ``grid_sample`` batch entry per X slice (the mask expanded, not
-        copied), because the CPU kernel runs its batch entries in parallel, and a single one serially."""
+        The window is cut into the ELASTIC_STRIDE blocks of the coarse nodes. A voxel's coordinates are
+        a trilinear blend of its block's 8 nodes, so they lie in the box of those nodes (plus one mask
+        voxel for rounding); the mask's summed-area table says whether that box is all inside the organ
+        (every voxel True: its 8 interpolation weights sum to 1 > 0.5) or all outside (False). Only the
+        other blocks are upsampled and sampled, with the same arithmetic as :meth:`warp`, one
+        ``grid_sample`` batch entry per block (the CPU kernel runs batch entries in parallel)."""
+        q = ELASTIC_STRIDE
         start, lo, hi = window
-        grid = self._grid(rows, box, [(lo[a] - start[a], hi[a] - lo[a]) for a in range(3)], dev)[0]
-        masks = self.organs(dev)[organ].masks.index_select(0, rows[:, self.fields.slices["shape"]].view(1).long())
-        wx = grid.shape[0]
-        value = F.grid_sample(masks.expand(wx, *masks.shape[1:]), grid[:, None], mode="bilinear",
-                              padding_mode="zeros", align_corners=True)
-        return value.view(grid.shape[:3]) > 0.5
+        b0 = (lo - start) // q
+        nb = (hi - start - 1) // q + 1 - b0
+        nodes = self._nodes(rows, box, dev)[0]
+        nodes = nodes[:, b0[0]:b0[0] + nb[0] + 1, b0[1]:b0[1] + nb[1] + 1, b0[2]:b0[2] + nb[2] + 1]
+        org = self.organs(dev)[organ]
+        shape = rows[:, self.fields.slices["shape"]].view(1).long()
+        masks, sat = org.masks.index_select(0, shape), org.sat.index_select(0, shape)[0]
+        limit = torch.tensor(masks.shape[:1:-1], device=dev, dtype=torch.float32).sub_(1).view(3, 1, 1, 1)  # W, H, D
+        corners = [nodes[:, i:i + nb[0], j:j + nb[1], k:k + nb[2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+        c_lo = (torch.stack(corners).amin(0) + 1).div_(2).mul_(limit).floor_().sub_(1)
+        c_hi = (torch.stack(corners).amax(0) + 1).div_(2).mul_(limit).floor_().add_(2)
+        inside = ((c_lo >= 0) & (c_hi <= limit)).all(0)
+        a = torch.minimum(c_lo.clamp(min=0), limit + 1).long()  # first corner, clamped to the table
+        b = torch.minimum((c_hi + 1).clamp(min=0), limit + 1).long()  # one past the last
+        (aw, ah, ad), (bw, bh, bd) = a, b
+        ones = (sat[bd, bh, bw] - sat[ad, bh, bw] - sat[bd, ah, bw] - sat[bd, bh, aw]
+                + sat[ad, ah, bw] + sat[ad, bh, aw] + sat[bd, ah, aw] - sat[ad, ah, aw])
+        full = ones == (b - a).prod(0)
+        sure = inside & full
+        mixed = ((ones > 0) & ~sure).nonzero()  # [M, 3] blocks to sample
+        out = sure[:, :, :, None, None, None].repeat(1, 1, 1, q, q, q)
+        if len(mixed):
+            m = nodes.permute(1, 2, 3, 0)
+            ix, iy, iz = mixed.unbind(1)
+            v = torch.stack([m[ix + i, iy + j, iz + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], 1)
+            v = v.view(-1, 2, 2, 2, 3).permute(4, 1, 2, 3, 0)  # [3, 2, 2, 2, M]: the blocks' nodes
+            for dim in (1, 2, 3):
+                v = _upsample_axis(v, dim, 0, q)
+            grid = v.permute(4, 1, 2, 3, 0)  # [M, q, q, q, 3]
+            value = F.grid_sample(masks.expand(len(mixed), *masks.shape[1:]), grid, mode="bilinear",
+                                  padding_mode="zeros", align_corners=True)
+            out[ix, iy, iz] = value[:, 0] > 0.5
+        out = out.permute(0, 3, 1, 4, 2, 5).reshape(nb[0] * q, nb[1] * q, nb[2] * q)
+        c0 = lo - start - b0 * q
+        return out[c0[0]:c0[0] + hi[0] - lo[0], c0[1]:c0[1] + hi[1] - lo[1], c0[2]:c0[2] + hi[2] - lo[2]].contiguous()
 
     def paint(self, packed: torch.Tensor, boxes: Boxes | list[tuple[int, int, int]],
               dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +361,7 @@ class Rasteriser:
         one extra "dump" entry past the end, so every write is unconditional (no mask compaction).
         With the host geometry of one sample (``boxes.windows``), :meth:`_paint_windows` does the same
         on each organ's exact window through slices."""
-        if getattr(boxes, "windows", None) is not None:
+        if getattr(boxes, "windows", None) is not None and dev.type == "cpu":
             return self._paint_windows(packed, boxes, dev)
         B = packed.shape[0]
         X, Y, Z = self.patch
