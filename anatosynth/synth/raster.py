@@ -212,7 +212,7 @@ class Rasteriser:
         f, s = self.fields, self.fields.slices
         sp = self.spacing
         P = np.asarray(self.patch)
-        rows = []
+        per_sample = []
         for p in params:
             base = self._layout_rows(p.placed)
             r = base[:, :f.width].copy()
@@ -231,8 +231,8 @@ class Rasteriser:
             r[:, s["lo"]] = lo
             r[:, s["hi"]] = hi
             r[:, 0] = ~empty
-            rows.append(r)
-        rows = np.stack(rows)  # [B, organs, F]
+            per_sample.append(r)
+        rows = np.stack(per_sample)  # [B, organs, F]
         # boxes start on a multiple of the elastic stride (the coarse nodes are patch-aligned) and
         # have a size that is one, so that a box clamped to the patch end stays aligned
         q = ELASTIC_STRIDE
@@ -361,8 +361,8 @@ class Rasteriser:
         one extra "dump" entry past the end, so every write is unconditional (no mask compaction).
         With the host geometry of one sample (``boxes.windows``), :meth:`_paint_windows` does the same
         on each organ's exact window through slices."""
-        if getattr(boxes, "windows", None) is not None and dev.type == "cpu":
-            return self._paint_windows(packed, boxes, dev)
+        if isinstance(boxes, Boxes) and boxes.windows is not None and dev.type == "cpu":
+            return self._paint_windows(packed, boxes, boxes.windows, dev)
         B = packed.shape[0]
         X, Y, Z = self.patch
         N = B * X * Y * Z
@@ -400,7 +400,7 @@ class Rasteriser:
         label = label[:N].view((B,) + self.patch)
         return label, torch.stack(counts) if counts else torch.zeros((0, B, 4), dtype=torch.int64, device=dev)
 
-    def _paint_windows(self, packed: torch.Tensor, boxes: Boxes,
+    def _paint_windows(self, packed: torch.Tensor, boxes: Boxes, windows: np.ndarray,
                        dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`paint` for one sample whose windows the host knows: every step on the organ's window
         of the patch (views, no flat indices), the same labels and counts."""
@@ -409,7 +409,7 @@ class Rasteriser:
         none = torch.zeros(4, dtype=torch.int64, device=dev)
         counts = []
         for k, organ in enumerate(self.order):
-            window = boxes.windows[k]
+            window = windows[k]
             lo, hi = window[1], window[2]
             if np.any(hi <= lo):
                 counts.append(none)

@@ -22,8 +22,8 @@ Artefacts (:mod:`anatosynth.synth.artefacts`) follow for all modes but ``contour
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ def _check_patch(patch: Sequence[int]) -> tuple[int, int, int]:
     p = tuple(int(v) for v in patch)
     if len(p) != 3 or any(v < 8 for v in p):
         raise ConfigError(f"patch must be three sizes of at least 8 voxels, got {tuple(patch)}")
-    return p  # type: ignore[return-value]
+    return p[0], p[1], p[2]
 
 
 def draw_render_params(
@@ -296,13 +296,19 @@ def _has_texture(p: RenderParams) -> bool:
     return p.texture_amp is not None and bool(np.any(p.texture_amp > 0))
 
 
+def _texture_weights(p: RenderParams, j: int) -> np.ndarray:
+    """Per-class weight of texture octave ``j`` (zeros for a sample without texture)."""
+    if p.texture_amp is None or p.texture_mix is None or not _has_texture(p):
+        return np.zeros(p.num_classes)
+    return (p.texture_amp * p.texture_mix[:, j]).astype(np.float32)
+
+
 def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
                 minimal: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Host side of rendering a batch: the per-sample tables as arrays to upload (with the batch's other
     parameters, in one copy), and the host facts that shape the program (no tensor values).
     ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`)."""
     params = list(params)
-    B = len(params)
     cmax = max(p.num_classes for p in params)
     arrays: dict[str, np.ndarray] = {
         "values": _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax)}
@@ -325,8 +331,7 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
             grids = [p.texture_grids[j] if _has_texture(p) else np.zeros(small, np.float32) for p in params]
             arrays[f"tex{j}"] = np.stack([upsample_yz(g * TEXTURE_NORM, patch) for g in grids])
             arrays.update({f"tex{j}_{n}": v for n, v in x_weights(small[0], patch[0]).items()})
-            arrays[f"tex{j}_w"] = _table([(p.texture_amp * p.texture_mix[:, j]).astype(np.float32)
-                                          if _has_texture(p) else np.zeros(p.num_classes) for p in params], cmax)
+            arrays[f"tex{j}_w"] = _table([_texture_weights(p, j) for p in params], cmax)
         arrays["tex_band"] = np.array([p.texture_band for p in params], np.float32)
     art = pack_artefacts([p.artefacts for p in params], patch, minimal)
     if art is not None:
@@ -344,7 +349,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
     dev = lab.device
     cmax = meta["cmax"]
     flat = lab.reshape(B, -1)
-    dist = None
+    dist: torch.Tensor | None = None
     for in_plane, group, reach in meta["groups"]:
         d = boundary_distance(lab if len(group) == B else lab[group], reach, in_plane, num_classes=cmax)
         if len(group) == B:
@@ -357,6 +362,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
     # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
     cls = flat
     if meta["shell"]:
+        assert dist is not None  # a shell has a thickness >= 1, so its sample is in a group
         thick = _lookup(a["thickness"].to(torch.uint8), flat)
         small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
         shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
@@ -369,6 +375,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
         img.add_(z.mul_(_lookup(a["fill_std"], cls)).view(lab.shape))
 
     if meta["texture"]:  # sum_j amp[L] mix[L, j] F_j, faded in after the clean band
+        assert dist is not None  # a texture has a band >= 2, so its sample is in a group
         tex = torch.zeros(lab.shape, dtype=torch.float32, device=dev)
         for j in range(len(TEXTURE_SCALES)):
             f = upsample_x(a[f"tex{j}"], {n: a[f"tex{j}_{n}"] for n in ("i0", "w0", "w1")})
@@ -402,5 +409,6 @@ def apply_render(label: torch.Tensor, params: Sequence[RenderParams], check: boo
 
     params = list(params)
     _check_labels(label, params, check)
-    arrays, meta = pack_render(params, tuple(label.shape[1:]))
+    X, Y, Z = label.shape[1:]
+    arrays, meta = pack_render(params, (X, Y, Z))
     return render_packed(label, upload(arrays, label.device), meta)
