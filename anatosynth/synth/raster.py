@@ -110,10 +110,12 @@ def _upsample_axis(v: torch.Tensor, dim: int, lo: int, size: int) -> torch.Tenso
 
 class Boxes(list):
     """Each organ's box size (a list of (Ex, Ey, Ez), as :meth:`Rasteriser.pack` returns), and for a batch
-    of ONE sample also its host geometry ``windows`` (int64 [organs, 3 (start, lo, hi), 3], patch
-    voxels), with which :meth:`Rasteriser.paint` works on the organ's exact window through slices."""
+    of ONE sample also its host geometry: ``windows`` (int64 [organs, 3 (start, lo, hi), 3], patch
+    voxels) and ``shapes`` (int64 [organs], the bank shape placed), with which :meth:`Rasteriser.paint`
+    works on the organ's exact window through slices."""
 
     windows: np.ndarray | None = None
+    shapes: np.ndarray | None = None
 
 
 class Rasteriser:
@@ -245,6 +247,7 @@ class Rasteriser:
         out = Boxes(tuple(int(v) for v in b) for b in boxes)
         if len(rows) == 1:
             out.windows = np.stack([start[0], rows[0, :, s["lo"]], rows[0, :, s["hi"]]], 1).astype(np.int64)
+            out.shapes = rows[0, :, s["shape"]][:, 0].astype(np.int64)
         return rows.astype(np.float32), out
 
     # ---- device program ---------------------------------------------------------------------
@@ -304,9 +307,10 @@ class Rasteriser:
         return (value > 0.5) & window
 
     def _warp_window(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], window: np.ndarray,
-                     dev: torch.device) -> torch.Tensor:
+                     shape: int, dev: torch.device) -> torch.Tensor:
         """One organ of ONE sample warped into its exact window (host geometry ``window``: start, lo,
-        hi): bool [wx, wy, wz], the same voxels :meth:`warp` gives (CPU path: compacts on the host).
+        hi; ``shape``: the bank shape): bool [wx, wy, wz], the same voxels :meth:`warp` gives (CPU path:
+        compacts on the host).
 
         The window is cut into the ELASTIC_STRIDE blocks of the coarse nodes. A voxel's coordinates are
         a trilinear blend of its block's 8 nodes, so they lie in the box of those nodes (plus one mask
@@ -321,8 +325,7 @@ class Rasteriser:
         nodes = self._nodes(rows, box, dev)[0]
         nodes = nodes[:, b0[0]:b0[0] + nb[0] + 1, b0[1]:b0[1] + nb[1] + 1, b0[2]:b0[2] + nb[2] + 1]
         org = self.organs(dev)[organ]
-        shape = rows[:, self.fields.slices["shape"]].view(1).long()
-        masks, sat = org.masks.index_select(0, shape), org.sat.index_select(0, shape)[0]
+        masks, sat = org.masks[shape:shape + 1], org.sat[shape]
         limit = torch.tensor(masks.shape[:1:-1], device=dev, dtype=torch.float32).sub_(1).view(3, 1, 1, 1)  # W, H, D
         corners = [nodes[:, i:i + nb[0], j:j + nb[1], k:k + nb[2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
         c_lo = (torch.stack(corners).amin(0) + 1).div_(2).mul_(limit).floor_().sub_(1)
@@ -338,10 +341,10 @@ class Rasteriser:
         mixed = ((ones > 0) & ~sure).nonzero()  # [M, 3] blocks to sample
         out = sure[:, :, :, None, None, None].repeat(1, 1, 1, q, q, q)
         if len(mixed):
-            m = nodes.permute(1, 2, 3, 0)
+            m = nodes.permute(1, 2, 3, 0).contiguous()
             ix, iy, iz = mixed.unbind(1)
-            v = torch.stack([m[ix + i, iy + j, iz + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], 1)
-            v = v.view(-1, 2, 2, 2, 3).permute(4, 1, 2, 3, 0)  # [3, 2, 2, 2, M]: the blocks' nodes
+            v = torch.stack([m[ix + i, iy + j, iz + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+            v = v.permute(2, 0, 1).contiguous().view(3, 2, 2, 2, -1)  # [3, 2, 2, 2, M]: the blocks' nodes
             for dim in (1, 2, 3):
                 v = _upsample_axis(v, dim, 0, q)
             grid = v.permute(4, 1, 2, 3, 0)  # [M, q, q, q, 3]
@@ -361,8 +364,8 @@ class Rasteriser:
         one extra "dump" entry past the end, so every write is unconditional (no mask compaction).
         With the host geometry of one sample (``boxes.windows``), :meth:`_paint_windows` does the same
         on each organ's exact window through slices."""
-        if isinstance(boxes, Boxes) and boxes.windows is not None and dev.type == "cpu":
-            return self._paint_windows(packed, boxes, boxes.windows, dev)
+        if isinstance(boxes, Boxes) and boxes.windows is not None and boxes.shapes is not None and dev.type == "cpu":
+            return self._paint_windows(packed, boxes, boxes.windows, boxes.shapes, dev)
         B = packed.shape[0]
         X, Y, Z = self.patch
         N = B * X * Y * Z
@@ -400,7 +403,7 @@ class Rasteriser:
         label = label[:N].view((B,) + self.patch)
         return label, torch.stack(counts) if counts else torch.zeros((0, B, 4), dtype=torch.int64, device=dev)
 
-    def _paint_windows(self, packed: torch.Tensor, boxes: Boxes, windows: np.ndarray,
+    def _paint_windows(self, packed: torch.Tensor, boxes: Boxes, windows: np.ndarray, shapes: np.ndarray,
                        dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`paint` for one sample whose windows the host knows: every step on the organ's window
         of the patch (views, no flat indices), the same labels and counts."""
@@ -414,7 +417,7 @@ class Rasteriser:
             if np.any(hi <= lo):
                 counts.append(none)
                 continue
-            mask = self._warp_window(packed[:, k], organ, boxes[k], window, dev)
+            mask = self._warp_window(packed[:, k], organ, boxes[k], window, int(shapes[k]), dev)
             region = tuple(slice(a, b) for a, b in zip(lo.tolist(), hi.tolist()))
             clash = torch.zeros_like(mask)
             for w in range(self.words):

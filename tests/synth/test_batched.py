@@ -157,7 +157,8 @@ def test_cpu_window_warp_equals_the_batched_warp_and_samples_only_surface_blocks
             crop = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
             with monkeypatch.context() as m:
                 m.setattr(raster.F, "grid_sample", counting)
-                window = ras._warp_window(packed[:, k], organ, boxes[k], boxes.windows[k], torch.device("cpu"))
+                window = ras._warp_window(packed[:, k], organ, boxes[k], boxes.windows[k], int(boxes.shapes[k]),
+                                          torch.device("cpu"))
             assert torch.equal(window, whole[crop]), (i, organ)
             window_voxels += int((hi - lo).prod())
             organ_voxels += int(window.sum())
