@@ -89,23 +89,21 @@ class _Fields:
         self.n = n
 
 
-def _upsample_axis(v: torch.Tensor, dim: int, lo: int, size: int) -> torch.Tensor:
-    """Linear upsampling by ELASTIC_STRIDE along ``dim`` (nodes at 0, q, 2q, ...), fine indices ``lo`` to
-    ``lo + size`` only.
+def _upsample_axis(v: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Linear upsampling by ELASTIC_STRIDE along ``dim`` (nodes at 0, q, 2q, ...), cropped to ``size``.
 
     Phase ``r`` of every interval is ``v[j] (1 - r/q) + v[j + 1] r/q`` with exact weights (multiples of 1/4):
     plain elementwise products, broadcast over the phases, so every element is computed the same way
-    whatever the batch, the box or the crop."""
+    whatever the batch, the box or the block."""
     q = ELASTIC_STRIDE
-    j0 = lo // q
-    n = (lo + size - 1) // q - j0 + 1  # intervals that hold the wanted fine indices
+    n = (size - 1) // q + 1  # intervals that hold the wanted fine indices
     shape = [1] * (v.dim() + 1)
     shape[dim + 1] = q
     r = torch.arange(q, device=v.device, dtype=v.dtype).div_(q).view(shape)
-    v0, v1 = v.narrow(dim, j0, n).unsqueeze(dim + 1), v.narrow(dim, j0 + 1, n).unsqueeze(dim + 1)
+    v0, v1 = v.narrow(dim, 0, n).unsqueeze(dim + 1), v.narrow(dim, 1, n).unsqueeze(dim + 1)
     out = v0 * (1.0 - r)
     out += v1 * r
-    return out.flatten(dim, dim + 1).narrow(dim, lo - j0 * q, size)
+    return out.flatten(dim, dim + 1).narrow(dim, 0, size)
 
 
 class Boxes(list):
@@ -281,22 +279,21 @@ class Rasteriser:
         base += disp
         return base
 
-    def _grid(self, rows: torch.Tensor, box: tuple[int, int, int], crop: list[tuple[int, int]],
-              dev: torch.device) -> torch.Tensor:
-        """The organ's sampling grid on the box voxels ``crop[a][0]`` to ``crop[a][0] + crop[a][1]`` of
-        each axis: [B, cx, cy, cz, 3] as ``grid_sample`` reads it (the nodes upsampled X, then Y, then Z).
+    def _grid(self, rows: torch.Tensor, box: tuple[int, int, int], dev: torch.device) -> torch.Tensor:
+        """The organ's sampling grid on its box: [B, Ex, Ey, Ez, 3] as ``grid_sample`` reads it (the nodes
+        upsampled X, then Y, then Z).
 
         Held [B, z, y, x, 3] in memory, so that the largest steps (Y, Z) run over long contiguous rows."""
         base = self._nodes(rows, box, dev).permute(0, 4, 3, 2, 1).contiguous()
         for a in range(3):
-            base = _upsample_axis(base, 3 - a, crop[a][0], crop[a][1])
+            base = _upsample_axis(base, 3 - a, box[a])
         return base.permute(0, 3, 2, 1, 4)
 
     def warp(self, rows: torch.Tensor, organ: int, box: tuple[int, int, int], dev: torch.device) -> torch.Tensor:
         """One organ of every sample warped into its box: bool [B, Ex, Ey, Ez] (False outside the window)."""
         s = self.fields.slices
         B = rows.shape[0]
-        grid = self._grid(rows, box, [(0, box[a]) for a in range(3)], dev)
+        grid = self._grid(rows, box, dev)
         masks = self.organs(dev)[organ].masks.index_select(0, rows[:, s["shape"]].view(B).long())
         value = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
         start = rows[:, s["start"]].long()
@@ -346,7 +343,7 @@ class Rasteriser:
             v = torch.stack([m[ix + i, iy + j, iz + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
             v = v.permute(2, 0, 1).contiguous().view(3, 2, 2, 2, -1)  # [3, 2, 2, 2, M]: the blocks' nodes
             for dim in (1, 2, 3):
-                v = _upsample_axis(v, dim, 0, q)
+                v = _upsample_axis(v, dim, q)
             grid = v.permute(4, 1, 2, 3, 0)  # [M, q, q, q, 3]
             value = F.grid_sample(masks.expand(len(mixed), *masks.shape[1:]), grid, mode="bilinear",
                                   padding_mode="zeros", align_corners=True)
