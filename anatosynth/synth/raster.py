@@ -69,7 +69,13 @@ class _Organ:
 
 
 def _summed_area(masks: torch.Tensor) -> torch.Tensor:
-    """Summed-area tables of binary masks [S, 1, D, H, W]: int32 [S, D + 1, H + 1, W + 1]."""
+    """Summed-area tables of binary masks [S, 1, D, H, W] (host tensors): int32 [S, D + 1, H + 1, W + 1].
+
+    Raises:
+        ValueError: a mask value other than 0 or 1 (a bank holds bool masks; the CPU path's block
+            test relies on it)."""
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError("organ masks must be binary (0/1)")
     t = F.pad(masks[:, 0].to(torch.int32), (1, 0, 1, 0, 1, 0))
     return t.cumsum(1).cumsum(2).cumsum(3).to(torch.int32)
 
@@ -148,16 +154,15 @@ class Rasteriser:
             out = []
             for o in self.bank.organs:
                 if not o.shapes:
-                    empty = torch.zeros((1, 1, 2, 2, 2), device=dev)
-                    out.append(_Organ(empty, np.ones(3), _summed_area(empty)))
+                    empty = torch.zeros((1, 1, 2, 2, 2))
+                    out.append(_Organ(empty.to(dev), np.ones(3), _summed_area(empty).to(dev)))
                     continue
                 padded = [pad_mask(s.mask) for s in o.shapes]
                 dims = np.max([p.shape[2:] for p in padded], axis=0)
                 stack = torch.zeros((len(padded), 1, *dims), dtype=torch.float32)
                 for i, p in enumerate(padded):
                     stack[i, :, :p.shape[2], :p.shape[3], :p.shape[4]] = p[0]
-                stack = stack.to(dev)
-                out.append(_Organ(stack, dims.astype(np.float64) - 1, _summed_area(stack)))
+                out.append(_Organ(stack.to(dev), dims.astype(np.float64) - 1, _summed_area(stack).to(dev)))
             self._devices[key] = out
         return self._devices[key]
 

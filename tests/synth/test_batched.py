@@ -164,3 +164,13 @@ def test_cpu_window_warp_equals_the_batched_warp_and_samples_only_surface_blocks
             organ_voxels += int(window.sum())
     assert 0 < organ_voxels < window_voxels
     assert 0 < sum(sampled) < window_voxels / 2  # most blocks are decided by the table alone
+
+
+def test_summed_area_counts_mask_voxels_and_refuses_soft_masks():
+    mask = (torch.rand((2, 1, 5, 6, 7), generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    sat = raster._summed_area(mask)
+    assert sat.shape == (2, 6, 7, 8) and sat.dtype == torch.int32
+    assert int(sat[1, 3, 4, 5]) == int(mask[1, 0, :3, :4, :5].sum())
+    assert int(sat[0, -1, -1, -1]) == int(mask[0].sum())
+    with pytest.raises(ValueError, match="binary"):
+        raster._summed_area(torch.full((1, 1, 2, 2, 2), 0.5))
