@@ -5,8 +5,10 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_ops.py [--bank builtin:phantom] [--patch 96] [--mode anatomy]
         [--render shell] [--batch 2 8]
 
-Records every aten op of one ``apply`` per batch size with a ``TorchDispatchMode`` (CPU) and prints, per
-batch size, the ops per batch and per patch, how many of them are kernels (ops that are not views,
+Records every aten op of one ``apply`` per batch size with a ``TorchDispatchMode`` (CPU), for the CPU
+path (``apply``'s default on the CPU: sample by sample, on each organ's window) and for the batched
+program (``batched=True``, what CUDA runs), and prints, per batch size, the ops per batch and per patch,
+how many of them are kernels (ops that are not views,
 reshapes or metadata), and the host reads (``aten._local_scalar_dense``: ``.item()``, ``int()``...).
 On a GPU each kernel is a launch and each host read a synchronisation. Prints JSON.
 """
@@ -34,11 +36,11 @@ class Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(stream, batch: int) -> dict:
+def count(stream, batch: int, batched: bool | None = None) -> dict:
     params = [stream.draw(i) for i in range(batch)]
-    stream.apply(params[:1])  # per-device caches outside the count
+    stream.apply(params[:1], batched=batched)  # per-device caches outside the count
     with Counter() as c:
-        out = stream.apply(params)
+        out = stream.apply(params, batched=batched)
         logs = out.logs  # the logs' one read back counted too (the old code built them inside apply)
     kernels = [op for op in c.ops if not any(op.split(".")[1].startswith(v) or op.endswith(v) for v in VIEWS)]
     reads = sum(op.startswith("aten._local_scalar_dense") for op in c.ops)
@@ -61,7 +63,8 @@ def main() -> None:
     torch.set_num_threads(1)
     bank = None if args.mode == "primitives" else load_bank(args.bank)
     stream = SyntheticStream(bank, SynthConfig(mode=args.mode, render=args.render, patch=(args.patch,) * 3))
-    rows = [count(stream, b) for b in args.batch]
+    rows = {name: [count(stream, b, batched) for b in args.batch]
+            for name, batched in (("cpu_path", None), ("batched_program", True))}
     print(json.dumps({"bank": args.bank, "mode": args.mode, "render": args.render, "patch": args.patch,
                       "organs": 0 if bank is None else len(bank.organs), "counts": rows}, indent=1))
 

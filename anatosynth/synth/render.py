@@ -203,8 +203,9 @@ def _shift_reduce(x: torch.Tensor, dims: Sequence[int], op) -> torch.Tensor:
         if n < 2:
             continue
         y = x.clone()
-        y.narrow(d, 1, n - 1).copy_(op(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1)))
-        y.narrow(d, 0, n - 1).copy_(op(y.narrow(d, 0, n - 1), x.narrow(d, 1, n - 1)))
+        hi, lo = y.narrow(d, 1, n - 1), y.narrow(d, 0, n - 1)
+        op(hi, x.narrow(d, 0, n - 1), out=hi)  # in place: each element reads only its own position of y
+        op(lo, x.narrow(d, 1, n - 1), out=lo)
         x = y
     return x
 
@@ -231,13 +232,21 @@ def boundary_distance(label: torch.Tensor, max_distance: int, in_plane: bool = F
     for r in range(1, max_distance + 1):
         if r > 1:
             near = _shift_reduce(near, dims, torch.logical_or)
-        dist.sub_(near.to(torch.uint8))
+        dist.sub_(near.view(torch.uint8))
     return dist
 
 
 # ----------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table.gather(1, index)`` for per-sample tables [B, C] and indices [B, N]; for one sample as
+    ``index_select``, about twice as fast on the CPU (the same values)."""
+    if table.shape[0] == 1:
+        return table[0].index_select(0, index[0])[None]
+    return table.gather(1, index)
+
 
 def _table(values: list[np.ndarray], cmax: int) -> np.ndarray:
     """Stack per-sample class tables into float32 [B, cmax] (padding unused classes with 0)."""
@@ -331,7 +340,7 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
     dev = lab.device
     cmax = meta["cmax"]
     flat = lab.reshape(B, -1)
-    dist = None
+    dist: torch.Tensor | None = None
     for in_plane, group, reach in meta["groups"]:
         d = boundary_distance(lab if len(group) == B else lab[group], reach, in_plane, num_classes=cmax)
         if len(group) == B:
@@ -344,24 +353,24 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
     # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
     cls = flat
     if meta["shell"]:
-        assert dist is not None  # the groups cover every sample with a shell
-        thick = a["thickness"].to(torch.uint8).gather(1, flat)
+        assert dist is not None  # a shell has a thickness >= 1, so its sample is in a group
+        thick = _lookup(a["thickness"].to(torch.uint8), flat)
         small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
         shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
         cls = shell.add_(flat.to(small)).long()
-    img = a["values"].gather(1, cls).view(lab.shape)
+    img = _lookup(a["values"], cls).view(lab.shape)
 
     if meta["fill"]:  # per-class Gaussian fill noise (shell voxels and samples without fill get 0 std)
         z = torch.empty(flat.shape, dtype=torch.float32, device=dev)
         gaussian_into(z, a["fill_key"])
-        img.add_(z.mul_(a["fill_std"].gather(1, cls)).view(lab.shape))
+        img.add_(z.mul_(_lookup(a["fill_std"], cls)).view(lab.shape))
 
     if meta["texture"]:  # sum_j amp[L] mix[L, j] F_j, faded in after the clean band
         assert dist is not None  # the groups cover every sample with texture
         tex = torch.zeros(lab.shape, dtype=torch.float32, device=dev)
         for j in range(len(TEXTURE_SCALES)):
             f = upsample_x(a[f"tex{j}"], {n: a[f"tex{j}_{n}"] for n in ("i0", "w0", "w1")})
-            tex.add_(f.mul_(a[f"tex{j}_w"].gather(1, flat).view(lab.shape)))
+            tex.add_(f.mul_(_lookup(a[f"tex{j}_w"], flat).view(lab.shape)))
         ramp = (dist.float() - a["tex_band"].view(B, 1, 1, 1)).mul_(1.0 / TEXTURE_RAMP).clamp_(0.0, 1.0)
         img.add_(tex.mul_(ramp))
 

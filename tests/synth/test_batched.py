@@ -19,8 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from anatosynth.bank import load_bank
-from anatosynth.synth import SynthConfig, SyntheticStream
-from anatosynth.synth import artefacts, raster, render
+from anatosynth.synth import SynthConfig, SyntheticStream, artefacts, raster, render
 
 aten = torch.ops.aten
 
@@ -131,3 +130,47 @@ def test_cpu_sample_by_sample_equals_the_batched_program(phantom, mode):
     assert torch.equal(one.label, whole.label)
     assert one.image.numpy().tobytes() == whole.image.numpy().tobytes()
     assert one.logs == whole.logs
+
+
+def test_cpu_window_warp_equals_the_batched_warp_and_samples_only_surface_blocks(phantom, monkeypatch):
+    """The CPU path's organ masks (block-classified by the summed-area table, only surface blocks sampled)
+    are the batched program's masks inside each window, for every organ of several samples."""
+    stream = SyntheticStream(phantom, SynthConfig(patch=(64, 64, 64)), seed=4)
+    ras = stream.raster
+    sampled = []
+    grid_sample = raster.F.grid_sample
+
+    def counting(inp, grid, **kw):
+        if kw.get("padding_mode") == "zeros":
+            sampled.append(grid.shape[:-1].numel())
+        return grid_sample(inp, grid, **kw)
+
+    window_voxels = organ_voxels = 0
+    for i in range(4):
+        rows, boxes = ras.pack([stream.draw(i)])
+        packed = torch.from_numpy(rows)
+        for k, organ in enumerate(ras.order):
+            start, lo, hi = boxes.windows[k]
+            if (hi <= lo).any():
+                continue
+            whole = ras.warp(packed[:, k], organ, boxes[k], torch.device("cpu"))[0]
+            crop = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+            with monkeypatch.context() as m:
+                m.setattr(raster.F, "grid_sample", counting)
+                window = ras._warp_window(packed[:, k], organ, boxes[k], boxes.windows[k], int(boxes.shapes[k]),
+                                          torch.device("cpu"))
+            assert torch.equal(window, whole[crop]), (i, organ)
+            window_voxels += int((hi - lo).prod())
+            organ_voxels += int(window.sum())
+    assert 0 < organ_voxels < window_voxels
+    assert 0 < sum(sampled) < window_voxels / 2  # most blocks are decided by the table alone
+
+
+def test_summed_area_counts_mask_voxels_and_refuses_soft_masks():
+    mask = (torch.rand((2, 1, 5, 6, 7), generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    sat = raster._summed_area(mask)
+    assert sat.shape == (2, 6, 7, 8) and sat.dtype == torch.int32
+    assert int(sat[1, 3, 4, 5]) == int(mask[1, 0, :3, :4, :5].sum())
+    assert int(sat[0, -1, -1, -1]) == int(mask[0].sum())
+    with pytest.raises(ValueError, match="binary"):
+        raster._summed_area(torch.full((1, 1, 2, 2, 2), 0.5))
