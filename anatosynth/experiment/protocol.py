@@ -331,14 +331,12 @@ def released_digest(folder: str | Path) -> str | None:
     """What a fine-tune from released weights depends on: the pre-training job key on the card (releases the
     grid wrote itself, so keys are the same before and after the release), else ``weights:<sha256 prefix>``;
     None when the folder is not there yet."""
-    card = Path(folder) / "card.json"
-    if not card.is_file():
+    from anatosynth.train.release import read_card
+
+    info = read_card(folder)
+    if info is None:
         return None
-    try:
-        info = json.loads(card.read_text(encoding="utf-8"))
-        return str(info.get("job_key") or f"weights:{info['weights_sha256'][:16]}")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise ConfigError(f"{card}: not a model card written by 'anatosynth release' (no weights_sha256)") from None
+    return str(info.get("job_key") or f"weights:{info['weights_sha256'][:16]}")
 
 
 def pick_eval_cases(names: list[str], spec: int | list[str] | None) -> list[str] | None:

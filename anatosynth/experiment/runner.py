@@ -123,12 +123,16 @@ class Runner:
 
     def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
         folder = self.out / "pretrain" / job.key
-        if job.weights and (Path(job.weights) / "card.json").is_file():  # released: do not pre-train again
-            made_by = json.loads((Path(job.weights) / "card.json").read_text()).get("job_key")
+        from anatosynth.train.release import read_card
+
+        weights = job.weights
+        card = read_card(weights) if weights else None
+        if weights and card is not None:  # released: do not pre-train again
+            made_by = card.get("job_key")
             if made_by != job.key:
                 self._say(f"arm {job.arm}: using released weights {job.weights} (made by job {made_by}; "
                           f"the protocol's options now give job {job.key})")
-            return Path(job.weights)
+            return Path(weights)
         if self.report_only:
             return folder / "model.pt"
         if self.done(folder):

@@ -27,7 +27,7 @@ from anatosynth.errors import InputError
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.checkpoint import load_weights_only, read_checkpoint
 
-__all__ = ["release", "load_release", "WEIGHTS_FILE", "CARD_FILE"]
+__all__ = ["release", "load_release", "read_card", "WEIGHTS_FILE", "CARD_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -114,6 +114,24 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def read_card(folder: str | Path) -> dict | None:
+    """The model card (``card.json``) of a released-weights folder; None when the folder has none yet.
+
+    Raises:
+        InputError: the card is there but is not one ``anatosynth release`` wrote (no ``weights_sha256``).
+    """
+    card = Path(folder) / CARD_FILE
+    if not card.is_file():
+        return None
+    try:
+        info = json.loads(card.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or not isinstance(info.get("weights_sha256"), str):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        raise InputError(card, "not a model card written by 'anatosynth release' (no weights_sha256)") from None
+    return info
 
 
 def load_release(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

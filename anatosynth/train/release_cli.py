@@ -9,14 +9,11 @@ def _run(args) -> int:
     import shlex
     import sys
 
-    from anatosynth.train.release import release
+    from anatosynth.train.release import read_card, release
 
     command = args.command or "anatosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = release(args.run, args.out, command=command, name=args.name, job_key=args.job_key)
-    card = (out / "card.json").read_text()
-    import json
-
-    info = json.loads(card)
+    info = read_card(out) or {}
     print(f"released {args.run} -> {out} ({info['weights_bytes'] / 1e6:.1f} MB float16, "
           f"sha256 {info['weights_sha256'][:12]}; model card {out / 'README.md'})")
     return 0

@@ -78,3 +78,18 @@ def test_release_errors(run, tmp_path, capsys):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(InputError, match="cannot read released weights"):
         load_release(tmp_path / "bad.safetensors")
+
+
+def test_read_card_is_the_one_reader_of_model_cards(run, tmp_path):
+    from anatosynth.experiment.protocol import released_digest
+    from anatosynth.train.release import read_card
+
+    assert read_card(tmp_path / "nothing-yet") is None and released_digest(tmp_path / "nothing-yet") is None
+    out = release(run, tmp_path / "w", command="c", job_key="pre-anatomy-0123abcd")
+    assert read_card(out)["job_key"] == "pre-anatomy-0123abcd" == released_digest(out)
+    (out / "card.json").write_text('{"name": "not ours"}')
+    with pytest.raises(InputError, match=r"card\.json.*weights_sha256"):
+        released_digest(out)
+    (out / "card.json").write_text("{broken")
+    with pytest.raises(InputError, match="not a model card"):
+        read_card(out)
