@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from anatosynth.version import __version__ as __version__  # defined once, in version.py
 
-__all__ = ["load_bank", "build_bank", "SyntheticDataset", "SyntheticIterableDataset", "SyntheticParamsDataset",
-           "SynthConfig", "pretrain", "finetune", "evaluate", "__version__"]
+__all__ = ["load_bank", "build_bank", "save_bank", "SyntheticDataset", "SyntheticIterableDataset",
+           "SyntheticParamsDataset", "SynthConfig", "pretrain", "finetune", "evaluate", "__version__"]
 
 # classes resolved lazily (PEP 562): name -> module
 _LAZY = {"SyntheticDataset": "anatosynth.synth.dataset", "SyntheticIterableDataset": "anatosynth.synth.dataset",
@@ -50,23 +50,70 @@ def load_bank(spec, spacing=(1.5, 1.5, 2.0)):
     """
     from anatosynth.bank import load_bank as _load_bank
 
+    _check_path(spec, "load_bank: spec", "a bank file or 'builtin:phantom'")
     return _load_bank(spec, spacing)
+
+
+def save_bank(bank, path):
+    """Write a shape bank to a single file (labels only: organ masks and relations, no intensities)
+    (:func:`anatosynth.bank.save_bank`).
+
+    Example::
+
+        anatosynth.save_bank(anatosynth.build_bank("labels/", subjects=5), "flare22.bank")
+    """
+    from anatosynth.bank import save_bank as _save_bank
+
+    _check_path(path, "save_bank: path", "a file path")
+    return _save_bank(bank, path)
+
+
+def _check_path(value, what: str, expected: str) -> None:
+    """A clear error for an argument that is not a path (rather than a TypeError from deep in pathlib)."""
+    from anatosynth.errors import ConfigError
+
+    if not (isinstance(value, str) or hasattr(value, "__fspath__")):
+        raise ConfigError(f"{what} must be {expected} (a str or Path), got {type(value).__name__} {value!r}")
 
 
 def build_bank(sources, *args, **kwargs):
     """A shape bank built from label maps: folders, files or MSD/nnU-Net datasets
-    (:func:`anatosynth.bank.build.build_bank`; ``subjects``, ``spacing``, ``seed`` and the rest there).
+    (:func:`anatosynth.bank.build.build_bank`, whose signature has every option).
+
+    Args (the common ones):
+        sources: a folder, file or dataset, or a list of them.
+        subjects: how many subjects to take (default 5), picked by ``seed``.
+        spacing: the bank's voxel size in mm, three numbers (default 1.5, 1.5, 2.0).
+        labels: a labels.json naming the label ids, when the maps do not come with one.
+        progress: show progress bars (default True).
 
     Example::
 
-        bank = anatosynth.build_bank(["data/labels/flare22"], subjects=5, spacing=(1.5, 1.5, 2.0))
-        anatosynth.bank.save_bank(bank, "flare22.bank")
+        bank = anatosynth.build_bank("../shared/data/labels/flare22", subjects=5, spacing=(1.5, 1.5, 2.0))
+        anatosynth.save_bank(bank, "flare22.bank")
     """
     from anatosynth.bank.build import build_bank as _build_bank
+    from anatosynth.errors import ConfigError
 
-    if isinstance(sources, (str, bytes)) or hasattr(sources, "__fspath__"):
+    if isinstance(sources, str) or hasattr(sources, "__fspath__"):
         sources = [sources]
-    return _build_bank(sources, *args, **kwargs)
+    if not isinstance(sources, (list, tuple)) or not sources:
+        raise ConfigError(f"build_bank: sources must be a folder or file path, or a list of them; got {sources!r}")
+    for source in sources:
+        _check_path(source, "build_bank: each source", "a folder or file path")
+    subjects = kwargs.get("subjects")
+    if subjects is not None and (isinstance(subjects, bool) or not isinstance(subjects, int)):
+        raise ConfigError(f"build_bank: subjects must be a whole number, got {subjects!r}")
+    spacing = kwargs.get("spacing")
+    if spacing is not None:
+        try:
+            kwargs["spacing"] = tuple(float(v) for v in spacing)
+            if len(kwargs["spacing"]) != 3:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"build_bank: spacing must be three numbers in mm, e.g. (1.5, 1.5, 2.0); "
+                              f"got {spacing!r}") from None
+    return _build_bank(list(sources), *args, **kwargs)
 
 
 def pretrain(config=None, **options):
@@ -102,8 +149,8 @@ def finetune(config=None, **options):
 
     Example::
 
-        run = anatosynth.finetune(data="data/flare22", init="runs/pre", model="unet", feature_size=16,
-                                  patch=(96, 96, 96), steps=1000, out="runs/ft")
+        run = anatosynth.finetune(data="../shared/data/chaos-t2", init="runs/pre", model="unet",
+                                  feature_size=16, patch=96, train_cases=4, steps=1000, out="runs/ft")
     """
     from anatosynth.train.finetune import FinetuneConfig
     from anatosynth.train.finetune import finetune as _finetune
@@ -113,7 +160,13 @@ def finetune(config=None, **options):
             raise TypeError("give a FinetuneConfig or keyword options, not both")
         cfg = config
     else:
-        cfg = FinetuneConfig(**{**(config or {}), **options})
+        from dataclasses import fields
+
+        from anatosynth.options import reject_unknown_keys
+
+        given = {**(config or {}), **options}
+        reject_unknown_keys(given, [f.name for f in fields(FinetuneConfig)], "finetune()")
+        cfg = FinetuneConfig(**given)
     return _finetune(cfg)
 
 
@@ -123,7 +176,7 @@ def evaluate(data, run, out, **options):
 
     Example::
 
-        summary = anatosynth.evaluate("data/flare22", "runs/ft", "runs/ft/eval", cases=["FLARE22_Tr_0040"])
+        summary = anatosynth.evaluate("../shared/data/chaos-t2", "runs/ft", "runs/ft/eval", cases=["chaos_02"])
         print(summary)
     """
     from anatosynth.evaluate.evaluate import evaluate as _evaluate

@@ -32,7 +32,7 @@ def test_import_is_cheap_and_exports_the_api():
     code = ("import sys, anatosynth; print('torch' in sys.modules); "
             "print(all(callable(getattr(anatosynth, n)) and getattr(anatosynth, n).__doc__ and "
             "'Example' in getattr(anatosynth, n).__doc__ for n in "
-            "['load_bank', 'build_bank', 'SyntheticDataset', 'pretrain', 'finetune', 'evaluate']))")
+            "['load_bank', 'build_bank', 'save_bank', 'SyntheticDataset', 'pretrain', 'finetune', 'evaluate']))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
 
@@ -59,3 +59,35 @@ def test_readme_python_api_example_runs_scaled_down():
     assert run.returncode == 0, run.stderr[-3000:]
     match = re.search(r"(\d+) synthetic patches, last loss ([0-9.]+)", run.stdout)
     assert match and match.group(1) == "4" and 0 < float(match.group(2)) < 10, run.stdout
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda a: a.load_bank(42), r"load_bank: spec must be a bank file.*got int 42"),
+    (lambda a: a.build_bank(42, subjects=1), r"build_bank: sources must be"),
+    (lambda a: a.build_bank(str(FLARE), subjects="two"), r"subjects must be a whole number, got 'two'"),
+    (lambda a: a.build_bank(str(FLARE), subjects=1, spacing=1.5), r"spacing must be three numbers"),
+    (lambda a: a.save_bank(None, 3), r"save_bank: path must be"),
+    (lambda a: a.finetune(data="x", out="y", stesp=2), r"finetune\(\): unknown option\(s\) stesp; known: .*steps"),
+])
+def test_wrong_argument_types_name_the_argument(call, message):
+    import anatosynth
+    from anatosynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        call(anatosynth)
+
+
+def test_finetune_reads_a_patch_as_every_verb_does(tmp_path):
+    from anatosynth.train.finetune import FinetuneConfig
+
+    for spelling in (32, "32", "32,32,32", [32, 32, 32]):
+        assert FinetuneConfig(data="d", out="o", patch=spelling).patch == (32, 32, 32)
+    assert FinetuneConfig(data="d", out="o", patch="96x96x32").patch == (96, 96, 32)
+
+
+def test_evaluate_names_a_missing_run(tmp_path):
+    from anatosynth.errors import InputError
+    from anatosynth.evaluate.inference import load_run
+
+    with pytest.raises(InputError, match="nope: run folder or weights file not found"):
+        load_run(tmp_path / "nope")

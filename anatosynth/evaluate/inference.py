@@ -51,9 +51,9 @@ def load_run(path: str | Path, device: str | None = "auto") -> Run:
     from anatosynth.train.checkpoint import load_pretrained
 
     path = Path(path)
+    if not path.exists():
+        raise InputError(path, "run folder or weights file not found")
     folder = path if path.is_dir() else path.parent
-    if not folder.exists():
-        raise InputError(path, "run folder not found")
     weights = run_weights(path)
     model, meta = load_pretrained(weights)
     meta_path = folder / "metadata.json"

@@ -200,6 +200,16 @@ class SyntheticIterableDataset(_StreamData, IterableDataset):
     are the arguments given, else ``torch.distributed``'s when initialised; worker ids come from
     :func:`torch.utils.data.get_worker_info`. Items are those of :class:`SyntheticDataset`.
 
+    Args:
+        start, stop: the sample indices to yield, ``start`` up to ``stop`` (exclusive; None: endless).
+        rank, world_size: this process's DDP rank and the number of ranks (default: ``torch.distributed``'s).
+
+    Shards are whole synthetic bodies (``patches_per_body`` consecutive samples each, so no body is laid out
+    twice), dealt out in turn. With a finite ``stop`` the shards can therefore differ in length by up to a
+    body's worth of samples per shard, and a shard can be empty (``stop=3``, two ranks: rank 1 gets none):
+    a DDP loop that needs the same number of steps on every rank should use an endless stream
+    (``stop=None``) and count steps itself.
+
     Example::
 
         ds = SyntheticIterableDataset("bank.npz", seed=0, patch=96, stop=10_000)

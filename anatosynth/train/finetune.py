@@ -48,6 +48,7 @@ from anatosynth.errors import ConfigError, InputError
 from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
 from anatosynth.io.volume import atomic_write_text
+from anatosynth.options import parse_patch
 from anatosynth.train.models import ModelSpec
 from anatosynth.train.pretrain import RunPaths  # the run-folder names shared with pre-training
 from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, modality_kind, prepare_cases
@@ -94,9 +95,7 @@ class FinetuneConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
-        if len(self.patch) != 3 or min(self.patch) < 8:
-            raise ConfigError(f"patch must be three sizes of at least 8, got {self.patch}")
+        self.patch = parse_patch(self.patch, what="patch")  # 96, "96,96,32", (96, 96, 32): as every verb reads it
         for name in ("steps", "crops", "val_every", "val_max_cases", "sw_batch", "checkpoint_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

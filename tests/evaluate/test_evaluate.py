@@ -68,7 +68,7 @@ def test_geometry_mismatch_is_a_clear_cli_error(tiny_run, synthetic_dataset, tmp
 def test_run_folder_without_finetune_metadata(tmp_path, capsys):
     code = main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     assert code == 2
-    assert "not found" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing'}: run folder or weights file not found" in capsys.readouterr().err  # the path given
 
 
 def test_nnunet_layout_round_trip(synthetic_dataset, tmp_path):
