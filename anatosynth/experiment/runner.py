@@ -175,15 +175,25 @@ class Runner:
         if self.report_only:
             return read_report(report) if self.done(folder) else None
         if not self.done(folder):
-            if not self.dry_run:
-                shutil.rmtree(folder, ignore_errors=True)
             options = dict(job.options)
             ev = options.pop("evaluate", {}) or {}
-            if job.eval_cases is not None:
-                options["val_cases"] = self.eval_cases(job)
-            self.call(["finetune", "--data", job.data, "--init", str(init) if init else "none",
-                       "--train-cases", str(job.train_cases), "--seed", str(job.seed), "--out", str(folder),
-                       "--quiet", *_cli_args(options)], folder)
+            # an interrupted run (a session's end, a new machine with the folder copied) continues from its
+            # checkpoint; one that finished training but not evaluation is only evaluated
+            resumable = (folder / "checkpoint.pt").is_file() and (folder / "config.yaml").is_file()
+            if resumable and (folder / "model.pt").is_file():
+                self._say(f"{job.key}: fine-tuning had finished; evaluating")
+            elif resumable:
+                self.call(["finetune", "--resume", str(folder), "--quiet"], folder)
+            else:
+                if not self.dry_run:
+                    shutil.rmtree(folder, ignore_errors=True)
+                if job.eval_cases is not None:
+                    options["val_cases"] = self.eval_cases(job)
+                self.call(["finetune", "--data", job.data, "--init", str(init) if init else "none",
+                           "--train-cases", str(job.train_cases), "--seed", str(job.seed), "--out", str(folder),
+                           "--quiet", *_cli_args(options)], folder)
+            if not self.dry_run:
+                shutil.rmtree(report, ignore_errors=True)  # a half-written report of an interrupted evaluation
             self.call(["evaluate", "--data", job.data, "--model", str(folder), "--out", str(report),
                        "--quiet", *_cli_args(ev)], report)
             if self.dry_run:

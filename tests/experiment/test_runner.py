@@ -123,3 +123,42 @@ def test_committed_results_and_released_weights_survive_a_new_machine(tmp_path, 
     log = (second / "experiment.log").read_text() if (second / "experiment.log").exists() else ""
     assert "$ anatosynth pretrain" not in log and "$ anatosynth finetune" not in log
     assert list(csv.DictReader(open(second / "tiny" / "results.csv"))) == rows
+
+
+def test_an_interrupted_fine_tune_resumes_and_a_trained_one_is_only_evaluated(tmp_path, data_dir, monkeypatch):
+    """A grid that outlives a session: the runner continues a fine-tune from its checkpoint instead of
+    starting it again, and only evaluates one whose training had finished."""
+    from anatosynth.experiment import runner as runner_mod
+    from anatosynth.experiment.protocol import expand, load_protocol
+
+    protocol = expand(load_protocol(_protocol(tmp_path, data_dir)))
+    job = next(j for j in protocol.finetunes if j.arm == "scratch")
+    out = tmp_path / "exp"
+    out.mkdir()
+    calls: list[list[str]] = []
+
+    def fake_call(self, args, folder):
+        calls.append(args)
+        if args[0] == "evaluate":
+            (folder / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(runner_mod.Runner, "call", fake_call)
+    monkeypatch.setattr(runner_mod, "read_report", lambda report: {"dice": 50.0, "per_class": {}})
+    run = runner_mod.Runner(out, protocol, threads=1)
+    folder = out / "finetune" / job.key
+
+    def verbs():
+        got = [(a[0], "--resume" in a) for a in calls]
+        calls.clear()
+        (folder / "done.json").unlink(missing_ok=True)  # as if the job had not finished
+        return got
+
+    run.finetune(job, None)  # nothing there: a fresh run
+    assert verbs() == [("finetune", False), ("evaluate", False)]
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    (folder / "config.yaml").write_text("steps: 2\n")
+    run.finetune(job, None)  # interrupted: resumed, not restarted (the folder is kept)
+    assert verbs() == [("finetune", True), ("evaluate", False)] and (folder / "checkpoint.pt").is_file()
+    (folder / "model.pt").write_bytes(b"x")
+    run.finetune(job, None)  # trained, not evaluated: evaluated only
+    assert verbs() == [("evaluate", False)]
