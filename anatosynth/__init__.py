@@ -50,7 +50,6 @@ def load_bank(spec, spacing=(1.5, 1.5, 2.0)):
     """
     from anatosynth.bank import load_bank as _load_bank
 
-    _check_path(spec, "load_bank: spec", "a bank file or 'builtin:phantom'")
     return _load_bank(spec, spacing)
 
 
@@ -64,16 +63,7 @@ def save_bank(bank, path):
     """
     from anatosynth.bank import save_bank as _save_bank
 
-    _check_path(path, "save_bank: path", "a file path")
     return _save_bank(bank, path)
-
-
-def _check_path(value, what: str, expected: str) -> None:
-    """A clear error for an argument that is not a path (rather than a TypeError from deep in pathlib)."""
-    from anatosynth.errors import ConfigError
-
-    if not (isinstance(value, str) or hasattr(value, "__fspath__")):
-        raise ConfigError(f"{what} must be {expected} (a str or Path), got {type(value).__name__} {value!r}")
 
 
 def build_bank(sources, *args, **kwargs):
@@ -93,27 +83,8 @@ def build_bank(sources, *args, **kwargs):
         anatosynth.save_bank(bank, "flare22.bank")
     """
     from anatosynth.bank.build import build_bank as _build_bank
-    from anatosynth.errors import ConfigError
 
-    if isinstance(sources, str) or hasattr(sources, "__fspath__"):
-        sources = [sources]
-    if not isinstance(sources, (list, tuple)) or not sources:
-        raise ConfigError(f"build_bank: sources must be a folder or file path, or a list of them; got {sources!r}")
-    for source in sources:
-        _check_path(source, "build_bank: each source", "a folder or file path")
-    subjects = kwargs.get("subjects")
-    if subjects is not None and (isinstance(subjects, bool) or not isinstance(subjects, int)):
-        raise ConfigError(f"build_bank: subjects must be a whole number, got {subjects!r}")
-    spacing = kwargs.get("spacing")
-    if spacing is not None:
-        try:
-            kwargs["spacing"] = tuple(float(v) for v in spacing)
-            if len(kwargs["spacing"]) != 3:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"build_bank: spacing must be three numbers in mm, e.g. (1.5, 1.5, 2.0); "
-                              f"got {spacing!r}") from None
-    return _build_bank(list(sources), *args, **kwargs)
+    return _build_bank(sources, *args, **kwargs)
 
 
 def pretrain(config=None, **options):

@@ -8,7 +8,8 @@ import re
 from anatosynth.errors import ConfigError
 
 __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
-           "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "MODELS", "resolve_device"]
+           "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "MODELS", "resolve_device",
+           "check_path"]
 
 #: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
 #: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
@@ -78,6 +79,12 @@ def resolve_device(name=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but no CUDA GPU is available (use --device cpu)")
     return device
+
+
+def check_path(value, what: str, expected: str) -> None:
+    """A clear ConfigError for a Python argument that is not a path (rather than a TypeError from pathlib)."""
+    if not (isinstance(value, str) or hasattr(value, "__fspath__")):
+        raise ConfigError(f"{what} must be {expected} (a str or Path), got {type(value).__name__} {value!r}")
 
 
 def reject_unknown_keys(d: dict, known, what: str) -> None:

@@ -47,6 +47,9 @@ def load_bank(spec: str | Path, spacing: tuple[float, float, float] = (1.5, 1.5,
         spec: path of a ``.bank`` file, or ``"builtin:phantom"``.
         spacing: voxel size (mm) of the phantom; ignored for files (they carry their own).
     """
+    from anatosynth.options import check_path
+
+    check_path(spec, "load_bank: spec", "a bank file or 'builtin:phantom'")
     if str(spec) == BUILTIN_PHANTOM:
         return _phantom(tuple(float(v) for v in spacing))
     from anatosynth.bank.store import read_bank
@@ -57,5 +60,7 @@ def load_bank(spec: str | Path, spacing: tuple[float, float, float] = (1.5, 1.5,
 def save_bank(bank: ShapeBank, path: str | Path) -> Path:
     """Write a bank file atomically (see :mod:`anatosynth.bank.store`)."""
     from anatosynth.bank.store import save_bank as _save
+    from anatosynth.options import check_path
 
+    check_path(path, "save_bank: path", "a file path")
     return _save(bank, path)

@@ -158,13 +158,37 @@ def _oriented(finding: Finding, where: str, orientation: str, notify) -> tuple[d
     return None, finding.message(where, hint)
 
 
-def build_bank(sources: Sequence[str | Path], labels: str | Path | None = None, subjects: int = 5,
+def _check_build_args(sources, subjects, spacing) -> tuple[list[str | Path], tuple[float, ...]]:
+    """``build_bank``'s sources as a list and spacing as floats; a wrong type is one line naming the argument
+    (Python callers; the CLI has parsed them already)."""
+    from anatosynth.options import check_path
+
+    if isinstance(sources, str) or hasattr(sources, "__fspath__"):
+        sources = [sources]
+    if not isinstance(sources, (list, tuple)) or not sources:
+        raise ConfigError(f"build_bank: sources must be a folder or file path, or a list of them; got {sources!r}")
+    for source in sources:
+        check_path(source, "build_bank: each source", "a folder or file path")
+    if isinstance(subjects, bool) or not hasattr(subjects, "__index__"):  # int or a numpy integer
+        raise ConfigError(f"build_bank: subjects must be a whole number, got {subjects!r}")
+    try:
+        sp = tuple(float(v) for v in spacing)
+        if len(sp) != 3:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"build_bank: spacing must be three numbers in mm, e.g. (1.5, 1.5, 2.0); "
+                          f"got {spacing!r}") from None
+    return list(sources), sp
+
+
+def build_bank(sources: str | Path | Sequence[str | Path], labels: str | Path | None = None, subjects: int = 5,
                spacing=(1.5, 1.5, 2.0), seed: int = 0, cases: Sequence[str] | None = None,
                salt: str | None = None, progress: bool = True, orientation: str = "check",
                notify=_notify) -> ShapeBank:
     """Build a bank from label maps (see module docstring).
 
     Args:
+        sources: a folder, file or dataset of label maps, or a list of them.
         orientation: ``"check"`` (a subject whose organs look flipped or swapped is an
             :class:`~anatosynth.bank.orientation.OrientationError`, nothing is built), ``"fix"``
             (re-orient such subjects and record it in ``meta.orientation``) or ``"ignore"`` (build
@@ -177,7 +201,7 @@ def build_bank(sources: Sequence[str | Path], labels: str | Path | None = None, 
 
     if orientation not in POLICIES:
         raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
-    sp = tuple(float(v) for v in spacing)
+    sources, sp = _check_build_args(sources, subjects, spacing)
     chosen = pick_cases(collect_cases(sources, labels), subjects, seed, cases)
     shapes: dict[str, dict[str, OrganShape]] = {}
     frames: dict[str, str] = {}
