@@ -122,13 +122,11 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def resolved_pretrain(cfg: dict) -> dict:
-    """A pre-training job's options with every code default filled in (PretrainConfig, SynthConfig)."""
-    from anatosynth.synth.config import SynthConfig
+    """A pre-training job's options with every code default filled in (PretrainConfig, and in its ``synth``
+    every SynthConfig default: ``PretrainConfig().to_dict()`` writes them all)."""
     from anatosynth.train.config import PretrainConfig
 
     full = _merge(PretrainConfig().to_dict(), cfg)
-    synth = {k: v for k, v in SynthConfig().to_dict().items() if k not in ("mode", "render", "patch")}
-    full["synth"] = _merge(synth, full.get("synth") or {})
     if isinstance(full.get("patch"), int):
         full["patch"] = [full["patch"]] * 3
     for k in RUN_ONLY_PRETRAIN:

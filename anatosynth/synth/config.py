@@ -12,7 +12,6 @@ __all__ = ["WINDOW_POLICIES", "SynthConfig", "check_patch", "STREAM_VERSION"]
 # Bumped whenever the synthetic stream's bytes change for an unchanged SynthConfig (experiment job keys hash it).
 STREAM_VERSION = 2  # 2: batched rasteriser (issue 11): labels differ at organ borders in ~0.2 % of voxels
 
-MODES = SYNTH_MODES  # the old name, still imported by synth/generator.py; the table is in anatosynth.options
 WINDOW_POLICIES = ("organ", "body")
 
 
