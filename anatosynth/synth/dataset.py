@@ -117,6 +117,12 @@ class _StreamData:
         return items
 
 
+def _check_length(length) -> int:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ConfigError(f"length must be a positive number of samples, got {length!r}")
+    return length
+
+
 def _check_index(index, length: int | None) -> int:
     if isinstance(index, bool) or not isinstance(index, int) and not hasattr(index, "__index__"):
         raise TypeError(f"sample index must be an integer, got {type(index).__name__}")
@@ -147,9 +153,7 @@ class SyntheticDataset(_StreamData, Dataset):
     def __init__(self, bank: BankArg, config: SynthConfig | dict | None = None, seed: int = 0, patch=None,
                  device: str | torch.device = "cpu", length: int = 1000, log: bool = False):
         super().__init__(bank, config, seed, patch, device, log)
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ConfigError(f"length must be a positive number of samples, got {length!r}")
-        self.length = length
+        self.length: int = _check_length(length)
 
     def __len__(self) -> int:
         return self.length
@@ -258,9 +262,7 @@ class SyntheticParamsDataset(_StreamData, Dataset):
     def __init__(self, bank: BankArg, config: SynthConfig | dict | None = None, seed: int = 0, patch=None,
                  length: int | None = None):
         super().__init__(bank, config, seed, patch, "cpu")
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
-            raise ConfigError(f"length must be a positive number of samples, got {length!r}")
-        self.length = length
+        self.length = None if length is None else _check_length(length)
 
     def __len__(self) -> int:
         if self.length is None:

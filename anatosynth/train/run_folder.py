@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from anatosynth.errors import ConfigError, InputError
-from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml
+from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml, parse_patch
 from anatosynth.train.distributed import DistContext
 
 __all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "setup_logger", "close_logger", "jsonable",
@@ -66,7 +66,6 @@ class RunPaths:
         return self.root / f"indices-rank{rank}.txt"
 
 
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -111,7 +110,6 @@ def bank_hash(bank, source: str | None) -> str | None:
     return h.hexdigest()
 
 
-
 def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainConfig:
     """The saved config of ``run`` with the few options that may change on resume (e.g. ``steps``) applied.
 
@@ -130,8 +128,6 @@ def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainCon
         if key not in RESUME_MUTABLE:
             current = merged.get(key)
             if key == "patch":
-                from anatosynth.train.config import parse_patch
-
                 value = list(parse_patch(value))
             if key == "synth":
                 value = {**(current or {}), **value}
@@ -142,8 +138,6 @@ def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainCon
         merged[key] = value
     merged["out"] = str(paths.root)
     return PretrainConfig.from_dict(merged, str(paths.config))
-
-
 
 
 def versions() -> dict:

@@ -6,7 +6,7 @@ is one integer, ``next_index``. At each step rank ``r`` of ``W`` takes samples `
 ``pool_index(i)``, a fresh permutation of the fixed pool ``0..N-1`` on every pass (the pool is not cached:
 samples are re-rendered from their index, bit-identical, so memory does not grow with N).
 
-:func:`step_loader` is a ``torch.utils.data.DataLoader`` over :class:`~anatosynth.data.SyntheticParamsDataset`
+:func:`step_loader` is a ``torch.utils.data.DataLoader`` over :class:`~anatosynth.synth.dataset.SyntheticParamsDataset`
 whose batch sampler, :class:`StepBatches`, yields these indices step by step from the current position:
 workers (spawned) draw the sample parameters (numpy placement, CPU) ahead of the step, and the training
 process renders each batch on its device in one batched ``apply``.
@@ -46,8 +46,6 @@ def pool_index(index: int, samples: int | None, seed: int) -> int:
         return int(index)
     epoch, pos = divmod(int(index), int(samples))
     return int(_pool_permutation(int(samples), int(seed), epoch)[pos])
-
-
 
 
 class StepBatches(Sampler[list[int]]):
