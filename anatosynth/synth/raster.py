@@ -329,9 +329,10 @@ class Rasteriser:
         org = self.organs(dev)[organ]
         masks, sat = org.masks[shape:shape + 1], org.sat[shape]
         limit = torch.tensor(masks.shape[:1:-1], device=dev, dtype=torch.float32).sub_(1).view(3, 1, 1, 1)  # W, H, D
-        corners = [nodes[:, i:i + nb[0], j:j + nb[1], k:k + nb[2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-        c_lo = (torch.stack(corners).amin(0) + 1).div_(2).mul_(limit).floor_().sub_(1)
-        c_hi = (torch.stack(corners).amax(0) + 1).div_(2).mul_(limit).floor_().add_(2)
+        corners = torch.stack([nodes[:, i:i + nb[0], j:j + nb[1], k:k + nb[2]]
+                               for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+        c_lo = (corners.amin(0) + 1).div_(2).mul_(limit).floor_().sub_(1)
+        c_hi = (corners.amax(0) + 1).div_(2).mul_(limit).floor_().add_(2)
         inside = ((c_lo >= 0) & (c_hi <= limit)).all(0)
         a = torch.minimum(c_lo.clamp(min=0), limit + 1).long()  # first corner, clamped to the table
         b = torch.minimum((c_hi + 1).clamp(min=0), limit + 1).long()  # one past the last
