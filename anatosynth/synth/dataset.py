@@ -24,12 +24,12 @@ again). The stream itself is rebuilt in each worker, never pickled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
@@ -38,7 +38,7 @@ from anatosynth.synth.config import SynthConfig
 from anatosynth.synth.generator import SampleParams, SynthBatch, SyntheticStream
 
 __all__ = ["SyntheticDataset", "SyntheticIterableDataset", "SyntheticParamsDataset", "RenderBatch",
-           "params_loader", "shard_bodies", "dist_rank_world", "WORKER_TIMEOUT_S"]
+           "params_loader", "BodyTasks", "BodyTaskLoader", "shard_bodies", "dist_rank_world", "WORKER_TIMEOUT_S"]
 
 WORKER_TIMEOUT_S = 600.0  # a batch's draw that takes longer than this is treated as a hung worker
 
@@ -305,20 +305,82 @@ class RenderBatch:
         return batch
 
 
-def params_loader(data: SyntheticParamsDataset, batch_sampler, workers: int = 0,
-                  timeout: float = WORKER_TIMEOUT_S) -> DataLoader:
-    """A DataLoader of lists of :class:`SampleParams`, one list per batch of ``batch_sampler``.
+class BodyTasks(Sampler[list[int]]):
+    """Worker tasks of one synthetic body each, cut from a batch sampler's indices (taken in order).
+
+    A body (``index // patches_per_body``) is laid out once per process and cached, so when the samples
+    of one body sit in different batches, batch-sized tasks would make several workers lay it out again
+    (about 180 ms each for FLARE22's 13 organs). Here a task is a maximal run of consecutive indices of
+    the same body, across batch boundaries; :class:`BodyTaskLoader` cuts the runs back into the batches.
+    """
+
+    def __init__(self, batch_sampler: Iterable[Sequence[int]], patches_per_body: int):
+        self.batch_sampler = batch_sampler
+        self.patches_per_body = int(patches_per_body)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        run: list[int] = []
+        for batch in self.batch_sampler:
+            for i in batch:
+                if run and int(i) // self.patches_per_body != run[-1] // self.patches_per_body:
+                    yield run
+                    run = []
+                run.append(int(i))
+        if run:
+            yield run
+
+
+class BodyTaskLoader:
+    """Lists of :class:`SampleParams`, one per batch of ``batch_sampler``, drawn by workers body by body.
+
+    Iterating starts a DataLoader over :class:`BodyTasks` (one task per body) and regroups the drawn runs
+    into the batches asked for; dropping the iterator stops the workers.
+    """
+
+    def __init__(self, data: SyntheticParamsDataset, batch_sampler: Iterable[Sequence[int]], workers: int,
+                 timeout: float):
+        self.data, self.batch_sampler = data, batch_sampler
+        tasks_per_batch = max(1, -(-_batch_size(batch_sampler) // data.config.patches_per_body))
+        self.loader = DataLoader(data, batch_sampler=BodyTasks(batch_sampler, data.config.patches_per_body),
+                                 collate_fn=list, num_workers=int(workers), multiprocessing_context="spawn",
+                                 prefetch_factor=2 * tasks_per_batch, timeout=timeout,
+                                 worker_init_fn=_single_thread)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[SampleParams]]:
+        tasks = iter(self.loader)
+        ready: list[SampleParams] = []
+        for batch in self.batch_sampler:
+            while len(ready) < len(batch):
+                ready.extend(next(tasks))
+            yield ready[:len(batch)]
+            ready = ready[len(batch):]
+
+
+def _batch_size(batch_sampler) -> int:
+    """Samples per batch of a batch sampler (its ``batch`` or ``batch_size``, else its first batch's)."""
+    for name in ("batch", "batch_size"):
+        if isinstance(getattr(batch_sampler, name, None), int):
+            return int(getattr(batch_sampler, name))
+    return max(1, len(next(iter(batch_sampler), [0])))
+
+
+def params_loader(data: SyntheticParamsDataset, batch_sampler: Iterable[list[int]], workers: int = 0,
+                  timeout: float = WORKER_TIMEOUT_S) -> Iterable[list[SampleParams]]:
+    """Lists of :class:`SampleParams`, one list per batch of ``batch_sampler`` (a re-iterable sampler).
 
     ``workers`` spawned processes (safe with CUDA; one torch thread each, since they only run numpy
-    placement) draw two batches each ahead; with 0 the calling process draws when asked. A worker that
-    dies, or stays silent past ``timeout`` seconds, is DataLoader's RuntimeError, not a hang. Render each
-    list with :meth:`SyntheticParamsDataset.renderer` (or the stream's ``apply``) where the model trains.
+    placement) draw about two batches each ahead, one task per synthetic body (:class:`BodyTasks`, so no
+    body is laid out by two workers); with 0 a plain DataLoader draws in the calling process when asked.
+    A worker that dies, or stays silent past ``timeout`` seconds, is DataLoader's RuntimeError, not a hang.
+    Render each list with :meth:`SyntheticParamsDataset.renderer` (or the stream's ``apply``) where the
+    model trains.
     """
     if workers <= 0:
         return DataLoader(data, batch_sampler=batch_sampler, collate_fn=list)
-    return DataLoader(data, batch_sampler=batch_sampler, collate_fn=list, num_workers=int(workers),
-                      multiprocessing_context="spawn", prefetch_factor=2, timeout=timeout,
-                      worker_init_fn=_single_thread)
+    return BodyTaskLoader(data, batch_sampler, workers, timeout)
 
 
 def _single_thread(_: int) -> None:

@@ -6,21 +6,21 @@ is one integer, ``next_index``. At each step rank ``r`` of ``W`` takes samples `
 ``pool_index(i)``, a fresh permutation of the fixed pool ``0..N-1`` on every pass (the pool is not cached:
 samples are re-rendered from their index, bit-identical, so memory does not grow with N).
 
-:func:`step_loader` is a ``torch.utils.data.DataLoader`` over :class:`~anatosynth.synth.dataset.SyntheticParamsDataset`
-whose batch sampler, :class:`StepBatches`, yields these indices step by step from the current position:
-workers (spawned) draw the sample parameters (numpy placement, CPU) ahead of the step, and the training
-process renders each batch on its device in one batched ``apply``.
+:func:`step_loader` draws over :class:`~anatosynth.synth.dataset.SyntheticParamsDataset` with a
+``torch.utils.data.DataLoader`` whose batches come from :class:`StepBatches`, step by step from the current
+position: workers (spawned) draw the sample parameters (numpy placement, CPU) ahead of the step, one task
+per synthetic body, and the training process renders each batch on its device in one batched ``apply``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from anatosynth.train.config import PretrainConfig
 
@@ -65,9 +65,10 @@ class StepBatches(Sampler[list[int]]):
             yield [pool_index(i, self.samples, self.seed) for i in batch_indices(start, self.rank, self.batch)]
 
 
-def step_loader(stream, sampler: StepBatches, workers: int) -> DataLoader:
-    """The DataLoader of a run: lists of :class:`~anatosynth.synth.generator.SampleParams`, one per step,
-    drawn by ``workers`` spawned processes ahead of the step (0: by the training process, when asked)."""
+def step_loader(stream, sampler: StepBatches, workers: int) -> Iterable[list]:
+    """The draw loader of a run: lists of :class:`~anatosynth.synth.generator.SampleParams`, one per step,
+    drawn by ``workers`` spawned processes ahead of the step, one task per synthetic body (0: by the
+    training process, when asked); see :func:`~anatosynth.synth.dataset.params_loader`."""
     from anatosynth.synth.dataset import SyntheticParamsDataset, params_loader
 
     return params_loader(SyntheticParamsDataset.from_stream(stream), sampler, workers)

@@ -13,6 +13,7 @@ from anatosynth.bank import load_bank
 from anatosynth.errors import ConfigError
 from anatosynth.synth import SynthConfig, SyntheticStream
 from anatosynth.synth.dataset import (
+    BodyTasks,
     SyntheticDataset,
     SyntheticIterableDataset,
     SyntheticParamsDataset,
@@ -164,3 +165,31 @@ def test_a_dead_draw_worker_is_an_error_not_a_hang(bank):
     loader = params_loader(_DyingParams(bank, CONFIG, seed=SEED), [[0, 1], [2, 3], [4, 5]], workers=1, timeout=120)
     with pytest.raises(RuntimeError, match="exited unexpectedly"):
         list(loader)
+
+
+@pytest.mark.parametrize("batches,ppb", [([[0, 1], [2, 3], [4, 5], [6, 7]], 4), ([[0, 1, 2], [3, 4, 5], [6]], 2),
+                                         ([[5, 9, 2], [3, 4]], 4)])
+def test_body_tasks_are_runs_of_one_body_in_the_batches_order(batches, ppb):
+    tasks = list(BodyTasks(batches, ppb))
+    assert [i for t in tasks for i in t] == [i for b in batches for i in b]
+    assert all(len({i // ppb for i in t}) == 1 for t in tasks)
+    assert all(a[-1] // ppb != b[0] // ppb for a, b in zip(tasks, tasks[1:]))  # maximal runs
+
+
+class _WhoDraws(SyntheticParamsDataset):
+    """Says which worker process drew each sample instead of drawing it."""
+
+    def __getitems__(self, indices):
+        return [(os.getpid(), i) for i in indices]
+
+
+def test_two_draw_workers_never_lay_out_one_body_twice(bank):
+    # patches_per_body 4 over batches of 2: batch-sized tasks would put each body in both workers
+    data = _WhoDraws(bank, SynthConfig(patch=(32, 32, 32), patches_per_body=4), seed=SEED)
+    batches = [[2 * t, 2 * t + 1] for t in range(8)]
+    loader = params_loader(data, batches, workers=2, timeout=120)
+    drawn = list(loader)
+    assert len(loader) == 8 and [[i for _, i in b] for b in drawn] == batches
+    pids = {body: {pid for b in drawn for pid, i in b if i // 4 == body} for body in range(4)}
+    assert all(len(p) == 1 for p in pids.values())
+    assert len(set().union(*pids.values())) == 2  # both workers had work
