@@ -2,7 +2,8 @@
 
 One optimiser step: a DataLoader (:func:`~anatosynth.train.stream_index.step_loader`) hands over this
 rank's sample parameters (drawn in worker processes on CUDA), the batch is rendered **on the training
-device** in one batched ``apply`` (no host-to-device copies of images), the network runs under bf16
+device** in one batched ``apply`` (no host-to-device copies of images; on CUDA while the previous step
+runs, by :class:`~anatosynth.synth.ahead.RenderAhead` on a side stream), the network runs under bf16
 autocast on CUDA, DiceCE loss, AdamW, linear warm-up + cosine decay. Under ``torchrun`` the network is
 wrapped in DistributedDataParallel and every rank draws disjoint samples; rank 0 alone writes the run
 folder (:mod:`anatosynth.train.run_folder`).
@@ -20,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 
 from anatosynth.errors import ConfigError, InputError, Interrupted
 from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
-from anatosynth.synth.generator import SampleParams
+from anatosynth.synth.ahead import RenderAhead
 from anatosynth.train.checkpoint import (
     check_compatible,
     load_state_strict,
@@ -143,7 +143,7 @@ class _Trainer:
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.workers = auto_workers(cfg, self.device, self.ctx.world_size)
-        self.batches: Iterator[list[SampleParams]] | None = None  # the step loader's iterator, during run()
+        self.batches: RenderAhead | None = None  # drawn and rendered batches, during run()
 
     # -- setup helpers
     def _check_out(self, resume: bool) -> None:
@@ -265,9 +265,10 @@ class _Trainer:
     def _one_step(self):
         cfg = self.cfg
         assert self.batches is not None
-        params = next(self.batches)  # drawn ahead by the loader's workers (or here, without workers)
+        # drawn ahead by the loader's workers (or here, without workers), rendered in one batched apply on
+        # the training device: on CUDA by RenderAhead's thread on a side stream while the last step ran
+        params, batch = next(self.batches)
         idx = [p.index for p in params]
-        batch = self.stream.apply(params, self.device)  # one batched render on the training device
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(batch.image)
         loss = self.loss_fn(logits.float(), batch.label.unsqueeze(1))
@@ -300,7 +301,8 @@ class _Trainer:
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         sampler = StepBatches(self.next_index, ctx.rank, ctx.world_size, cfg.batch, stop - self.step,
                               cfg.samples, cfg.seed)
-        self.batches = iter(step_loader(self.stream, sampler, self.workers))
+        self.batches = RenderAhead(step_loader(self.stream, sampler, self.workers),
+                                   lambda params: self.stream.apply(params, self.device), self.device)
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, disable=None,
                    desc="pretrain") if ctx.is_main else None
         trace = open(self.paths.indices(ctx.rank), "a") if cfg.trace_indices else None
@@ -378,7 +380,9 @@ class _Trainer:
             raise
         finally:
             self._restore_signals(previous_handlers)
-            self.batches = None  # the loader's workers stop with their iterator
+            if self.batches is not None:
+                self.batches.close()  # the render thread and the loader's workers stop
+            self.batches = None
             if bar is not None:
                 bar.close()
             if trace is not None:
