@@ -118,17 +118,23 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: benchmark at least one sample")
-    if args.workers < 0 or args.batch < 1:
-        raise ConfigError(f"--workers {args.workers} / --batch {args.batch}: need workers >= 0 and batch >= 1")
+    if args.workers < 0 or args.render_workers < 0 or args.batch < 1:
+        raise ConfigError(f"--workers {args.workers} / --render-workers {args.render_workers} / --batch "
+                          f"{args.batch}: need workers >= 0, render workers >= 0 and batch >= 1")
     device = _check_device(args.device, args.threads)
+    if args.render_workers and (device != "cpu" or args.workers):
+        raise ConfigError("--render-workers renders whole samples in CPU processes: use it with --device cpu "
+                          "and without --workers")
     stream = stream_from_args(args)
-    result = run_bench(stream, n=args.n, batch=args.batch, device=device, workers=args.workers)
+    result = run_bench(stream, n=args.n, batch=args.batch, device=device, workers=args.workers,
+                       render_workers=args.render_workers)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['patches_per_s']:.2f} patches/s ({result['ms_per_patch']:.1f} ms/patch: draw "
-              f"{result['draw_ms_per_patch']:.1f}, apply {result['apply_ms_per_patch']:.1f}) on {result['device']}; "
-              f"organs placed {result['organs_placed_mean']:.2f}, forbidden overlap voxels "
+        where = (f"{args.render_workers} render worker process(es)" if args.render_workers else
+                 f"draw {result['draw_ms_per_patch']:.1f}, apply {result['apply_ms_per_patch']:.1f}")
+        print(f"{result['patches_per_s']:.2f} patches/s ({result['ms_per_patch']:.1f} ms/patch: {where}) on "
+              f"{result['device']}; organs placed {result['organs_placed_mean']:.2f}, forbidden overlap voxels "
               f"{result['forbidden_overlap_voxels']}, peak RSS {result['peak_rss_mb']:.0f} MB")
     return 0
 
@@ -167,5 +173,8 @@ def register(sub) -> None:
     _common(pb, 32)
     pb.add_argument("--batch", type=int, default=8, help="batch size")
     pb.add_argument("--workers", type=int, default=0, help="processes drawing parameters (0: main process)")
+    pb.add_argument("--render-workers", type=int, default=0,
+                    help="CPU processes of one thread each that draw and render whole samples (SyntheticDataset "
+                         "with num_workers; the way to several cores; 0: this process applies)")
     pb.add_argument("--json", action="store_true", help="print JSON")
     pb.set_defaults(func=_bench)

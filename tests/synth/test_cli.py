@@ -72,6 +72,24 @@ def test_bench_json(bank_file, capsys):
     assert result["forbidden_overlap_voxels"] == 0 and result["patches_per_s"] > 0
 
 
+
+def test_bench_render_workers_render_the_same_samples(bank_file, capsys):
+    common = ["synth", "bench", "--bank", bank_file, "--patch", "32", "--n", "6", "--batch", "2", "--json"]
+    assert main(common + ["--threads", "1"]) == 0
+    here = json.loads(capsys.readouterr().out)
+    assert main(common + ["--render-workers", "2"]) == 0
+    there = json.loads(capsys.readouterr().out)
+    assert there["render_workers"] == 2 and there["patches_per_s"] > 0
+    for key in ("forbidden_overlap_voxels", "organs_placed_mean", "organs_dropped_mean", "organs_in_patch_mean"):
+        assert there[key] == here[key]  # the same six samples, rendered in two other processes
+
+
+def test_render_workers_are_for_the_cpu_route(bank_file, capsys):
+    assert main(["synth", "bench", "--bank", bank_file, "--n", "1", "--patch", "32", "--render-workers", "2",
+                 "--workers", "1"]) == 2
+    assert "--render-workers" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--patch", "40"], "multiple of 32"),
     (["--patch", "9x9"], "one or three numbers"),
