@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from anatosynth.options import resolve_device
 from anatosynth.synth.dataset import SyntheticDataset, SyntheticParamsDataset, params_loader
@@ -92,9 +92,11 @@ def _summary(stream, logs: list[dict], n: int, seconds: float) -> dict:
 
 
 def _stack(items: list[dict]) -> dict:
-    """Collate of the render workers: one batch tensor each for image and label, the logs as a list."""
-    return {"image": torch.stack([it["image"] for it in items]), "label": torch.stack([it["label"] for it in items]),
-            "log": [it["log"] for it in items]}
+    """Collate of the render workers: image and label batched by ``default_collate`` (which stacks straight
+    into shared memory in a worker, saving a copy), the logs as a list."""
+    batch = default_collate([{"image": it["image"], "label": it["label"]} for it in items])
+    batch["log"] = [it["log"] for it in items]
+    return batch
 
 
 def _warm_then_wait(barrier, warm: list[int], _worker_id: int) -> None:

@@ -152,6 +152,27 @@ def test_draw_workers_give_the_same_run(straight, tmp_path):
     assert _trace(run) == _trace(run_a)
 
 
+def test_rendering_ahead_in_a_thread_gives_the_same_run(straight, tmp_path, monkeypatch):
+    # what CUDA does (a render thread one batch ahead), forced on the CPU: the same steps, the same weights
+    import anatosynth.train.pretrain as loop
+    from anatosynth.synth.ahead import RenderAhead
+
+    made = []
+
+    def threaded(*args, **kw):
+        made.append(RenderAhead(*args, threaded=True, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "RenderAhead", threaded)
+    run_a, _ = straight
+    run = tmp_path / "run"
+    pretrain(_cfg(run), echo=False)
+    assert made and made[0].threaded and not made[0]._thread.is_alive()  # closed at the end of the run
+    a, b = _weights(run_a), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _trace(run) == _trace(run_a)
+
+
 def test_time_limit_stops_cleanly_and_the_run_can_continue(tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(run, mode="primitives", bank=None, steps=50, minutes=1e-6, checkpoint_every=10, log_every=10)
