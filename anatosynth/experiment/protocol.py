@@ -50,6 +50,7 @@ RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "qu
 # options added after jobs were run, with the value that reproduces the earlier behaviour: left out of a key
 # at that value, so adding the option does not orphan finished jobs; any other value enters the key
 NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0}
+NEUTRAL_SYNTH = {"clutter": 0.0}  # the same, for the synthesis options of a pre-training job
 
 
 def result_versions() -> dict[str, int]:
@@ -131,6 +132,11 @@ def resolved_pretrain(cfg: dict) -> dict:
         full["patch"] = [full["patch"]] * 3
     for k in RUN_ONLY_PRETRAIN:
         full.pop(k, None)
+    synth = full.get("synth")
+    if isinstance(synth, dict):
+        for k, neutral in NEUTRAL_SYNTH.items():
+            if synth.get(k) == neutral:
+                synth.pop(k)
     return full
 
 

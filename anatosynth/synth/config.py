@@ -68,6 +68,9 @@ class SynthConfig:
             organs indent each other); a larger clash drops the organ from the patch. 0 = never carve.
         layout_tolerance: fraction of an organ's coarse layout cells that may overlap organs it may not
             overlap before the layout counts a clash (those voxels are then carved when painting).
+        clutter: unlabelled background clutter: the share of background voxels (about; per patch it
+            varies) covered by smooth random blobs rendered like organs but labelled background, which
+            the network must learn to ignore. 0 (default): organs on a plain background, as the paper.
     """
 
     mode: str = "anatomy"
@@ -94,6 +97,7 @@ class SynthConfig:
     subject_coherence: float = 0.0
     max_carve: float = 0.25
     layout_tolerance: float = 0.1
+    clutter: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,7 +123,7 @@ class SynthConfig:
                                 ("elastic_mm", 0.0, 50.0), ("anchor_spread", 0.0, 10.0),
                                 ("jitter_mm", 0.0, 100.0), ("max_shift_mm", 0.0, 500.0),
                                 ("window_jitter", 0.0, 1.0), ("subject_coherence", 0.0, 1.0),
-                                ("max_carve", 0.0, 1.0), ("layout_tolerance", 0.0, 1.0)]:
+                                ("max_carve", 0.0, 1.0), ("layout_tolerance", 0.0, 1.0), ("clutter", 0.0, 0.9)]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{name} = {value!r}: expected a number in [{low:g}, {high:g}]")

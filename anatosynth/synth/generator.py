@@ -5,7 +5,8 @@ Sample ``i`` of seed ``s`` is made in two steps, as in TorchIO 2's ``make_params
 1. :meth:`SyntheticStream.draw` takes **all** randomness of the sample (numpy, CPU): the body layout
    (:mod:`anatosynth.synth.placement`) from ``SeedSequence([s, i // patches_per_body, 2**32])``, shared
    by consecutive samples and cached; the patch window and the render parameters from
-   ``SeedSequence([s, i])``. No other source of randomness exists.
+   ``SeedSequence([s, i])``; with ``clutter`` > 0 the sample's background clutter from
+   ``SeedSequence([s, i, 2**33])``. No other source of randomness exists.
 2. :meth:`SyntheticStream.apply` turns a list of drawn samples into a batch (torch, CPU or CUDA),
    deterministically and per sample, so a sample's bytes do not depend on the batch it is in, the batch
    size, the number of data-loader workers or the run.
@@ -33,6 +34,8 @@ from anatosynth.synth.placement import BodyModel, Layout, OrganPlacement
 
 if TYPE_CHECKING:
     from anatosynth.synth.raster import Rasteriser
+
+CLUTTER_KEY = 1 << 33  # third SeedSequence entry of a sample's clutter draws (layouts use 1 << 32)
 
 # resolve_device stays importable from here for older call sites; its one definition is anatosynth.options
 __all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "resolve_device"]
@@ -148,6 +151,10 @@ class SyntheticStream:
             origin = self._window(rng, layout.placed)
             params = SampleParams(int(index), origin, layout.placed, layout.dropped)
         params.render = draw_render_params(rng, self.num_classes, self.config.render, self.patch)
+        if self.config.clutter > 0:  # its own generator: a stream without clutter draws what it drew before
+            from anatosynth.synth.render import draw_clutter
+            clutter_rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(index), CLUTTER_KEY]))
+            params.render.clutter = draw_clutter(clutter_rng, self.config.clutter, params.render, self.patch)
         return params
 
     def _window(self, rng: np.random.Generator, placed: list[OrganPlacement]) -> np.ndarray:

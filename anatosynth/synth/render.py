@@ -17,6 +17,11 @@ Render modes (labels are never changed; every organ's label is the full organ):
 * ``contour``: PrimGeoSeg's image: per axial (Z) slice, a 2-pixel outline inside each object with intensity
   128/255 on 0; computed in-plane only, so shells are open at the top and bottom; no artefacts by default.
 
+Unlabelled background clutter (``SynthConfig.clutter`` > 0, :func:`draw_clutter`): smooth random blobs
+in the background, between the organs, rendered like organs of three extra intensity classes (shells in
+``shell``, means and noise in ``fill``...) while their label stays 0, so the network must learn to ignore
+shapes that are not organs, as in real scans. Its own random stream: samples without clutter are unchanged.
+
 Artefacts (:mod:`anatosynth.synth.artefacts`) follow for all modes but ``contour``.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -61,6 +67,10 @@ __all__ = [
     "TEXTURE_RAMP",
     "CONTOUR_VALUE",
     "CONTOUR_WIDTH",
+    "ClutterParams",
+    "draw_clutter",
+    "CLUTTER_CLASSES",
+    "CLUTTER_SCALE",
 ]
 
 SHELL_THICKNESS = (1, 3)  # voxels, inclusive, per organ
@@ -75,6 +85,28 @@ TEXTURE_NORM = 1.0 / (2.0 / 3.0) ** 1.5  # trilinear upsampling of white noise k
 FILL_STREAM = 1  # hash stream of the per-class fill noise
 CONTOUR_VALUE = 128 / 255
 CONTOUR_WIDTH = 2  # pixels, in-plane
+CLUTTER_CLASSES = 3  # intensity classes of the background clutter: tertiles of a second smooth field
+CLUTTER_SCALE = 12  # voxels between the clutter fields' random nodes: blobs of about this size
+CLUTTER_TERTILE = 0.4307273  # standard-normal tertile: the three clutter classes share the clutter equally
+
+
+@dataclass
+class ClutterParams:
+    """Unlabelled background clutter of ONE sample (see the module docstring).
+
+    Attributes:
+        threshold: background voxels where the shape field (about unit variance) exceeds this are clutter.
+        grids: the shape field's and the class field's coarse standard-normal grids, upsampled trilinearly.
+        mean, std, shell_value: (K,) intensity tables of the K clutter classes, drawn as the organs' are.
+        shell_thickness: (K,) shell thickness in voxels (0 where the render draws no shells).
+    """
+
+    threshold: float
+    grids: list[np.ndarray] = field(repr=False)
+    mean: np.ndarray
+    std: np.ndarray
+    shell_value: np.ndarray
+    shell_thickness: np.ndarray
 
 
 @dataclass
@@ -110,11 +142,14 @@ class RenderParams:
     texture_band: int = 0
     seed: int = 0
     artefacts: ArtefactParams = field(default_factory=ArtefactParams)
+    clutter: ClutterParams | None = None
 
     @property
     def max_distance(self) -> int:
         """How far from a boundary (voxels) this sample needs the boundary distance."""
         d = int(self.shell_thickness.max()) if self.shell_thickness.size else 0
+        if self.clutter is not None and self.clutter.shell_thickness.size:
+            d = max(d, int(self.clutter.shell_thickness.max()))
         if self.texture_amp is not None and np.any(self.texture_amp > 0):
             d = max(d, self.texture_band + TEXTURE_RAMP)
         return d
@@ -192,6 +227,48 @@ def draw_render_params(
     return p
 
 
+def clutter_grid_shape(patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Nodes per axis of the clutter fields' coarse grids (one every ~CLUTTER_SCALE voxels, at least 2)."""
+    return tuple(max(2, s // CLUTTER_SCALE + 1) for s in patch)  # type: ignore[return-value]
+
+
+def draw_clutter(rng: np.random.Generator, share: float, render: RenderParams,
+                 patch: tuple[int, int, int]) -> ClutterParams:
+    """Draw one sample's background clutter: about ``share`` of its background voxels, in three classes
+    whose intensities follow the sample's render mode (``render``, already drawn) as organs' do.
+
+    ``rng`` is the sample's own clutter generator, separate from its render generator, so a stream
+    without clutter draws exactly what it drew before clutter existed.
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"clutter share {share!r}: expected a number in (0, 1)")
+    K = CLUTTER_CLASSES
+    small = clutter_grid_shape(parse_patch(patch))
+    grids = [rng.standard_normal(small).astype(np.float32) for _ in range(2)]
+    u_mean, u_std, u_contrast = rng.random(K), rng.random(K), rng.random(K)
+    thick = rng.integers(SHELL_THICKNESS[0], SHELL_THICKNESS[1] + 1, size=K).astype(np.uint8)
+    zeros = np.zeros(K, np.float32)
+    mean = (FILL_MEAN[0] + (FILL_MEAN[1] - FILL_MEAN[0]) * u_mean).astype(np.float32)
+    std = (FILL_STD[0] + (FILL_STD[1] - FILL_STD[0]) * u_std).astype(np.float32)
+    contrast = SHELL_CONTRAST[0] + (SHELL_CONTRAST[1] - SHELL_CONTRAST[0]) * u_contrast
+    shell, thickness = zeros.copy(), np.zeros(K, np.uint8)
+    mode = render.render
+    if mode == "shell":  # cores in the background's intensity, like the organs' cores
+        mean = np.full(K, render.mean[0], np.float32)
+        std = zeros.copy()
+        shell, thickness = np.mod(render.mean[0] + contrast, 1.0).astype(np.float32), thick
+    elif mode == "shell+fill":
+        shell, thickness = np.mod(mean + contrast, 1.0).astype(np.float32), thick
+    elif mode == "texture":
+        std = zeros.copy()
+    elif mode == "contour":
+        mean, std = zeros.copy(), zeros.copy()
+        shell = np.full(K, CONTOUR_VALUE, np.float32)
+        thickness = np.full(K, CONTOUR_WIDTH, np.uint8)
+    threshold = NormalDist().inv_cdf(1.0 - float(share))
+    return ClutterParams(threshold, grids, mean, std, shell, thickness)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Boundary distance by separable min/max shifts (no pooling kernels: exact, cheap on uint8)
 # ----------------------------------------------------------------------------------------------------
@@ -248,13 +325,6 @@ def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.gather(1, index)
 
 
-def _table(values: list[np.ndarray], cmax: int) -> np.ndarray:
-    """Stack per-sample class tables into float32 [B, cmax] (padding unused classes with 0)."""
-    out = np.zeros((len(values), cmax), dtype=np.float64)
-    for b, v in enumerate(values):
-        out[b, : len(v)] = v
-    return out.astype(np.float32)
-
 
 def _check_labels(label: torch.Tensor, params: Sequence[RenderParams], values: bool) -> None:
     """Shape, dtype and modes (host metadata); with ``values`` also the label range (reads the device)."""
@@ -294,27 +364,51 @@ def _texture_weights(p: RenderParams, octave: int) -> np.ndarray:
     return (p.texture_amp * p.texture_mix[:, octave]).astype(np.float32)
 
 
+def _classes(p: RenderParams, organ: np.ndarray, clutter: np.ndarray | None, cmax: int, K: int) -> np.ndarray:
+    """One sample's table over the render classes: its organ classes padded to ``cmax``, then ``K``
+    clutter classes (zeros for a sample without clutter)."""
+    out = np.zeros(cmax + K, np.float64)
+    out[:len(organ)] = organ
+    if K and clutter is not None:
+        out[cmax:] = clutter
+    return out
+
+
 def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
                 minimal: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Host side of rendering a batch: the per-sample tables as arrays to upload (with the batch's other
     parameters, in one copy), and the host facts that shape the program (no tensor values).
-    ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`)."""
+    ``minimal``: leave out artefact steps no sample uses (see :func:`pack_artefacts`).
+
+    The tables run over the render classes: the organ classes ``0..cmax-1`` and, when a sample has
+    clutter, ``CLUTTER_CLASSES`` more (``cmax..``), which only the image sees."""
     params = list(params)
     cmax = max(p.num_classes for p in params)
+    K = CLUTTER_CLASSES if any(p.clutter is not None for p in params) else 0
+    W = cmax + K
+
+    def table(organ, clutter) -> np.ndarray:
+        """float32 [B, W] of a per-sample attribute (``organ(p)``, ``clutter(c)``)."""
+        return np.stack([_classes(p, organ(p), None if p.clutter is None else clutter(p.clutter), cmax, K)
+                         for p in params]).astype(np.float32)
+
     arrays: dict[str, np.ndarray] = {
-        "values": _table([np.concatenate([p.mean, p.shell_value]) for p in params], 2 * cmax)}
+        "values": np.concatenate([table(lambda p: p.mean, lambda c: c.mean),
+                                  table(lambda p: p.shell_value, lambda c: c.shell_value)], 1)}
     groups = []
     for in_plane in (False, True):
         group = [b for b, p in enumerate(params) if p.shell_2d == in_plane and _reach(p) > 0]
         if group:
             groups.append((in_plane, group, max(_reach(params[b]) for b in group)))
-    meta = {"cmax": cmax, "groups": groups, "shell": any(p.shell_thickness.any() for p in params),
-            "fill": any(np.any(p.std > 0) for p in params), "texture": any(_has_texture(p) for p in params),
-            "artefacts": False}
+    shell = [p.shell_thickness.any() or (p.clutter is not None and p.clutter.shell_thickness.any()) for p in params]
+    fill = [np.any(p.std > 0) or (p.clutter is not None and np.any(p.clutter.std > 0)) for p in params]
+    meta = {"cmax": cmax, "width": W, "groups": groups, "shell": any(shell), "fill": any(fill),
+            "texture": any(_has_texture(p) for p in params), "artefacts": False, "clutter": K > 0}
     if meta["shell"]:
-        arrays["thickness"] = _table([p.shell_thickness for p in params], cmax)
+        arrays["thickness"] = table(lambda p: p.shell_thickness, lambda c: c.shell_thickness)
     if meta["fill"]:
-        arrays["fill_std"] = _table([np.concatenate([p.std, np.zeros_like(p.std)]) for p in params], 2 * cmax)
+        std = table(lambda p: p.std, lambda c: c.std)
+        arrays["fill_std"] = np.concatenate([std, np.zeros_like(std)], 1)
         arrays["fill_key"] = key_tensor([p.seed for p in params], FILL_STREAM)
     if meta["texture"]:
         for j, k in enumerate(TEXTURE_SCALES):
@@ -322,8 +416,16 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
             grids = [p.texture_grids[j] if _has_texture(p) else np.zeros(small, np.float32) for p in params]
             arrays[f"tex{j}"] = np.stack([upsample_yz(g * TEXTURE_NORM, patch) for g in grids])
             arrays.update({f"tex{j}_{n}": v for n, v in x_weights(small[0], patch[0]).items()})
-            arrays[f"tex{j}_w"] = _table([_texture_weights(p, j) for p in params], cmax)
+            arrays[f"tex{j}_w"] = table(lambda p, j=j: _texture_weights(p, j), lambda c: np.zeros(K))
         arrays["tex_band"] = np.array([p.texture_band for p in params], np.float32)
+    if K:
+        small = clutter_grid_shape(patch)
+        for j in range(2):
+            grids = [p.clutter.grids[j] if p.clutter is not None else np.zeros(small, np.float32) for p in params]
+            arrays[f"clut{j}"] = np.stack([upsample_yz(g * TEXTURE_NORM, patch) for g in grids])
+            arrays.update({f"clut{j}_{n}": v for n, v in x_weights(small[0], patch[0]).items()})
+        arrays["clut_threshold"] = np.array([np.inf if p.clutter is None else p.clutter.threshold for p in params],
+                                            np.float32)
     art = pack_artefacts([p.artefacts for p in params], patch, minimal)
     if art is not None:
         meta["artefacts"] = True
@@ -331,18 +433,31 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
     return arrays, meta
 
 
+def _with_clutter(lab: torch.Tensor, a: dict[str, torch.Tensor], cmax: int) -> torch.Tensor:
+    """Render classes: ``lab`` with its clutter voxels (background where the shape field passes the
+    sample's threshold) set to ``cmax + k``, k the tertile of the class field (the label stays ``lab``)."""
+    B = lab.shape[0]
+    shape_field = upsample_x(a["clut0"], {n: a[f"clut0_{n}"] for n in ("i0", "w0", "w1")})
+    class_field = upsample_x(a["clut1"], {n: a[f"clut1_{n}"] for n in ("i0", "w0", "w1")})
+    on = (shape_field > a["clut_threshold"].view(B, 1, 1, 1)).logical_and_(lab == 0)
+    k = (class_field > -CLUTTER_TERTILE).long().add_((class_field > CLUTTER_TERTILE).long()).add_(cmax)
+    return torch.where(on, k, lab)
+
+
 def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -> torch.Tensor:
     """Device side: images float32 [B, 1, X, Y, Z] from labels and the uploaded tables of :func:`pack_render`.
 
     A fixed sequence of batched kernels (no loop over samples, no read back to the host)."""
     lab = label.long()
+    if meta["clutter"]:
+        lab = _with_clutter(lab, a, meta["cmax"])
     B = lab.shape[0]
     dev = lab.device
-    cmax = meta["cmax"]
+    width = meta["width"]
     flat = lab.reshape(B, -1)
     dist: torch.Tensor | None = None
     for in_plane, group, reach in meta["groups"]:
-        d = boundary_distance(lab if len(group) == B else lab[group], reach, in_plane, num_classes=cmax)
+        d = boundary_distance(lab if len(group) == B else lab[group], reach, in_plane, num_classes=width)
         if len(group) == B:
             dist = d
         else:
@@ -350,13 +465,13 @@ def render_packed(label: torch.Tensor, a: dict[str, torch.Tensor], meta: dict) -
                 dist = torch.full(lab.shape, 255, dtype=torch.uint8, device=dev)
             dist[group] = d
 
-    # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + cmax.
+    # Class index into per-sample tables [base values | shell values]: shell voxels use entry L + width.
     cls = flat
     if meta["shell"]:
         assert dist is not None  # a shell has a thickness >= 1, so its sample is in a group
         thick = _lookup(a["thickness"].to(torch.uint8), flat)
-        small = torch.uint8 if 2 * cmax <= 256 else torch.int32  # index arithmetic in a narrow dtype
-        shell = (dist.reshape(B, -1) <= thick).to(small).mul_(cmax)  # thickness 0 never matches (dist >= 1)
+        small = torch.uint8 if 2 * width <= 256 else torch.int32  # index arithmetic in a narrow dtype
+        shell = (dist.reshape(B, -1) <= thick).to(small).mul_(width)  # thickness 0 never matches (dist >= 1)
         cls = shell.add_(flat.to(small)).long()
     img = _lookup(a["values"], cls).view(lab.shape)
 

@@ -201,3 +201,14 @@ def test_options_added_later_keep_old_keys_at_their_neutral_value():
         assert [j.key for j in same.finetunes] == [j.key for j in base.finetunes], name
     changed = expand({**RAW, "finetune": {**RAW["finetune"], "freeze_pretrained_steps": 2}})
     assert {j.key for j in changed.finetunes}.isdisjoint({j.key for j in base.finetunes})
+
+
+def test_synthesis_options_added_later_keep_old_keys_at_their_neutral_value():
+    from anatosynth.experiment.protocol import NEUTRAL_SYNTH
+
+    base = expand(RAW)
+    for name, neutral in NEUTRAL_SYNTH.items():
+        same = expand({**RAW, "pretrain": {**RAW.get("pretrain", {}), "synth": {name: neutral}}})
+        assert [j.key for j in same.pretrains] == [j.key for j in base.pretrains], name
+    changed = expand({**RAW, "pretrain": {**RAW.get("pretrain", {}), "synth": {"clutter": 0.3}}})
+    assert changed.pretrains and {j.key for j in changed.pretrains}.isdisjoint({j.key for j in base.pretrains})

@@ -84,10 +84,10 @@ def test_op_count_grows_with_organs_only(phantom):
     assert counts[0] < counts[1]
 
 
-@pytest.mark.parametrize("render_mode", ["shell+fill", "texture"])
-def test_random_mode_and_other_renders(phantom, render_mode):
+@pytest.mark.parametrize("render_mode,clutter", [("shell+fill", 0.0), ("texture", 0.0), ("shell", 0.3)])
+def test_random_mode_and_other_renders(phantom, render_mode, clutter):
     stream = SyntheticStream(_restricted(phantom, 5), SynthConfig(mode="random", render=render_mode,
-                                                                   patch=(64, 64, 64)))
+                                                                   patch=(64, 64, 64), clutter=clutter))
     two, eight = _record(stream, 2), _record(stream, 8)
     assert two.syncs == [] and two.ops == eight.ops
 

@@ -132,6 +132,7 @@ def test_non_cubic_patch_and_axes(toy_bank):
     (dict(render="glow"), "unknown render"),
     (dict(scale=(1.2, 0.8)), "scale"),
     (dict(retries=-1), "retries"),
+    (dict(clutter=0.95), "clutter"),
 ])
 def test_bad_config(bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -166,3 +167,17 @@ def test_cuda_labels_match_cpu_closely(toy_bank):
     cpu = stream.apply(params, "cpu").label
     gpu = stream.apply(params, "cuda").label.cpu()
     assert float((cpu != gpu).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("render", ["shell", "shell+fill"])
+def test_clutter_changes_images_not_labels_and_keeps_every_byte_contract(toy_bank, render):
+    plain, cluttered = _stream(toy_bank, seed=2, render=render), _stream(toy_bank, seed=2, render=render, clutter=0.3)
+    a, b = plain.batch([0, 1, 2]), cluttered.batch([0, 1, 2])
+    assert torch.equal(a.label, b.label) and a.logs == b.logs  # the same bodies, windows and labels
+    assert not torch.equal(a.image, b.image)
+    assert float(b.image.min()) >= 0.0 and float(b.image.max()) <= 1.0
+    params = [cluttered.draw(i) for i in (2, 0)]
+    for batched in (False, True):  # any batch, either program: the same bytes
+        other = cluttered.apply(params, batched=batched)
+        assert other.image[0].numpy().tobytes() == b.image[2].numpy().tobytes()
+        assert other.image[1].numpy().tobytes() == b.image[0].numpy().tobytes()

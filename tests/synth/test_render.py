@@ -279,3 +279,66 @@ def test_bytes_do_not_depend_on_thread_count(render):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, three)
+
+
+def _clutter_params(render, share, n=4, seed0=0):
+    """Render params without artefacts, with background clutter of ``share`` drawn from its own rng."""
+    from anatosynth.synth.render import draw_clutter
+
+    out = params(render, n, art.NO_ARTEFACTS, seed0)
+    for i, p in enumerate(out):
+        p.clutter = draw_clutter(np.random.default_rng(1000 + i), share, p, PATCH)
+    return out
+
+
+def _field(grid: np.ndarray) -> np.ndarray:
+    from anatosynth.synth.render import TEXTURE_NORM
+
+    g = torch.from_numpy(grid * TEXTURE_NORM)[None, None]
+    return torch.nn.functional.interpolate(g, size=PATCH, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def _expected_clutter(p, lab: np.ndarray) -> np.ndarray:
+    """Reference clutter mask: the shape grid upsampled by torch's trilinear interpolation, over the
+    threshold, in the background only."""
+    return (_field(p.clutter.grids[0]) > p.clutter.threshold) & (lab == 0)
+
+
+def test_clutter_paints_only_background_and_keeps_labels():
+    lab = labels(4)
+    plain = params("fill", 4, art.NO_ARTEFACTS)
+    cluttered = _clutter_params("fill", 0.3)
+    before, after = apply_render(lab, plain).numpy(), apply_render(lab, cluttered).numpy()
+    shares = []
+    for b in range(4):
+        L = lab[b].numpy()
+        changed = before[b, 0] != after[b, 0]
+        want = _expected_clutter(cluttered[b], L)
+        assert not changed[L > 0].any()  # organ voxels: the same intensities
+        assert (changed == want).mean() > 0.995  # background: changed exactly where the clutter lies
+        shares.append(want.sum() / (L == 0).sum())
+    assert 0.15 < np.mean(shares) < 0.45  # about the share asked for (0.3)
+
+
+def test_clutter_in_shell_mode_shows_shells_only():
+    lab = labels(2)
+    plain, cluttered = params("shell", 2, art.NO_ARTEFACTS), _clutter_params("shell", 0.4, n=2)
+    before, after = apply_render(lab, plain).numpy(), apply_render(lab, cluttered).numpy()
+    for b in range(2):
+        L = lab[b].numpy()
+        clutter = _expected_clutter(cluttered[b], L)
+        changed = before[b, 0] != after[b, 0]
+        assert changed.any() and not changed[L > 0].any()
+        kind = 1 + (_field(cluttered[b].clutter.grids[1]) > -0.4307) + (_field(cluttered[b].clutter.grids[1]) > 0.4307)
+        render_classes = torch.from_numpy(np.where(clutter, L.max() + kind, L))[None]
+        core = boundary_distance(render_classes, 3)[0].numpy() > 3  # farther than 3 voxels from a class border
+        assert (changed & core & clutter).sum() <= 0.01 * clutter.sum()  # cores show the background, as organs'
+        values = np.unique(after[b, 0][changed])
+        assert len(values) <= 3 and set(values) <= set(cluttered[b].clutter.shell_value)
+
+
+def test_clutter_share_is_checked():
+    from anatosynth.synth.render import draw_clutter
+
+    with pytest.raises(ConfigError, match="clutter share"):
+        draw_clutter(np.random.default_rng(0), 1.0, params("fill", 1)[0], PATCH)
