@@ -214,6 +214,7 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         return key
 
     pretrains: dict[str, PretrainJob] = {}
+    same_run: dict[str, str] = {}  # what a pre-training run computes (key without the arm name) -> its key
 
     def pretrain_for(arm: dict, samples: int | None = None, subjects: int | None = None) -> str | None:
         spec = arm.get("pretrain", "none")
@@ -225,11 +226,14 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         if samples is not None:
             cfg["samples"] = samples
         bank = None if cfg.get("mode") == "primitives" else bank_for(subjects)
-        key = f"pre-{arm['name']}" + (f"-pool{samples}" if samples else "") + \
-              (f"-subj{subjects}" if subjects else "") + f"-{_digest([resolved_pretrain(cfg), bank, versions])}"
+        suffix = (f"-pool{samples}" if samples else "") + (f"-subj{subjects}" if subjects else "") + \
+            f"-{_digest([resolved_pretrain(cfg), bank, versions])}"
+        if suffix in same_run:  # an earlier arm pre-trains exactly this: one run, named after that arm
+            return same_run[suffix]
+        key = f"pre-{arm['name']}{suffix}"
         weights = arm.get("weights") if samples is None and subjects is None else None
-        pretrains.setdefault(key, PretrainJob(key, arm["name"], bank, cfg, samples, subjects,
-                                              str(weights) if weights else None))
+        pretrains[key] = PretrainJob(key, arm["name"], bank, cfg, samples, subjects, str(weights) if weights else None)
+        same_run[suffix] = key
         return key
 
     arms = raw["arms"]

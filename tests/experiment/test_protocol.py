@@ -212,3 +212,31 @@ def test_synthesis_options_added_later_keep_old_keys_at_their_neutral_value():
         assert [j.key for j in same.pretrains] == [j.key for j in base.pretrains], name
     changed = expand({**RAW, "pretrain": {**RAW.get("pretrain", {}), "synth": {"clutter": 0.3}}})
     assert changed.pretrains and {j.key for j in changed.pretrains}.isdisjoint({j.key for j in base.pretrains})
+
+
+def test_arms_that_pre_train_alike_share_one_run_named_after_the_first():
+    arms = [*RAW["arms"], {"name": "anatomy-gentle", "pretrain": {"mode": "anatomy"},
+                           "finetune": {"pretrained_lr_scale": 0.1}}]
+    base, more = expand(RAW), expand({**RAW, "arms": arms})
+    assert [j.key for j in more.pretrains] == [j.key for j in base.pretrains]  # no new pre-training run
+    anatomy = {j.pretrain for j in more.finetunes if j.arm == "anatomy" and not (j.samples or j.subjects)}
+    gentle = {j.pretrain for j in more.finetunes if j.arm == "anatomy-gentle" and not (j.samples or j.subjects)}
+    assert len(anatomy) == 1 and gentle == anatomy and next(iter(anatomy)).startswith("pre-anatomy-")
+    assert {j.key for j in more.finetunes if j.arm == "anatomy-gentle"}.isdisjoint(
+        {j.key for j in more.finetunes if j.arm == "anatomy"})
+
+
+def test_committed_results_are_jobs_of_the_protocols_that_keep_them():
+    """A key that drifts (a changed default, an edited protocol) would orphan the results committed under
+    results/: each of them must still be a job of a shipped protocol that keeps its results there."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    keys: dict[str, set[str]] = {}
+    for name in PROTOCOLS:
+        raw = load_protocol(root / "protocols" / f"{name}.yaml")
+        if raw.get("results"):
+            keys.setdefault(str(raw["results"]), set()).update(j.key for j in expand(raw).finetunes)
+    for folder, known in keys.items():
+        for f in sorted((root / folder).glob("*.json")):
+            assert json.loads(f.read_text())["key"] in known, f"{f.name}: no shipped protocol has this job any more"
