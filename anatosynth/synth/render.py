@@ -325,7 +325,6 @@ def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.gather(1, index)
 
 
-
 def _check_labels(label: torch.Tensor, params: Sequence[RenderParams], values: bool) -> None:
     """Shape, dtype and modes (host metadata); with ``values`` also the label range (reads the device)."""
     if label.dim() != 4 or label.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -364,7 +363,7 @@ def _texture_weights(p: RenderParams, octave: int) -> np.ndarray:
     return (p.texture_amp * p.texture_mix[:, octave]).astype(np.float32)
 
 
-def _classes(p: RenderParams, organ: np.ndarray, clutter: np.ndarray | None, cmax: int, K: int) -> np.ndarray:
+def _classes(organ: np.ndarray, clutter: np.ndarray | None, cmax: int, K: int) -> np.ndarray:
     """One sample's table over the render classes: its organ classes padded to ``cmax``, then ``K``
     clutter classes (zeros for a sample without clutter)."""
     out = np.zeros(cmax + K, np.float64)
@@ -389,7 +388,7 @@ def pack_render(params: Sequence[RenderParams], patch: tuple[int, int, int],
 
     def table(organ, clutter) -> np.ndarray:
         """float32 [B, W] of a per-sample attribute (``organ(p)``, ``clutter(c)``)."""
-        return np.stack([_classes(p, organ(p), None if p.clutter is None else clutter(p.clutter), cmax, K)
+        return np.stack([_classes(organ(p), None if p.clutter is None else clutter(p.clutter), cmax, K)
                          for p in params]).astype(np.float32)
 
     arrays: dict[str, np.ndarray] = {
