@@ -1,4 +1,5 @@
-"""PNG plots of experiment results: Dice per arm, against labelled cases, pool size and bank subjects."""
+"""PNG plots of experiment results: Dice per arm, against labelled cases, pool size, bank subjects and the
+pre-training budget."""
 
 from __future__ import annotations
 
@@ -118,4 +119,51 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
         paths[key] = out / name
         fig.savefig(paths[key], dpi=110)
         plt.close(fig)
+
+    budget = _plot_budget(plt, rows, out, baseline)
+    if budget is not None:
+        paths["budget"] = budget
     return paths
+
+
+def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None:
+    """Dice against the pre-training budget (synthetic patches), one line per recipe that was run at two or
+    more budgets (arms differing only in ``steps``), one panel per dataset and labelled-set size, the
+    baseline as a band. None when no recipe has two budgets."""
+    main = [r for r in main_grid(rows) if r.get("budget")]
+    budgets: dict[str, set[int]] = defaultdict(set)
+    for r in main:
+        budgets[r["recipe"]].add(r["budget"])
+    lines = [recipe for recipe, b in budgets.items() if len(b) > 1]
+    if not lines:
+        return None
+    panels = sorted({(r["dataset"], r["train_cases"]) for r in main if r["recipe"] in lines})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, (ds, k) in zip(axes[0], panels):
+        for i, recipe in enumerate(lines):
+            by_b = defaultdict(list)
+            for r in main:
+                if r["recipe"] == recipe and r["dataset"] == ds and r["train_cases"] == k:
+                    by_b[r["budget"]].append(r["dice"])
+            if not by_b:
+                continue
+            xs = sorted(by_b)
+            ms = np.array([_mean_std(by_b[x]) for x in xs])
+            names = " / ".join(dict.fromkeys(r["arm"] for r in main if r["recipe"] == recipe))
+            ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=names, color=f"C{i}")
+        base = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == baseline
+                and r["train_cases"] == k]
+        if base:
+            m, s = _mean_std(base)
+            ax.axhline(m, color="0.4", ls="--", label=baseline)
+            ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("pre-training budget (synthetic patches)")
+        ax.set_ylabel("mean foreground Dice (%)")
+        ax.set_title(f"{ds}, {k} labelled cases")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "dice_vs_budget.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

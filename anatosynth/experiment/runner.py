@@ -30,12 +30,21 @@ from pathlib import Path
 import yaml
 
 from anatosynth.errors import AnatosynthError
-from anatosynth.experiment.protocol import BankJob, FinetuneJob, PretrainJob, Protocol, pick_eval_cases
+from anatosynth.experiment.protocol import (
+    BankJob,
+    FinetuneJob,
+    PretrainJob,
+    Protocol,
+    _digest,
+    pick_eval_cases,
+    resolved_pretrain,
+)
 from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
 
-RESULT_FIELDS = ["arm", "dataset", "seed", "train_cases", "samples", "subjects", "dice", "per_class", "job"]
+RESULT_FIELDS = ["arm", "dataset", "seed", "train_cases", "samples", "subjects", "budget", "recipe", "dice",
+                 "per_class", "job"]
 
 
 def _flag(name: str) -> str:
@@ -330,11 +339,30 @@ def report_dir(out: Path, protocol: Protocol) -> Path:
     return out / protocol.name
 
 
+def _budget_and_recipe(protocol: Protocol, job: FinetuneJob) -> tuple[int | None, str | None]:
+    """Synthetic patches the job's model was pre-trained on (steps x batch; None from scratch), and its
+    recipe: a digest of everything but that budget (the pre-training without ``steps``/``warmup``, and
+    the arm's fine-tuning overrides), so arms that differ only in budget draw one line against it."""
+    pre = next((p for p in protocol.pretrains if p.key == job.pretrain), None)
+    if pre is None:
+        return None, None
+    full = resolved_pretrain(pre.config)
+    budget = int(full["steps"]) * int(full["batch"])
+    arm = next((a for a in protocol.raw.get("arms", []) if isinstance(a, dict) and a.get("name") == job.arm), {})
+    rest = {k: v for k, v in full.items() if k not in ("steps", "warmup")}
+    return budget, _digest([rest, pre.bank, arm.get("finetune") or {}, job.samples, job.subjects])
+
+
 def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
-    return [{"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
-             "samples": job.samples, "subjects": job.subjects, "dice": results[job.key]["dice"],
-             "per_class": results[job.key]["per_class"], "job": job.key}
-            for job in protocol.finetunes if job.key in results]
+    rows = []
+    for job in protocol.finetunes:
+        if job.key in results:
+            budget, recipe = _budget_and_recipe(protocol, job)
+            rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
+                         "samples": job.samples, "subjects": job.subjects, "budget": budget, "recipe": recipe,
+                         "dice": results[job.key]["dice"], "per_class": results[job.key]["per_class"],
+                         "job": job.key})
+    return rows
 
 
 def write_results_csv(rows: list[dict], path: Path) -> None:
@@ -355,6 +383,7 @@ def collect_results(path: Path) -> list[dict]:
                          "train_cases": int(r["train_cases"]),
                          "samples": int(r["samples"]) if r["samples"] else None,
                          "subjects": int(r["subjects"]) if r["subjects"] else None,
+                         "budget": int(r["budget"]) if r.get("budget") else None, "recipe": r.get("recipe") or None,
                          "dice": float(r["dice"]), "per_class": json.loads(r["per_class"]), "job": r["job"]})
     return rows
 

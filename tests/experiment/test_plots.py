@@ -1,0 +1,49 @@
+"""Result rows carry the pre-training budget and recipe; the budget plot joins arms that differ in budget only."""
+
+from __future__ import annotations
+
+import csv
+
+from anatosynth.experiment.plots import plot_all
+from anatosynth.experiment.protocol import expand
+from anatosynth.experiment.runner import _rows, collect_results, write_results_csv
+
+RAW = {
+    "name": "budget",
+    "bank": {"source": "data/flare", "subjects": 5, "spacing": [3, 3, 6]},
+    "pretrain": {"model": "unet", "feature_size": 4, "steps": 10, "batch": 2},
+    "finetune": {"model": "unet", "feature_size": 4, "steps": 5},
+    "datasets": [{"name": "a", "path": "data/a", "train_cases": [2]}],
+    "arms": [{"name": "scratch", "pretrain": "none"},
+             {"name": "anatomy", "pretrain": {"mode": "anatomy"}},
+             {"name": "anatomy-long", "pretrain": {"mode": "anatomy", "steps": 30}},
+             {"name": "anatomy-clutter", "pretrain": {"mode": "anatomy", "synth": {"clutter": 0.3}}}],
+    "seeds": [0, 1],
+}
+
+
+def _results(protocol):
+    return {j.key: {"dice": 50.0 + 5 * j.seed + (3 if j.arm == "anatomy-long" else 0), "per_class": {"x": 1.0}}
+            for j in protocol.finetunes}
+
+
+def test_rows_carry_budget_and_recipe_and_survive_the_csv(tmp_path):
+    protocol = expand(RAW)
+    rows = _rows(protocol, _results(protocol))
+    by_arm = {r["arm"]: r for r in rows if r["seed"] == 0}
+    assert by_arm["scratch"]["budget"] is None and by_arm["scratch"]["recipe"] is None
+    assert by_arm["anatomy"]["budget"] == 20 and by_arm["anatomy-long"]["budget"] == 60
+    assert by_arm["anatomy"]["recipe"] == by_arm["anatomy-long"]["recipe"]  # only the budget differs
+    assert by_arm["anatomy-clutter"]["recipe"] != by_arm["anatomy"]["recipe"]
+    write_results_csv(rows, tmp_path / "results.csv")
+    assert collect_results(tmp_path / "results.csv") == rows
+    assert "budget" in next(csv.reader(open(tmp_path / "results.csv")))
+
+
+def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
+    protocol = expand(RAW)
+    paths = plot_all(_rows(protocol, _results(protocol)), tmp_path)
+    assert paths["budget"] == tmp_path / "dice_vs_budget.png" and paths["budget"].stat().st_size > 1000
+    one_budget = expand({**RAW, "arms": [a for a in RAW["arms"] if a["name"] != "anatomy-long"]})
+    (tmp_path / "b").mkdir()
+    assert "budget" not in plot_all(_rows(one_budget, _results(one_budget)), tmp_path / "b")
