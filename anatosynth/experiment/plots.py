@@ -18,6 +18,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
+def _baseline_band(ax, rows: list[dict], dataset: str, k: int, baseline: str) -> None:
+    """The baseline's mean Dice (dashed) and ± one standard deviation (band) on ``dataset`` with ``k`` cases."""
+    base = [r["dice"] for r in main_grid(rows) if r["dataset"] == dataset and r["arm"] == baseline
+            and r["train_cases"] == k]
+    if base:
+        m, s = _mean_std(base)
+        ax.axhline(m, color="0.4", ls="--", label=baseline)
+        ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
+
+
 def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5) -> dict[str, Path]:
     import matplotlib
 
@@ -101,12 +111,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
                 xs = sorted(by_x)
             ms = np.array([_mean_std(by_x[x]) for x in xs])
             ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm)
-            base = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == baseline
-                    and r["train_cases"] == k]
-            if base:
-                m, s = _mean_std(base)
-                ax.axhline(m, color="0.4", ls="--", label=baseline)
-                ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
+            _baseline_band(ax, rows, ds, k, baseline)
             if key == "samples":
                 ax.set_xscale("log")
                 if main:
@@ -151,12 +156,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
             ms = np.array([_mean_std(by_b[x]) for x in xs])
             names = " / ".join(dict.fromkeys(r["arm"] for r in main if r["recipe"] == recipe))
             ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=names, color=f"C{i}")
-        base = [r["dice"] for r in main_grid(rows) if r["dataset"] == ds and r["arm"] == baseline
-                and r["train_cases"] == k]
-        if base:
-            m, s = _mean_std(base)
-            ax.axhline(m, color="0.4", ls="--", label=baseline)
-            ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
+        _baseline_band(ax, rows, ds, k, baseline)
         ax.set_xscale("log")
         ax.set_xlabel("pre-training budget (synthetic patches)")
         ax.set_ylabel("mean foreground Dice (%)")
