@@ -54,6 +54,7 @@ from anatosynth.train.run_folder import (
     RunPaths,
     bank_hash,
     close_logger,
+    code_commit,
     jsonable,
     resume_config,
     setup_logger,
@@ -127,6 +128,7 @@ class _Trainer:
         self.history = torch.zeros((0, 4), dtype=torch.float64)  # step, loss, lr, steps/s
         self.resumed_from: int | None = None
         self.saved_step: int | None = None  # step of the checkpoint on disk (None: none yet)
+        self.sessions: list[dict] = []  # the code of each session of the run: start step, commit (metadata)
         if resume:
             self._restore(model)
             self.saved_step = self.step
@@ -183,11 +185,22 @@ class _Trainer:
         self.resumed_from = self.step
 
     def _write_static_files(self) -> None:
-        """config.yaml and metadata.json (rank 0), before the first step."""
+        """config.yaml and metadata.json (rank 0), before the first step; this session joins the run's list
+        of sessions (start step, commit), which a model card reports as the code that trained the weights."""
+        import json
+
         import yaml
 
         text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
         atomic_write_text(self.paths.config, text)
+        earlier = []
+        if self.resumed_from is not None and self.paths.metadata.is_file():
+            try:
+                earlier = list(json.loads(self.paths.metadata.read_text(encoding="utf-8")).get("sessions") or [])
+            except (ValueError, AttributeError):
+                earlier = []
+        self.sessions = [*earlier, {"from_step": int(self.step), "commit": code_commit(),
+                                    "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}]
         self._write_metadata()
 
     def _write_metadata(self) -> None:
@@ -206,6 +219,7 @@ class _Trainer:
             "samples_seen": int(self.next_index),
             "world_size": self.ctx.world_size,
             "versions": versions(),
+            "sessions": self.sessions,
             "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
         write_json(self.paths.metadata, jsonable(meta))

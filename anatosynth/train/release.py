@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,19 +25,12 @@ import torch
 from anatosynth.errors import InputError
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.train.checkpoint import load_weights_only, read_checkpoint
+from anatosynth.train.run_folder import code_commit
 
 __all__ = ["release", "load_release", "read_card", "WEIGHTS_FILE", "CARD_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
-
-
-def _git_commit(cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _final_loss(run: Path) -> dict:
@@ -91,7 +83,10 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
         "lr": config.get("lr"), "warmup": config.get("warmup"), "seed": meta.get("seed"),
         **_final_loss(run),
         "versions": meta.get("versions"),
-        "commit": _git_commit(Path(__file__).resolve().parent),
+        # the code that trained it: one entry per session of the run (start step, commit), when the run
+        # recorded them; else only the commit releasing it is known
+        "sessions": meta.get("sessions"),
+        "commit": (meta.get("sessions") or [{}])[-1].get("commit") or code_commit(),
         "command": command,
         "job_key": job_key,  # the experiment job that made it, when an experiment released it
         "dtype": "float16",
@@ -102,7 +97,9 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "dtype": "float16"})
+        # one metadata entry: safetensors writes a metadata map in no fixed order, so two entries made the
+        # file's bytes (and its sha256 on the card) differ between two releases of the same run
+        save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         card["weights_sha256"] = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
         card["weights_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         atomic_write_text(tmp / "metadata.json", json.dumps(card_meta, indent=1) + "\n")
@@ -153,6 +150,15 @@ def load_release(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, meta
 
 
+def _made_with(card: dict) -> str:
+    """The commits that trained the weights, with the steps each ran (one per session of the run)."""
+    sessions = card.get("sessions") or []
+    if not sessions:
+        return f"commit `{card.get('commit')}` (the commit that released it; the run recorded none)"
+    ends = [s.get("from_step") for s in sessions[1:]] + [card.get("steps")]
+    return ", ".join(f"commit `{s.get('commit')}` (steps {s.get('from_step')}–{end})" for s, end in zip(sessions, ends))
+
+
 def _card_markdown(card: dict, out: Path) -> str:
     arch = card.get("architecture") or {}
     patch = "×".join(str(p) for p in arch.get("patch", []))
@@ -172,7 +178,7 @@ def _card_markdown(card: dict, out: Path) -> str:
         f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`.",
         f"- **Weights:** `{card['weights_file']}`, float16, {card.get('weights_bytes')} bytes, "
         f"sha256 `{card.get('weights_sha256')}`.",
-        f"- **Made with:** commit `{card.get('commit')}`; {versions}.",
+        f"- **Made with:** {_made_with(card)}; {versions}.",
         f"- **Command:** `{card.get('command')}`",
         "",
         f"Fine-tune from it: `anatosynth finetune --data DATA --init {out.as_posix()}" +

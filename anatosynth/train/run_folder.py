@@ -22,8 +22,8 @@ from anatosynth.errors import ConfigError, InputError
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml, parse_patch
 from anatosynth.train.distributed import DistContext
 
-__all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "setup_logger", "close_logger", "jsonable",
-           "LOGGER_NAME"]
+__all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "code_commit", "setup_logger", "close_logger",
+           "jsonable", "LOGGER_NAME"]
 
 LOGGER_NAME = "anatosynth.pretrain"
 
@@ -138,6 +138,18 @@ def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainCon
         merged[key] = value
     merged["out"] = str(paths.root)
     return PretrainConfig.from_dict(merged, str(paths.config))
+
+
+def code_commit() -> str | None:
+    """The git commit of the anatosynth checkout running this (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def versions() -> dict:

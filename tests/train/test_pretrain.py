@@ -63,6 +63,8 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_run(straight, tmp_pat
     assert _trace(run_a) == _trace(run_b) == {s: [s - 1] for s in range(1, 5)}
     log = (run_b / "train.log").read_text()
     assert "resumed at step 2 (sample 2)" in log and "step 4/4" in log
+    sessions = json.loads((run_b / "metadata.json").read_text())["sessions"]  # the code of each session
+    assert [s["from_step"] for s in sessions] == [0, 2] and len({s["commit"] for s in sessions}) == 1
 
 
 def test_run_folder_holds_config_metadata_curves_and_weights(straight):

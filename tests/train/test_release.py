@@ -50,6 +50,10 @@ def test_release_is_half_precision_with_a_complete_card(run, tmp_path):
     assert str(run) not in (out / "card.json").read_text()  # no local paths on the card
     assert meta["class_names"] == card["class_names"]
     assert "# tiny" in (out / "README.md").read_text() and f"--init {out.as_posix()} " in (out / "README.md").read_text()
+    from anatosynth.train.run_folder import code_commit
+
+    assert [s["from_step"] for s in card["sessions"]] == [0] and card["commit"] == code_commit()
+    assert f"commit `{card['commit']}` (steps 0–3)" in (out / "README.md").read_text()
 
 
 def test_finetune_init_from_a_release_folder(run, tmp_path):
@@ -93,3 +97,11 @@ def test_read_card_is_the_one_reader_of_model_cards(run, tmp_path):
     (out / "card.json").write_text("{broken")
     with pytest.raises(InputError, match="not a model card"):
         read_card(out)
+
+
+def test_releasing_twice_writes_the_same_bytes(run, tmp_path):
+    a = release(run, tmp_path / "a" / "w", command="x")
+    b = release(run, tmp_path / "b" / "w", command="x")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert json.loads((a / "card.json").read_text())["weights_sha256"] == \
+        json.loads((b / "card.json").read_text())["weights_sha256"]
