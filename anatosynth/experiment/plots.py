@@ -1,5 +1,5 @@
 """PNG plots of experiment results: Dice per arm, against labelled cases, pool size, bank subjects and the
-pre-training budget."""
+pre-training budget, and the validation curves of fine-tuning."""
 
 from __future__ import annotations
 
@@ -125,6 +125,9 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
         fig.savefig(paths[key], dpi=110)
         plt.close(fig)
 
+    curves = _plot_curves(plt, rows, out, arms, baseline)
+    if curves is not None:
+        paths["curves"] = curves
     budget = _plot_budget(plt, rows, out, baseline)
     if budget is not None:
         paths["budget"] = budget
@@ -164,6 +167,39 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "dice_vs_budget.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(plt, rows: list[dict], out: Path, arms: list[str], baseline: str) -> Path | None:
+    """Validation Dice against fine-tuning step, the mean over seeds per arm, one panel per dataset and
+    labelled-set size: whether each arm had converged where it stopped. None when no row has a curve
+    (rows read back from results.csv carry none; the per-job JSON files under ``results:`` do)."""
+    main = [r for r in main_grid(rows) if r.get("validation")]
+    if not main:
+        return None
+    panels = sorted({(r["dataset"], r["train_cases"]) for r in main})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    for ax, (ds, k) in zip(axes[0], panels):
+        for arm in arms:
+            by_step = defaultdict(list)
+            for r in main:
+                if r["arm"] == arm and r["dataset"] == ds and r["train_cases"] == k:
+                    for step, _loss, dice in r["validation"]:
+                        if dice == dice:  # NaN: no validation at that step
+                            by_step[int(step)].append(100 * dice)
+            if by_step:
+                steps = sorted(by_step)
+                ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", ms=3, label=arm,
+                        color="0.4" if arm == baseline else f"C{arms.index(arm)}")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("validation Dice % (mean over seeds)")
+        ax.set_title(f"{ds}, {k} labelled cases")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = out / "dice_curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

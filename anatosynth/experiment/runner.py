@@ -211,6 +211,7 @@ class Runner:
         result = read_report(report)
         if kept is not None:
             keep_result(kept, job, result, folder)
+            return read_result(kept)  # with the validation curve, as a later report reads it
         return result
 
 
@@ -254,9 +255,10 @@ def validation_curve(folder: Path) -> list[list[float]]:
 
 
 def read_result(path: Path) -> dict:
-    """A kept job's ``{"dice", "per_class"}`` (see :func:`keep_result`)."""
+    """A kept job's ``{"dice", "per_class", "validation"}`` (see :func:`keep_result`; older files may lack
+    the validation curve: None)."""
     record = json.loads(path.read_text(encoding="utf-8"))
-    return {"dice": float(record["dice"]), "per_class": record["per_class"]}
+    return {"dice": float(record["dice"]), "per_class": record["per_class"], "validation": record.get("validation")}
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
@@ -361,13 +363,13 @@ def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
             rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
                          "samples": job.samples, "subjects": job.subjects, "budget": budget, "recipe": recipe,
                          "dice": results[job.key]["dice"], "per_class": results[job.key]["per_class"],
-                         "job": job.key})
+                         "job": job.key, "validation": results[job.key].get("validation")})
     return rows
 
 
 def write_results_csv(rows: list[dict], path: Path) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n", extrasaction="ignore")  # curves: JSON
     w.writeheader()
     for r in rows:
         w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}"})

@@ -23,7 +23,8 @@ RAW = {
 
 
 def _results(protocol):
-    return {j.key: {"dice": 50.0 + 5 * j.seed + (3 if j.arm == "anatomy-long" else 0), "per_class": {"x": 1.0}}
+    return {j.key: {"dice": 50.0 + 5 * j.seed + (3 if j.arm == "anatomy-long" else 0), "per_class": {"x": 1.0},
+                    "validation": [[100, 0.9, 0.3 + 0.01 * j.seed], [200, 0.5, float("nan")], [300, 0.4, 0.5]]}
             for j in protocol.finetunes}
 
 
@@ -36,7 +37,7 @@ def test_rows_carry_budget_and_recipe_and_survive_the_csv(tmp_path):
     assert by_arm["anatomy"]["recipe"] == by_arm["anatomy-long"]["recipe"]  # only the budget differs
     assert by_arm["anatomy-clutter"]["recipe"] != by_arm["anatomy"]["recipe"]
     write_results_csv(rows, tmp_path / "results.csv")
-    assert collect_results(tmp_path / "results.csv") == rows
+    assert collect_results(tmp_path / "results.csv") == [{k: v for k, v in r.items() if k != "validation"} for r in rows]
     assert "budget" in next(csv.reader(open(tmp_path / "results.csv")))
 
 
@@ -47,3 +48,13 @@ def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
     one_budget = expand({**RAW, "arms": [a for a in RAW["arms"] if a["name"] != "anatomy-long"]})
     (tmp_path / "b").mkdir()
     assert "budget" not in plot_all(_rows(one_budget, _results(one_budget)), tmp_path / "b")
+
+
+def test_validation_curves_are_drawn_from_rows_that_carry_them(tmp_path):
+    protocol = expand(RAW)
+    rows = _rows(protocol, _results(protocol))
+    assert rows[0]["validation"][0] == [100, 0.9, 0.3]
+    assert plot_all(rows, tmp_path)["curves"].stat().st_size > 1000
+    (tmp_path / "csv").mkdir()
+    bare = [{k: v for k, v in r.items() if k != "validation"} for r in rows]  # as read back from results.csv
+    assert "curves" not in plot_all(bare, tmp_path / "csv")
