@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from anatosynth.synth.dataset import WORKER_TIMEOUT_S
 from anatosynth.synth.generator import SampleParams, SynthBatch
 
 __all__ = ["RenderAhead"]
@@ -60,7 +61,7 @@ class RenderAhead(Iterator[tuple[list[SampleParams], SynthBatch]]):
     """
 
     def __init__(self, batches: Iterable[list[SampleParams]], render: Render, device: torch.device | str,
-                 depth: int = 1, threaded: bool | None = None, timeout: float = 600.0):
+                 depth: int = 1, threaded: bool | None = None, timeout: float = WORKER_TIMEOUT_S):
         self.device = torch.device(device)
         self.render = render
         self.timeout = float(timeout)

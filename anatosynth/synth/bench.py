@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from anatosynth.options import resolve_device
-from anatosynth.synth.dataset import SyntheticDataset, SyntheticParamsDataset, params_loader
+from anatosynth.synth.dataset import (
+    WORKER_TIMEOUT_S,
+    SyntheticDataset,
+    SyntheticParamsDataset,
+    _single_thread,
+    params_loader,
+)
 
 __all__ = ["run_bench"]
 
@@ -21,6 +27,12 @@ __all__ = ["run_bench"]
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def _warm_and_timed(n: int, batch: int) -> tuple[list[int], list[list[int]]]:
+    """One warm-up batch of indices far from the timed ones, and the timed samples ``0..n-1`` in batches."""
+    warm = [10_000_000 + i for i in range(min(batch, n))]
+    return warm, [list(range(start, min(n, start + batch))) for start in range(0, n, batch)]
 
 
 def run_bench(stream, n: int = 32, batch: int = 8, device: str = "cpu", workers: int = 0,
@@ -44,10 +56,9 @@ def run_bench(stream, n: int = 32, batch: int = 8, device: str = "cpu", workers:
     if render_workers > 0:
         return _bench_render_workers(stream, n, batch, render_workers)
     dev = resolve_device(device)
-    warm = [10_000_000 + i for i in range(min(batch, n))]
+    warm, batches = _warm_and_timed(n, batch)
     stream.apply([stream.draw(i) for i in warm], dev)
     _sync(dev)
-    batches = [list(range(start, min(n, start + batch))) for start in range(0, n, batch)]
     drawn = iter(params_loader(SyntheticParamsDataset.from_stream(stream), [warm, *batches], workers))
     next(drawn)  # the warm-up batch: the workers are up
     if dev.type == "cuda":
@@ -99,9 +110,9 @@ def _stack(items: list[dict]) -> dict:
     return batch
 
 
-def _warm_then_wait(barrier, warm: list[int], _worker_id: int) -> None:
+def _warm_then_wait(barrier, warm: list[int], worker_id: int) -> None:
     """worker_init_fn: one torch thread, the stream's caches filled by a warm-up batch, then wait for all."""
-    torch.set_num_threads(1)
+    _single_thread(worker_id)
     info = get_worker_info()
     assert info is not None and isinstance(info.dataset, SyntheticDataset)
     info.dataset._items(warm)  # indices beyond the timed ones: no length check
@@ -118,13 +129,12 @@ def _bench_render_workers(stream, n: int, batch: int, render_workers: int) -> di
     data = SyntheticDataset.from_stream(stream, length=n, log=True)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(render_workers + 1)
-    warm = [10_000_000 + i for i in range(min(batch, n))]
-    batches = [list(range(start, min(n, start + batch))) for start in range(0, n, batch)]
+    warm, batches = _warm_and_timed(n, batch)
     loader = DataLoader(data, batch_sampler=batches, collate_fn=_stack, num_workers=render_workers,
                         multiprocessing_context=context, prefetch_factor=1,
                         worker_init_fn=functools.partial(_warm_then_wait, barrier, warm))
     batches_out = iter(loader)
-    barrier.wait(timeout=600)
+    barrier.wait(timeout=WORKER_TIMEOUT_S)
     t0 = time.perf_counter()
     logs = [log for out in batches_out for log in out["log"]]
     seconds = time.perf_counter() - t0
