@@ -14,11 +14,12 @@ def run_experiment(args) -> int:
 
     raw = load_protocol(args.protocol)
     protocol = expand(raw, str(args.protocol))
-    if args.arms or args.seeds:
+    if args.arms or args.seeds or args.datasets:
         seeds = _names(args.seeds)
         if seeds and not all(s.lstrip("-").isdigit() for s in seeds):
             raise ConfigError(f"--seeds: expected whole numbers separated by commas, got {args.seeds!r}")
-        protocol = subset(protocol, _names(args.arms), [int(s) for s in seeds] if seeds else None, str(args.protocol))
+        protocol = subset(protocol, _names(args.arms), [int(s) for s in seeds] if seeds else None, str(args.protocol),
+                          _names(args.datasets))
     out = Path(args.out)
     print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
           f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
@@ -54,6 +55,9 @@ def register(sub) -> None:
     p.add_argument("--arms", default=None,
                    help="run only these arms, comma-separated (a pilot; its jobs are the full grid's own)")
     p.add_argument("--seeds", default=None, help="run only these seeds, comma-separated, e.g. 0")
+    p.add_argument("--datasets", default=None,
+                   help="run only these settings, comma-separated: a dataset name, or NAME:CASES for one "
+                        "labelled-set size (e.g. chaos-t2:4)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: tables and plots from the jobs finished so far")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -312,14 +312,26 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
 
 
 def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] | None = None,
-           source: str = "protocol") -> Protocol:
-    """The jobs of ``protocol`` for some arms and seeds only (a pilot of a grid).
+           source: str = "protocol", datasets: list[str] | None = None) -> Protocol:
+    """The jobs of ``protocol`` for some arms, seeds and settings only (a pilot of a grid).
 
-    Job keys do not depend on which arms or seeds a run selects, so a pilot's finished jobs are the
-    grid's own: the full run later reuses them instead of running them again.
+    ``datasets`` holds dataset names (every labelled-set size) or ``name:k`` (``k`` labelled cases only):
+    a pilot of a costly pre-training can be read on one setting first. Job keys do not depend on what a
+    run selects, so a pilot's finished jobs are the grid's own: the full run later reuses them.
     """
     known_arms = {a["name"] for a in protocol.raw["arms"]}
     known_seeds = {int(s) for s in protocol.raw["seeds"]}
+    settings = {(j.dataset, j.train_cases) for j in protocol.finetunes}
+    chosen = set()
+    for spec in datasets or []:
+        name, _, k = spec.partition(":")
+        if k and not k.isdigit():
+            raise ConfigError(f"{source}: --datasets {spec!r}: expected NAME or NAME:CASES, e.g. chaos-t2:4")
+        match = {(d, n) for d, n in settings if d == name and (not k or n == int(k))}
+        if not match:
+            have = ", ".join(f"{d}:{n}" for d, n in sorted(settings))
+            raise ConfigError(f"{source}: no setting {spec!r}; the protocol has {have}")
+        chosen |= match
     if arms is not None and not set(arms) <= known_arms:
         raise ConfigError(f"{source}: unknown arm(s) {', '.join(sorted(set(arms) - known_arms))}; "
                           f"the protocol has {', '.join(sorted(known_arms))}")
@@ -327,7 +339,8 @@ def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] |
         raise ConfigError(f"{source}: seed(s) {', '.join(map(str, sorted(set(seeds) - known_seeds)))} are not "
                           f"among the protocol's seeds ({', '.join(map(str, sorted(known_seeds)))})")
     finetunes = [j for j in protocol.finetunes
-                 if (arms is None or j.arm in arms) and (seeds is None or j.seed in seeds)]
+                 if (arms is None or j.arm in arms) and (seeds is None or j.seed in seeds)
+                 and (datasets is None or (j.dataset, j.train_cases) in chosen)]
     used = {j.pretrain for j in finetunes}
     pretrains = [j for j in protocol.pretrains if j.key in used]
     used_banks = {j.bank for j in pretrains}

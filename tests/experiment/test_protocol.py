@@ -192,6 +192,25 @@ def test_a_subset_of_arms_and_seeds_keeps_the_grid_keys():
         subset(full, seeds=[7])
 
 
+def test_a_subset_of_settings_runs_one_dataset_or_one_labelled_set_size():
+    full = expand(RAW)
+    settings = sorted({(j.dataset, j.train_cases) for j in full.finetunes})
+    name, k = settings[0]
+    one = subset(full, datasets=[f"{name}:{k}"])
+    assert {(j.dataset, j.train_cases) for j in one.finetunes} == {(name, k)}
+    assert {j.key for j in one.finetunes} <= {j.key for j in full.finetunes}
+    whole = subset(full, datasets=[name])
+    assert {(j.dataset, j.train_cases) for j in whole.finetunes} == {s for s in settings if s[0] == name}
+    both = subset(full, arms=["scratch"], datasets=[name])
+    assert {j.arm for j in both.finetunes} == {"scratch"} and not both.pretrains
+    with pytest.raises(ConfigError, match="no setting 'nope'.*the protocol has"):
+        subset(full, datasets=["nope"])
+    with pytest.raises(ConfigError, match=f"no setting '{name}:99'"):
+        subset(full, datasets=[f"{name}:99"])
+    with pytest.raises(ConfigError, match="NAME:CASES"):
+        subset(full, datasets=[f"{name}:x"])
+
+
 def test_options_added_later_keep_old_keys_at_their_neutral_value():
     from anatosynth.experiment.protocol import NEUTRAL_FINETUNE
 
