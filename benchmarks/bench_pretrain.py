@@ -11,6 +11,9 @@ Examples::
     python benchmarks/bench_pretrain.py --device cuda --steps 30
     # the demo configuration on the CPU
     python benchmarks/bench_pretrain.py --device cpu --feature-size 12 --patch 64 64 32 --batch 1 --steps 5
+    # channels-last against contiguous weights on the CPU (the bare step only, rounds alternating)
+    python benchmarks/bench_pretrain.py --device cpu --model unet --feature-size 12 --patch 96 96 32 \
+        --batch 2 --classes 5 --steps 3 --compare-layouts 3 --threads 1
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_steps_per_s(spec, batch: int, steps: int, device: torch.device, amp: bool, lr: float = 1e-4) -> float:
-    """Steps/s of the model alone: random image and labels resident on the device."""
+def bare_steps_per_s(spec, batch: int, steps: int, device: torch.device, amp: bool, lr: float = 1e-4,
+                     placed: bool = True) -> float:
+    """Steps/s of the model alone: random image and labels resident on the device. ``placed``: the
+    training layout of :func:`~anatosynth.train.models.place_model` (channels-last on the CPU), else
+    contiguous weights."""
     from monai.losses import DiceCELoss
 
-    from anatosynth.train.models import build_model
+    from anatosynth.train.models import build_model, place_model
 
     torch.manual_seed(0)
-    model = build_model(spec).to(device)
+    model = place_model(build_model(spec), device) if placed else build_model(spec).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     image = torch.rand(batch, 1, *spec.patch, device=device)
@@ -93,12 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--compare-layouts", type=int, default=0, metavar="ROUNDS",
+                   help="only the bare step, placed (channels-last on the CPU) and contiguous, ROUNDS times each "
+                        "in turn; needs --classes")
+    p.add_argument("--classes", type=int, default=None, help="output classes of the bare step (--compare-layouts)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from anatosynth.train.models import ModelSpec
 
     device = torch.device(args.device)
+    if args.compare_layouts:
+        if not args.classes:
+            p.error("--compare-layouts needs --classes")
+        return _compare_layouts(args, ModelSpec(args.model, 1, args.classes, args.feature_size, tuple(args.patch)),
+                                device, argv)
     with tempfile.TemporaryDirectory() as tmp:
         loop, classes = pretrain_steps_per_s(args, Path(tmp) / "run")
     spec = ModelSpec(args.model, 1, classes, args.feature_size, tuple(args.patch))
@@ -119,6 +134,27 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
     }
+    print(json.dumps(res, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _compare_layouts(args, spec, device: torch.device, argv) -> int:
+    amp = device.type == "cuda" and not args.no_amp
+    runs: dict[str, list[float]] = {"placed": [], "contiguous": []}
+    for _ in range(args.compare_layouts):
+        for name in runs:
+            runs[name].append(bare_steps_per_s(spec, args.batch, args.steps, device, amp, placed=name == "placed"))
+    mean = {k: sum(v) / len(v) for k, v in runs.items()}
+    res = {"config": f"{args.model} f{args.feature_size} patch {'x'.join(map(str, args.patch))} batch {args.batch}, "
+                     f"{args.classes} classes, {'bf16 autocast' if amp else 'fp32'}",
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"CPU, {torch.get_num_threads()} torch threads",
+           **{f"{k}_steps_per_s": [round(x, 4) for x in v] for k, v in runs.items()},
+           "speed_up": round(mean["placed"] / mean["contiguous"], 3),
+           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+           "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}
     print(json.dumps(res, indent=2))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -137,8 +137,9 @@ def load_state_strict(model: torch.nn.Module, state: dict, path: str | Path) -> 
 
 
 def save_model(path: str | Path, model: torch.nn.Module) -> Path:
-    """Write the plain MONAI state_dict (CPU tensors) as ``model.pt``."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """Write the plain MONAI state_dict (contiguous CPU tensors, whatever the training layout) as ``model.pt``."""
+    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+             for k, v in model.state_dict().items()}
     return _torch_save(path, state)
 
 

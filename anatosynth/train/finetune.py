@@ -437,7 +437,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     from anatosynth.io.volume import ensure_writable_dir
     from anatosynth.options import resolve_device
     from anatosynth.train.checkpoint import write_json
-    from anatosynth.train.models import build_model
+    from anatosynth.train.models import build_model, place_model
     from anatosynth.train.transfer import transfer_weights
 
     paths = FinetunePaths(Path(cfg.out))
@@ -463,7 +463,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
             return build_model(ModelSpec(spec.name, spec.in_channels, n, spec.feature_size, spec.patch))
         report = transfer_weights(model, cfg.init, rebuild=rebuild, new_class_names=classes.names,
                                   spec=spec.to_dict())
-    model.to(device)
+    place_model(model, device)
     pretrained = _pretrained_keys(cfg, report, paths)
     loop = _Loop(cfg, model, train, val, classes, paths, device, pretrained)
     if resuming:

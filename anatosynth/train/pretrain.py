@@ -48,7 +48,7 @@ from anatosynth.train.distributed import (
     shutdown,
     wrap_model,
 )
-from anatosynth.train.models import build_model
+from anatosynth.train.models import build_model, place_model
 from anatosynth.train.progress import write_progress_png
 from anatosynth.train.run_folder import (
     RunPaths,
@@ -121,7 +121,7 @@ class _Trainer:
         self.class_names = list(stream.class_names)
         self.spec = cfg.model_spec(int(stream.num_classes))
         torch.manual_seed(cfg.seed)
-        model = build_model(self.spec).to(self.device)
+        model = place_model(build_model(self.spec), self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps)
         self.step, self.next_index = 0, 0

@@ -51,3 +51,29 @@ def test_swinunetr_state_dict_is_monais():
 def test_bad_specs_raise_config_errors(spec, msg):
     with pytest.raises(ConfigError, match=msg):
         build_model(spec)
+
+
+def test_place_model_trains_channels_last_on_the_cpu_and_saves_contiguous(tmp_path):
+    from anatosynth.train.checkpoint import save_model
+    from anatosynth.train.models import place_model
+
+    spec = ModelSpec("unet", 1, 3, 4, (32, 32, 32))
+    torch.manual_seed(0)
+    plain = build_model(spec)
+    placed = build_model(spec)
+    placed.load_state_dict(plain.state_dict())
+    params = list(placed.parameters())
+    assert place_model(placed, "cpu") is placed
+    assert [id(p) for p in placed.parameters()] == [id(p) for p in params]  # an optimiser built after still sees them
+    convs = [p for p in placed.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    assert any(not p.is_contiguous() for p in convs)  # one input channel: both layouts are the same strides
+    x = torch.rand(2, 1, 32, 32, 32)
+    for model in (plain, placed):
+        model.train()
+        model(x).square().mean().backward()
+    for a, b in zip(plain.parameters(), placed.parameters()):  # the same values; only the layout differs
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    state = torch.load(save_model(tmp_path / "model.pt", placed), weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
