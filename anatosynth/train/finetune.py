@@ -44,13 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from anatosynth.errors import ConfigError, InputError
+from anatosynth.errors import ConfigError, InputError, Interrupted
 from anatosynth.io import read_dataset
 from anatosynth.io.datasets import Case, Dataset
 from anatosynth.io.volume import atomic_write_text
 from anatosynth.options import parse_patch
 from anatosynth.train.models import ModelSpec
 from anatosynth.train.pretrain import RunPaths  # the run-folder names shared with pre-training
+from anatosynth.train.stopping import StopOnSignal
 from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, modality_kind, prepare_cases
 
 __all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "finetune", "resume_config", "class_dice", "lateralised"]
@@ -724,6 +725,7 @@ class _Loop:
         start, start_step, saved = time.time(), self.step, self.step
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="fine-tuning", unit="step", disable=not progress)
+        stopper = StopOnSignal("finetune").__enter__()
         try:
             while self.step < stop:
                 lr = self._one_step()
@@ -737,9 +739,17 @@ class _Loop:
                     self._validate(writer, loss)
                 elif loss is not None:
                     log.info("step %d loss %.4f", self.step, loss)
-                if self.step % cfg.checkpoint_every == 0 or self.step == stop:
+                if self.step % cfg.checkpoint_every == 0 or self.step == stop or stopper.requested:
                     self.save_checkpoint()
                     saved = self.step
+                if stopper.requested and self.step < cfg.steps:
+                    self.write_progress()
+                    message = (f"stopped by {stopper.signal_name} at step {self.step}: checkpoint saved; continue "
+                               f"with anatosynth finetune --resume {self.paths.root}")
+                    log.info("%s", message)
+                    raise Interrupted(message, stopper.signum or 2)
+        except Interrupted:
+            raise
         except BaseException as err:
             where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
                      else "step 0 (no checkpoint was written yet)")
@@ -749,6 +759,7 @@ class _Loop:
             print(f"fine-tuning {message}", file=sys.stderr)
             raise
         finally:
+            stopper.__exit__()
             bar.close()
         self.write_progress()
         if self.step < cfg.steps:

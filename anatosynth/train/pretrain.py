@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from anatosynth.train.run_folder import (
     versions,
 )
 from anatosynth.train.schedule import build_scheduler
+from anatosynth.train.stopping import StopOnSignal
 from anatosynth.train.stream_index import (
     StepBatches,
     auto_workers,
@@ -106,6 +106,7 @@ class _Trainer:
         self.cfg = cfg
         self.ctx = ctx
         self.device = self.ctx.device
+        self.stopper = StopOnSignal("pretrain", announce=ctx.is_main)
         self.paths = RunPaths(Path(cfg.out))
         from anatosynth.options import apply_threads
 
@@ -233,33 +234,9 @@ class _Trainer:
         barrier(self.ctx)
         self.saved_step = self.step
 
-    # -- SIGINT / SIGTERM: stop at the next step boundary with a checkpoint
-    def _catch_signals(self) -> dict:
-        """Turn the first SIGINT/SIGTERM into a request to stop after the current step (main thread only)."""
-        self.stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self.stop_signal is not None:  # a second signal: stop at once, as the default would
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            if self.ctx.is_main:
-                print(f"\npretrain: {signal.Signals(signum).name} received: saving a checkpoint after this step "
-                      "(send it again to stop at once)", file=sys.stderr, flush=True)
-
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in previous:
-            signal.signal(s, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: dict) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
+    # -- SIGINT / SIGTERM (StopOnSignal): stop at the next step boundary with a checkpoint
     def _stop_requested(self) -> bool:
-        return broadcast_flag(self.stop_signal is not None, self.ctx)
+        return broadcast_flag(self.stopper.requested, self.ctx)
 
     def _saved_note(self) -> str:
         """What is on disk after a stop, said truthfully."""
@@ -326,7 +303,7 @@ class _Trainer:
         n_sum = 0
         last_loss, rate = float("nan"), 0.0
         last_ckpt = self.step
-        previous_handlers = self._catch_signals()
+        self.stopper.__enter__()
         try:
             while self.step < stop:
                 idx, batch, logits, loss = self._one_step()
@@ -376,13 +353,13 @@ class _Trainer:
             if self.step != last_ckpt:
                 self._save_checkpoint()
             self._finish_files()
-            if self.stop_signal is not None:
-                name = signal.Signals(self.stop_signal).name
+            if self.stopper.signum is not None:
+                name = self.stopper.signal_name
                 message = (f"stopped by {name} at step {self.step}: checkpoint and model.pt saved; continue "
                            f"with anatosynth pretrain --resume {self.paths.root}")
                 self.log.info("%s", message)
                 close_logger(self.log)
-                raise Interrupted(message, self.stop_signal)
+                raise Interrupted(message, self.stopper.signum)
         except Interrupted:
             raise
         except BaseException as err:
@@ -390,10 +367,10 @@ class _Trainer:
             self.log.info("%s", message)
             close_logger(self.log)
             if isinstance(err, KeyboardInterrupt):
-                raise Interrupted(message, self.stop_signal or signal.SIGINT) from None
+                raise Interrupted(message, self.stopper.signum or signal.SIGINT) from None
             raise
         finally:
-            self._restore_signals(previous_handlers)
+            self.stopper.__exit__()
             if self.batches is not None:
                 self.batches.close()  # the render thread and the loader's workers stop
             self.batches = None

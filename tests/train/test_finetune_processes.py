@@ -67,3 +67,41 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
         b = torch.load(run / name, weights_only=True)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert (straight / "postprocessing.json").read_text() == (run / "postprocessing.json").read_text()
+
+
+def test_sigterm_saves_a_checkpoint_says_so_and_resumes_to_the_same_weights(tmp_path):
+    """A scheduler's SIGTERM ends the current step, writes checkpoint.pt there (not only at the last
+    --checkpoint-every), prints how to continue and exits 143; --resume then ends as a straight run."""
+    if not (DATA / "dataset.json").is_file():
+        pytest.skip(f"real data {DATA} not available")
+    straight = tmp_path / "straight"
+    done = _finetune(*TINY, "--out", str(straight))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "stopped"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "anatosynth", "finetune", *TINY, "--out", str(run)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and _last_logged_step(run / "train.log") < 5:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    step = read_checkpoint(run / "checkpoint.pt")["step"]
+    assert 5 <= step < STEPS and not (run / "model.pt").exists()
+    assert err.strip().splitlines()[-1] == (f"anatosynth finetune: stopped by SIGTERM at step {step}: checkpoint "
+                                            f"saved; continue with anatosynth finetune --resume {run}")
+
+    resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed at step {step}" in (run / "train.log").read_text()
+    for name in ("model.pt", "model_best.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(run / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
