@@ -37,12 +37,25 @@ def _last_logged_step(log: Path) -> int:
     return int(steps[-1]) if steps else 0
 
 
-def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The uninterrupted run that stopped and resumed runs must end as."""
     if not (DATA / "dataset.json").is_file():
         pytest.skip(f"real data {DATA} not available")
-    straight = tmp_path / "straight"
-    done = _finetune(*TINY, "--out", str(straight))
+    run = tmp_path_factory.mktemp("finetune") / "straight"
+    done = _finetune(*TINY, "--out", str(run))
     assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def _assert_same_weights(a_run: Path, b_run: Path) -> None:
+    for name in ("model.pt", "model_best.pt"):
+        a = torch.load(a_run / name, weights_only=True)
+        b = torch.load(b_run / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, straight):
 
     run = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -62,22 +75,13 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {saved}" in (run / "train.log").read_text()
-    for name in ("model.pt", "model_best.pt"):
-        a = torch.load(straight / name, weights_only=True)
-        b = torch.load(run / name, weights_only=True)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    _assert_same_weights(straight, run)
     assert (straight / "postprocessing.json").read_text() == (run / "postprocessing.json").read_text()
 
 
-def test_sigterm_saves_a_checkpoint_says_so_and_resumes_to_the_same_weights(tmp_path):
+def test_sigterm_saves_a_checkpoint_says_so_and_resumes_to_the_same_weights(tmp_path, straight):
     """A scheduler's SIGTERM ends the current step, writes checkpoint.pt there (not only at the last
     --checkpoint-every), prints how to continue and exits 143; --resume then ends as a straight run."""
-    if not (DATA / "dataset.json").is_file():
-        pytest.skip(f"real data {DATA} not available")
-    straight = tmp_path / "straight"
-    done = _finetune(*TINY, "--out", str(straight))
-    assert done.returncode == 0, done.stderr[-3000:]
-
     run = tmp_path / "stopped"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "anatosynth", "finetune", *TINY, "--out", str(run)], cwd=ROOT,
@@ -101,7 +105,4 @@ def test_sigterm_saves_a_checkpoint_says_so_and_resumes_to_the_same_weights(tmp_
     resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {step}" in (run / "train.log").read_text()
-    for name in ("model.pt", "model_best.pt"):
-        a = torch.load(straight / name, weights_only=True)
-        b = torch.load(run / name, weights_only=True)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    _assert_same_weights(straight, run)
