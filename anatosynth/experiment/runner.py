@@ -234,13 +234,16 @@ def read_report(report: Path) -> dict:
 
 
 def keep_result(path: Path, job: FinetuneJob, result: dict, folder: Path) -> None:
-    """Write a finished job's metrics (not its checkpoints) where the repository keeps them."""
+    """Write a finished job's metrics (not its checkpoints) where the repository keeps them, with the
+    sessions of its fine-tuning (start step, code commit) from the run's metadata."""
     summary = json.loads((folder / "report" / "summary.json").read_text())
+    meta_path = folder / "metadata.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     record = {"key": job.key, "arm": job.arm, "dataset": job.dataset, "seed": job.seed,
               "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
               "pretrain": job.pretrain, "options": job.options, **result,
               "per_case_dice": summary.get("case_mean_dice"),
-              "validation": validation_curve(folder)}
+              "validation": validation_curve(folder), "sessions": meta.get("sessions")}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 

@@ -439,6 +439,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     from anatosynth.options import resolve_device
     from anatosynth.train.checkpoint import write_json
     from anatosynth.train.models import build_model, place_model
+    from anatosynth.train.run_folder import run_sessions
     from anatosynth.train.transfer import transfer_weights
 
     paths = FinetunePaths(Path(cfg.out))
@@ -497,7 +498,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
             tqdm.write(f"finetune: {said}")  # on the console too: a restart from 0 is never silent
         loop.metadata = {"kind": "finetune", "model": spec.to_dict(), "class_names": classes.names,
                          "label_ids": classes.ids, "preprocess": pre.to_dict(), "dataset": dataset.name,
-                         "init": cfg.init, "seed": cfg.seed, "steps": cfg.steps}
+                         "init": cfg.init, "seed": cfg.seed, "steps": cfg.steps,
+                         "sessions": run_sessions(paths.metadata, loop.step, resuming)}
         loop.write_metadata()
         loop.run(writer, progress, stop_at)
     finally:

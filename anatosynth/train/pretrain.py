@@ -53,9 +53,9 @@ from anatosynth.train.run_folder import (
     RunPaths,
     bank_hash,
     close_logger,
-    code_commit,
     jsonable,
     resume_config,
+    run_sessions,
     setup_logger,
     versions,
 )
@@ -188,20 +188,12 @@ class _Trainer:
     def _write_static_files(self) -> None:
         """config.yaml and metadata.json (rank 0), before the first step; this session joins the run's list
         of sessions (start step, commit), which a model card reports as the code that trained the weights."""
-        import json
 
         import yaml
 
         text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
         atomic_write_text(self.paths.config, text)
-        earlier = []
-        if self.resumed_from is not None and self.paths.metadata.is_file():
-            try:
-                earlier = list(json.loads(self.paths.metadata.read_text(encoding="utf-8")).get("sessions") or [])
-            except (ValueError, AttributeError):
-                earlier = []
-        self.sessions = [*earlier, {"from_step": int(self.step), "commit": code_commit(),
-                                    "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}]
+        self.sessions = run_sessions(self.paths.metadata, self.step, self.resumed_from is not None)
         self._write_metadata()
 
     def _write_metadata(self) -> None:

@@ -22,8 +22,8 @@ from anatosynth.errors import ConfigError, InputError
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml, parse_patch
 from anatosynth.train.distributed import DistContext
 
-__all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "code_commit", "setup_logger", "close_logger",
-           "jsonable", "LOGGER_NAME"]
+__all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "code_commit", "run_sessions", "setup_logger",
+           "close_logger", "jsonable", "LOGGER_NAME"]
 
 LOGGER_NAME = "anatosynth.pretrain"
 
@@ -150,6 +150,25 @@ def code_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_sessions(metadata: Path, step: int, resumed: bool) -> list[dict]:
+    """The sessions of a run, this one last: ``{"from_step", "commit", "started"}`` each.
+
+    A resumed run keeps the list its ``metadata.json`` holds, so a model card or a kept result can say
+    which code made which steps (a run that outlives a session may outlive a commit too).
+    """
+    import datetime as _dt
+    import json
+
+    earlier: list = []
+    if resumed and metadata.is_file():
+        try:
+            earlier = list(json.loads(metadata.read_text(encoding="utf-8")).get("sessions") or [])
+        except (ValueError, AttributeError, TypeError):
+            earlier = []
+    return [*earlier, {"from_step": int(step), "commit": code_commit(),
+                       "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}]
 
 
 def versions() -> dict:

@@ -110,6 +110,7 @@ def test_committed_results_and_released_weights_survive_a_new_machine(tmp_path, 
     assert [p.name.split("-")[2] for p in kept] == ["anatomy", "scratch"]
     record = json.loads(kept[0].read_text())
     assert record["arm"] == "anatomy" and 0 <= record["dice"] <= 100 and record["validation"]
+    assert [s["from_step"] for s in record["sessions"]] == [0] and "commit" in record["sessions"][0]
     card = json.loads((tmp_path / "repo" / "weights" / "tiny-anatomy" / "card.json").read_text())
     assert card["steps"] == 2 and card["architecture"]["name"] == "unet"
     rows = list(csv.DictReader(open(first / "tiny" / "results.csv")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -75,6 +76,8 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     resumed = _finetune("--resume", str(run), "--threads", "1", "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {saved}" in (run / "train.log").read_text()
+    sessions = json.loads((run / "metadata.json").read_text())["sessions"]  # the code of each session
+    assert [s["from_step"] for s in sessions] == [0, saved] and len({s["commit"] for s in sessions}) == 1
     _assert_same_weights(straight, run)
     assert (straight / "postprocessing.json").read_text() == (run / "postprocessing.json").read_text()
 
