@@ -727,42 +727,41 @@ class _Loop:
         start, start_step, saved = time.time(), self.step, self.step
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="fine-tuning", unit="step", disable=not progress)
-        stopper = StopOnSignal("finetune").__enter__()
-        try:
-            while self.step < stop:
-                lr = self._one_step()
-                bar.update(1)
-                validate = self.step % cfg.val_every == 0 or self.step == cfg.steps
-                loss = None
-                if validate or self.step % cfg.log_every == 0:
-                    loss = self._log_loss(writer, lr)
-                    bar.set_postfix(loss=f"{loss:.3f}", best=f"{max(self.best, 0):.3f}")
-                if validate and loss is not None:  # (validation steps always log the loss)
-                    self._validate(writer, loss)
-                elif loss is not None:
-                    log.info("step %d loss %.4f", self.step, loss)
-                if self.step % cfg.checkpoint_every == 0 or self.step == stop or stopper.requested:
-                    self.save_checkpoint()
-                    saved = self.step
-                if stopper.requested and self.step < cfg.steps:
-                    self.write_progress()
-                    message = (f"stopped by {stopper.signal_name} at step {self.step}: checkpoint saved; continue "
-                               f"with anatosynth finetune --resume {self.paths.root}")
-                    log.info("%s", message)
-                    raise Interrupted(message, stopper.signum or 2)
-        except Interrupted:
-            raise
-        except BaseException as err:
-            where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
-                     else "step 0 (no checkpoint was written yet)")
-            message = (f"stopped by {type(err).__name__} at step {self.step}; 'anatosynth finetune "
-                       f"--resume {self.paths.root}' continues from {where}")
-            log.info("%s", message)
-            print(f"fine-tuning {message}", file=sys.stderr)
-            raise
-        finally:
-            stopper.__exit__()
-            bar.close()
+        with StopOnSignal("finetune") as stopper:
+            try:
+                while self.step < stop:
+                    lr = self._one_step()
+                    bar.update(1)
+                    validate = self.step % cfg.val_every == 0 or self.step == cfg.steps
+                    loss = None
+                    if validate or self.step % cfg.log_every == 0:
+                        loss = self._log_loss(writer, lr)
+                        bar.set_postfix(loss=f"{loss:.3f}", best=f"{max(self.best, 0):.3f}")
+                    if validate and loss is not None:  # (validation steps always log the loss)
+                        self._validate(writer, loss)
+                    elif loss is not None:
+                        log.info("step %d loss %.4f", self.step, loss)
+                    if self.step % cfg.checkpoint_every == 0 or self.step == stop or stopper.requested:
+                        self.save_checkpoint()
+                        saved = self.step
+                    if stopper.requested and self.step < cfg.steps:
+                        self.write_progress()
+                        message = (f"stopped by {stopper.signal_name} at step {self.step}: checkpoint saved; continue "
+                                   f"with anatosynth finetune --resume {self.paths.root}")
+                        log.info("%s", message)
+                        raise stopper.interrupted(message)
+            except Interrupted:
+                raise
+            except BaseException as err:
+                where = (f"the last checkpoint (step {saved})" if self.paths.checkpoint.exists()
+                         else "step 0 (no checkpoint was written yet)")
+                message = (f"stopped by {type(err).__name__} at step {self.step}; 'anatosynth finetune "
+                           f"--resume {self.paths.root}' continues from {where}")
+                log.info("%s", message)
+                print(f"fine-tuning {message}", file=sys.stderr)
+                raise
+            finally:
+                bar.close()
         self.write_progress()
         if self.step < cfg.steps:
             log.info("stopped at step %d of %d; continue with --resume %s", self.step, cfg.steps, self.paths.root)

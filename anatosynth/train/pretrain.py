@@ -17,7 +17,6 @@ SIGINT/SIGTERM end the current step, write a checkpoint and ``model.pt`` and rai
 from __future__ import annotations
 
 import datetime as _dt
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -295,83 +294,82 @@ class _Trainer:
         n_sum = 0
         last_loss, rate = float("nan"), 0.0
         last_ckpt = self.step
-        self.stopper.__enter__()
-        try:
-            while self.step < stop:
-                idx, batch, logits, loss = self._one_step()
-                loss_sum += loss.detach()
-                n_sum += 1
-                if trace is not None:
-                    trace.write(f"{self.step} " + " ".join(map(str, idx)) + "\n")
-                    trace.flush()
-                if bar is not None:
-                    bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    mean = all_mean(loss_sum / n_sum, ctx)
-                    last_loss = float(mean.item())
-                    now = time.perf_counter()
-                    rate = (self.step - s_log) / max(now - t_log, 1e-9)
-                    t_log, s_log = now, self.step
-                    lr = self.lr_used
-                    loss_sum.zero_()
-                    n_sum = 0
-                    self.history = torch.cat([self.history, torch.tensor(
-                        [[self.step, last_loss, lr, rate]], dtype=torch.float64)])
-                    self.log.info("step %d/%d loss %.4f lr %.3g %.3f steps/s", self.step, cfg.steps,
-                                  last_loss, lr, rate)
-                    if self.writer is not None:
-                        self.writer.add_scalar("train/loss", last_loss, self.step)
-                        self.writer.add_scalar("train/lr", lr, self.step)
-                        self.writer.add_scalar("train/steps_per_s", rate, self.step)
-                        self.writer.add_scalar("train/samples_per_s", rate * cfg.batch * ctx.world_size,
-                                               self.step)
+        with self.stopper:
+            try:
+                while self.step < stop:
+                    idx, batch, logits, loss = self._one_step()
+                    loss_sum += loss.detach()
+                    n_sum += 1
+                    if trace is not None:
+                        trace.write(f"{self.step} " + " ".join(map(str, idx)) + "\n")
+                        trace.flush()
                     if bar is not None:
-                        bar.set_postfix(loss=f"{last_loss:.4f}")
-                if (self.writer is not None and cfg.image_every
-                        and (self.step % cfg.image_every == 0 or self.step == start_step + 1)):
-                    for name, img in zip(("image", "label", "prediction"),
-                                         _slice_images(batch.image, batch.label, logits, len(self.class_names))):
-                        self.writer.add_image(f"sample/{name}", img, self.step)
-                if self.step % cfg.checkpoint_every == 0:
-                    self._save_checkpoint()
-                    last_ckpt = self.step
-                if self._stop_requested():
-                    break
-                if cfg.minutes is not None:
-                    out_of_time = (time.perf_counter() - t0) > cfg.minutes * 60
-                    if broadcast_flag(out_of_time, ctx):
-                        self.log.info("time limit of %g min reached at step %d", cfg.minutes, self.step)
+                        bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        mean = all_mean(loss_sum / n_sum, ctx)
+                        last_loss = float(mean.item())
+                        now = time.perf_counter()
+                        rate = (self.step - s_log) / max(now - t_log, 1e-9)
+                        t_log, s_log = now, self.step
+                        lr = self.lr_used
+                        loss_sum.zero_()
+                        n_sum = 0
+                        self.history = torch.cat([self.history, torch.tensor(
+                            [[self.step, last_loss, lr, rate]], dtype=torch.float64)])
+                        self.log.info("step %d/%d loss %.4f lr %.3g %.3f steps/s", self.step, cfg.steps,
+                                      last_loss, lr, rate)
+                        if self.writer is not None:
+                            self.writer.add_scalar("train/loss", last_loss, self.step)
+                            self.writer.add_scalar("train/lr", lr, self.step)
+                            self.writer.add_scalar("train/steps_per_s", rate, self.step)
+                            self.writer.add_scalar("train/samples_per_s", rate * cfg.batch * ctx.world_size,
+                                                   self.step)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{last_loss:.4f}")
+                    if (self.writer is not None and cfg.image_every
+                            and (self.step % cfg.image_every == 0 or self.step == start_step + 1)):
+                        for name, img in zip(("image", "label", "prediction"),
+                                             _slice_images(batch.image, batch.label, logits, len(self.class_names))):
+                            self.writer.add_image(f"sample/{name}", img, self.step)
+                    if self.step % cfg.checkpoint_every == 0:
+                        self._save_checkpoint()
+                        last_ckpt = self.step
+                    if self._stop_requested():
                         break
-            if self.step != last_ckpt:
-                self._save_checkpoint()
-            self._finish_files()
-            if self.stopper.signum is not None:
-                name = self.stopper.signal_name
-                message = (f"stopped by {name} at step {self.step}: checkpoint and model.pt saved; continue "
-                           f"with anatosynth pretrain --resume {self.paths.root}")
+                    if cfg.minutes is not None:
+                        out_of_time = (time.perf_counter() - t0) > cfg.minutes * 60
+                        if broadcast_flag(out_of_time, ctx):
+                            self.log.info("time limit of %g min reached at step %d", cfg.minutes, self.step)
+                            break
+                if self.step != last_ckpt:
+                    self._save_checkpoint()
+                self._finish_files()
+                if self.stopper.signum is not None:
+                    name = self.stopper.signal_name
+                    message = (f"stopped by {name} at step {self.step}: checkpoint and model.pt saved; continue "
+                               f"with anatosynth pretrain --resume {self.paths.root}")
+                    self.log.info("%s", message)
+                    close_logger(self.log)
+                    raise self.stopper.interrupted(message)
+            except Interrupted:
+                raise
+            except BaseException as err:
+                message = f"stopped by {err.__class__.__name__} at step {self.step}; {self._saved_note()}"
                 self.log.info("%s", message)
                 close_logger(self.log)
-                raise Interrupted(message, self.stopper.signum)
-        except Interrupted:
-            raise
-        except BaseException as err:
-            message = f"stopped by {err.__class__.__name__} at step {self.step}; {self._saved_note()}"
-            self.log.info("%s", message)
-            close_logger(self.log)
-            if isinstance(err, KeyboardInterrupt):
-                raise Interrupted(message, self.stopper.signum or signal.SIGINT) from None
-            raise
-        finally:
-            self.stopper.__exit__()
-            if self.batches is not None:
-                self.batches.close()  # the render thread and the loader's workers stop
-            self.batches = None
-            if bar is not None:
-                bar.close()
-            if trace is not None:
-                trace.close()
-            if self.writer is not None:
-                self.writer.close()
+                if isinstance(err, KeyboardInterrupt):
+                    raise self.stopper.interrupted(message) from None
+                raise
+            finally:
+                if self.batches is not None:
+                    self.batches.close()  # the render thread and the loader's workers stop
+                self.batches = None
+                if bar is not None:
+                    bar.close()
+                if trace is not None:
+                    trace.close()
+                if self.writer is not None:
+                    self.writer.close()
         if last_loss != last_loss and len(self.history):  # nothing trained this session: report the last logged
             last_loss = float(self.history[-1, 1])
         elapsed = time.perf_counter() - t0

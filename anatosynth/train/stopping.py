@@ -11,6 +11,8 @@ import signal
 import sys
 import threading
 
+from anatosynth.errors import Interrupted
+
 __all__ = ["StopOnSignal"]
 
 
@@ -36,6 +38,11 @@ class StopOnSignal:
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else "signal"
+
+    def interrupted(self, message: str) -> Interrupted:
+        """The error that ends the loop: it carries the signal received (SIGINT when none was, as for a
+        ``KeyboardInterrupt`` raised in a thread without handlers), so the CLI exits ``128 + signum``."""
+        return Interrupted(message, self.signum if self.signum is not None else signal.SIGINT)
 
     def _handler(self, signum, frame) -> None:
         if self.signum is not None:
