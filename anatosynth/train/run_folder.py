@@ -140,16 +140,27 @@ def resume_config(run: str | Path, overrides: dict | None = None) -> PretrainCon
     return PretrainConfig.from_dict(merged, str(paths.config))
 
 
-def code_commit() -> str | None:
-    """The git commit of the anatosynth checkout running this (None outside a git checkout)."""
+def code_commit(where: Path | None = None) -> str | None:
+    """The git commit of the anatosynth checkout running this, ``-dirty`` appended when tracked files under
+    ``where`` (the package folder) differ from it, as ``git describe --dirty`` says; None outside a checkout.
+
+    A model card or a kept result names this commit, so it must not claim code the commit does not hold.
+    """
     import subprocess
 
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+    where = Path(__file__).resolve().parent.parent if where is None else Path(where)
+
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    diff = git("diff", "--quiet", "HEAD", "--", ".")
+    return head.stdout.strip() + ("-dirty" if diff is not None and diff.returncode == 1 else "")
 
 
 def run_sessions(metadata: Path, step: int, resumed: bool) -> list[dict]:
