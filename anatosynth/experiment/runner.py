@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,7 @@ from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_wri
 __all__ = ["run_protocol", "collect_results", "write_reports"]
 
 RESULT_FIELDS = ["arm", "dataset", "seed", "train_cases", "samples", "subjects", "budget", "recipe", "dice",
-                 "per_class", "job"]
+                 "test_dice", "per_class", "job"]
 
 
 def _flag(name: str) -> str:
@@ -180,9 +181,9 @@ class Runner:
         report = folder / "report"
         kept = self.result_file(job)
         if kept is not None and kept.is_file():
-            return read_result(kept)
+            return self.complete_kept(kept, job, folder)
         if self.report_only:
-            return read_report(report) if self.done(folder) else None
+            return read_report(report, validation_cases(folder)) if self.done(folder) else None
         if not self.done(folder):
             options = dict(job.options)
             ev = options.pop("evaluate", {}) or {}
@@ -208,12 +209,26 @@ class Runner:
             if self.dry_run:
                 return None
             self.mark_done(folder, {"key": job.key})
-        result = read_report(report)
+        result = read_report(report, validation_cases(folder))
         if kept is not None:
             keep_result(kept, job, result, folder)
             return read_result(kept)  # with the validation curve, as a later report reads it
         return result
 
+
+    def complete_kept(self, kept: Path, job: FinetuneJob, folder: Path) -> dict:
+        """A kept result; one kept before results had ``test_dice`` gains it (and its per-case Dice) from
+        its run folder when that is still here, provided the folder gives the same Dice."""
+        result = read_result(kept)
+        report = folder / "report" / "summary.json"
+        if result["test_dice"] is not None or self.dry_run or not (self.done(folder) and report.is_file()):
+            return result
+        again = read_report(report.parent, validation_cases(folder))
+        if again["test_dice"] is None or not math.isclose(again["dice"], result["dice"], abs_tol=1e-6):
+            return result
+        keep_result(kept, job, again, folder)
+        self._say(f"{job.key}: kept result completed with its test Dice ({again['test_dice']:.2f} %)")
+        return read_result(kept)
 
     def eval_cases(self, job: FinetuneJob) -> list[str] | None:
         from anatosynth.io.datasets import read_dataset
@@ -222,20 +237,57 @@ class Runner:
         return pick_eval_cases(names, job.eval_cases)
 
 
-def read_report(report: Path) -> dict:
-    """Mean foreground Dice (%) and per-class Dice from an evaluation ``summary.json``."""
+def validation_cases(folder: Path) -> list[str] | None:
+    """The cases that chose a fine-tuning run's best checkpoint (``split.json``'s ``val``; None if unknown)."""
+    split = folder / "split.json"
+    if not split.is_file():
+        return None
+    val = json.loads(split.read_text(encoding="utf-8")).get("val")
+    return [str(c) for c in val] if isinstance(val, list) else None
+
+
+def test_dice(per_case: dict, exclude: Iterable[str]) -> float | None:
+    """Mean foreground Dice (%) over the evaluation cases not in ``exclude``, computed as the evaluation's
+    mean Dice is (mean over classes of each class's mean over cases, undefined values left out).
+
+    The evaluation set holds the validation cases that chose the best checkpoint (the BTCV recipe, see
+    docs/method.md "Splits"); without them, the score is of cases that played no part in the run.
+    ``per_case``: case -> class -> Dice in [0, 1] (or ``{"dice": ...}``, as ``summary.json`` has it).
+    """
+    left = set(exclude)
+    by_class: dict[str, list[float]] = {}
+    for case, classes in per_case.items():
+        if case in left:
+            continue
+        for name, v in classes.items():
+            v = v.get("dice") if isinstance(v, dict) else v
+            if v is not None and math.isfinite(float(v)):
+                by_class.setdefault(name, []).append(float(v))
+    means = [sum(v) / len(v) for v in by_class.values() if v]
+    return 100.0 * sum(means) / len(means) if means else None
+
+
+def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:
+    """Mean foreground Dice (%) and per-class Dice from an evaluation ``summary.json``; with ``exclude``
+    (the run's validation cases) also ``test_dice`` (without them) and ``per_case`` (case -> class -> Dice)."""
     summary = json.loads((report / "summary.json").read_text())
     classes = summary["classes"]
     per_class = {name: 100.0 * float(c["dice"]["mean"]) for name, c in classes.items()
                  if c["dice"]["mean"] is not None and math.isfinite(float(c["dice"]["mean"]))}
     # no scorable class at all (every class absent from reference and prediction) -> NaN, kept out of means
     mean = float("nan") if summary.get("mean_dice") is None else float(summary["mean_dice"]) * 100.0
-    return {"dice": mean, "per_class": per_class}
+    per_case = {case: {name: v.get("dice") for name, v in per.items()}
+                for case, per in (summary.get("per_case") or {}).items()}
+    result = {"dice": mean, "per_class": per_class, "test_dice": None}
+    if exclude is not None and per_case:
+        result.update(test_dice=test_dice(per_case, exclude), per_case=per_case, validation_cases=list(exclude))
+    return result
 
 
 def keep_result(path: Path, job: FinetuneJob, result: dict, folder: Path) -> None:
-    """Write a finished job's metrics (not its checkpoints) where the repository keeps them, with the
-    sessions of its fine-tuning (start step, code commit) from the run's metadata."""
+    """Write a finished job's metrics (not its checkpoints) where the repository keeps them: Dice over the
+    evaluation cases and over its test cases (``test_dice``: the validation cases left out), Dice per case
+    and class, the validation curve, and the sessions of its fine-tuning (start step, code commit)."""
     summary = json.loads((folder / "report" / "summary.json").read_text())
     meta_path = folder / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -258,10 +310,12 @@ def validation_curve(folder: Path) -> list[list[float]]:
 
 
 def read_result(path: Path) -> dict:
-    """A kept job's ``{"dice", "per_class", "validation"}`` (see :func:`keep_result`; older files may lack
-    the validation curve: None)."""
+    """A kept job's ``{"dice", "per_class", "validation", "test_dice"}`` (see :func:`keep_result`; older
+    files may lack the validation curve or the test Dice: None)."""
     record = json.loads(path.read_text(encoding="utf-8"))
-    return {"dice": float(record["dice"]), "per_class": record["per_class"], "validation": record.get("validation")}
+    test = record.get("test_dice")
+    return {"dice": float(record["dice"]), "per_class": record["per_class"], "validation": record.get("validation"),
+            "test_dice": None if test is None else float(test)}
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
@@ -365,7 +419,8 @@ def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
             budget, recipe = _budget_and_recipe(protocol, job)
             rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
                          "samples": job.samples, "subjects": job.subjects, "budget": budget, "recipe": recipe,
-                         "dice": results[job.key]["dice"], "per_class": results[job.key]["per_class"],
+                         "dice": results[job.key]["dice"], "test_dice": results[job.key].get("test_dice"),
+                         "per_class": results[job.key]["per_class"],
                          "job": job.key, "validation": results[job.key].get("validation")})
     return rows
 
@@ -375,7 +430,9 @@ def write_results_csv(rows: list[dict], path: Path) -> None:
     w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n", extrasaction="ignore")  # curves: JSON
     w.writeheader()
     for r in rows:
-        w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}"})
+        test = r.get("test_dice")
+        w.writerow({**r, "per_class": json.dumps(r["per_class"]), "dice": f"{r['dice']:.4f}",
+                    "test_dice": "" if test is None else f"{test:.4f}"})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -389,7 +446,9 @@ def collect_results(path: Path) -> list[dict]:
                          "samples": int(r["samples"]) if r["samples"] else None,
                          "subjects": int(r["subjects"]) if r["subjects"] else None,
                          "budget": int(r["budget"]) if r.get("budget") else None, "recipe": r.get("recipe") or None,
-                         "dice": float(r["dice"]), "per_class": json.loads(r["per_class"]), "job": r["job"]})
+                         "dice": float(r["dice"]),
+                         "test_dice": float(r["test_dice"]) if r.get("test_dice") else None,
+                         "per_class": json.loads(r["per_class"]), "job": r["job"]})
     return rows
 
 
@@ -400,12 +459,24 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
 
     reports = report_dir(out, protocol)
     reports.mkdir(parents=True, exist_ok=True)
+    pairs = protocol.raw.get("compare") or []
     summary = summarise(rows, protocol.baseline)
-    table = markdown_table(summary, protocol.baseline)
-    comparisons = compare_arms(rows, protocol.raw.get("compare") or [])
-    extra = compare_table(comparisons)
-    atomic_write_text(reports / "results.md", f"# {protocol.name}\n\n{table}\n" + (f"{extra}\n" if extra else ""))
-    atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons}, indent=1))
+    comparisons = compare_arms(rows, pairs)
+    text = f"# {protocol.name}\n\n{markdown_table(summary, protocol.baseline)}\n"
+    text += f"{compare_table(comparisons)}\n" if comparisons else ""
+    # the same on the test cases only (the validation cases that chose each checkpoint left out)
+    tested = [r for r in rows if r.get("test_dice") is not None]
+    test_summary = summarise(tested, protocol.baseline, "test_dice") if tested else []
+    test_comparisons = compare_arms(tested, pairs, "test_dice") if tested else []
+    if tested:
+        text += (f"## Test cases only\n\nDice on the evaluation cases that did not choose the checkpoint "
+                 f"({len(tested)} of {len(rows)} runs know their validation cases).\n\n"
+                 f"{markdown_table(test_summary, protocol.baseline, 'test Dice %')}\n")
+        text += f"{compare_table(test_comparisons)}\n" if test_comparisons else ""
+    atomic_write_text(reports / "results.md", text)
+    atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons,
+                                                            "test_arms": test_summary,
+                                                            "test_comparisons": test_comparisons}, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects)
     return {"table": reports / "results.md", **plots}

@@ -83,12 +83,12 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def markdown_table(summary: list[dict], baseline: str = "scratch") -> str:
-    """A Markdown table of :func:`summarise` output, one block per dataset."""
+def markdown_table(summary: list[dict], baseline: str = "scratch", label: str = "Dice %") -> str:
+    """A Markdown table of :func:`summarise` output, one block per dataset (``label``: the metric's name)."""
     lines = []
     for dataset in dict.fromkeys(s["dataset"] for s in summary):
         lines += [f"**{dataset}**", "",
-                  f"| arm | labelled cases | synthetic pool | bank subjects | n | Dice % (mean ± std) "
+                  f"| arm | labelled cases | synthetic pool | bank subjects | n | {label} (mean ± std) "
                   f"| Δ vs {baseline} [95% CI] |",
                   "|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["dataset"] == dataset):

@@ -144,7 +144,7 @@ def test_an_interrupted_fine_tune_resumes_and_a_trained_one_is_only_evaluated(tm
             (folder / "summary.json").parent.mkdir(parents=True, exist_ok=True)
 
     monkeypatch.setattr(runner_mod.Runner, "call", fake_call)
-    monkeypatch.setattr(runner_mod, "read_report", lambda report: {"dice": 50.0, "per_class": {}})
+    monkeypatch.setattr(runner_mod, "read_report", lambda report, exclude=None: {"dice": 50.0, "per_class": {}})
     run = runner_mod.Runner(out, protocol, threads=1)
     folder = out / "finetune" / job.key
 
@@ -163,3 +163,90 @@ def test_an_interrupted_fine_tune_resumes_and_a_trained_one_is_only_evaluated(tm
     (folder / "model.pt").write_bytes(b"x")
     run.finetune(job, None)  # trained, not evaluated: evaluated only
     assert verbs() == [("evaluate", False)]
+
+
+def test_test_dice_leaves_out_the_validation_cases_and_averages_as_the_evaluation_does(tmp_path):
+    """The evaluation set holds the cases that chose the checkpoint; ``test_dice`` is the same mean Dice
+    (classes' means over cases, undefined values left out) without them, and a kept result carries it."""
+    import json
+    import math
+
+    from anatosynth.experiment.runner import read_report, read_result, test_dice, validation_cases
+
+    per_case = {"a": {"liver": 0.9, "spleen": 0.5}, "b": {"liver": 0.7, "spleen": None},
+                "c": {"liver": 0.3, "spleen": 0.1}}
+    assert test_dice(per_case, []) == pytest.approx(100 * ((0.9 + 0.7 + 0.3) / 3 + (0.5 + 0.1) / 2) / 2)
+    # without "a": liver (0.7 + 0.3) / 2, spleen only c (b's spleen undefined)
+    assert test_dice(per_case, ["a"]) == pytest.approx(100 * (0.5 + 0.1) / 2)
+    assert test_dice(per_case, ["a", "b", "c"]) is None
+    summary = {"mean_dice": 0.5, "classes": {n: {"dice": {"mean": 0.5}} for n in ("liver", "spleen")},
+               "per_case": {c: {n: {"dice": v, "hd95": 1.0} for n, v in per.items()} for c, per in per_case.items()}}
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "summary.json").write_text(json.dumps(summary))
+    assert validation_cases(tmp_path) is None
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["d"], "eval": ["a", "b", "c"], "val": ["a"]}))
+    assert validation_cases(tmp_path) == ["a"]
+    got = read_report(tmp_path / "report", validation_cases(tmp_path))
+    assert got["dice"] == 50.0 and got["test_dice"] == pytest.approx(30.0) and got["validation_cases"] == ["a"]
+    assert read_report(tmp_path / "report")["test_dice"] is None  # unknown validation cases: no test score
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps({"dice": 50.0, "per_class": {}, **got}))
+    assert read_result(kept)["test_dice"] == pytest.approx(30.0)
+    kept.write_text(json.dumps({"dice": 50.0, "per_class": {}}))  # a result kept before test Dice existed
+    assert read_result(kept)["test_dice"] is None and not math.isnan(read_result(kept)["dice"])
+
+
+def test_the_report_adds_a_test_cases_table_for_runs_that_know_their_validation_cases(tmp_path):
+    from anatosynth.experiment.protocol import expand, load_protocol
+    from anatosynth.experiment.runner import _rows, write_reports
+
+    protocol = expand(load_protocol(_protocol(tmp_path, tmp_path)))
+    results = {j.key: {"dice": 60.0 + j.seed + (2 if j.arm == "anatomy" else 0), "per_class": {"liver": 60.0},
+                       "test_dice": 50.0 + j.seed + (1 if j.arm == "anatomy" else 0)} for j in protocol.finetunes}
+    write_reports(_rows(protocol, results), tmp_path / "out", protocol)
+    text = (tmp_path / "out" / "tiny" / "results.md").read_text()
+    main_part, test_part = text.split("## Test cases only")
+    assert "| anatomy | 1 | endless | – | 2 | 62.50 ± 0.71 | 2.00 [2.00, 2.00] |" in main_part
+    assert "4 of 4 runs" in test_part and "test Dice % (mean ± std)" in test_part
+    assert "| anatomy | 1 | endless | – | 2 | 51.50 ± 0.71 | 1.00 [1.00, 1.00] |" in test_part
+    assert "| chaos | 1 | anatomy − scratch | 2 | 1.00 [1.00, 1.00] |" in test_part
+    # results kept before test Dice existed: no second table
+    for r in results.values():
+        r["test_dice"] = None
+    write_reports(_rows(protocol, results), tmp_path / "out", protocol)
+    assert "Test cases only" not in (tmp_path / "out" / "tiny" / "results.md").read_text()
+
+
+def test_a_result_kept_before_test_dice_gains_it_from_its_run_folder(tmp_path, data_dir):
+    import dataclasses
+    import json
+
+    from anatosynth.experiment import runner as runner_mod
+    from anatosynth.experiment.protocol import expand, load_protocol
+
+    protocol = expand(load_protocol(_protocol(tmp_path, data_dir)))
+    protocol = dataclasses.replace(protocol, results=str(tmp_path / "results"))
+    job = next(j for j in protocol.finetunes if j.arm == "scratch")
+    out = tmp_path / "exp"
+    folder = out / "finetune" / job.key
+    (folder / "report").mkdir(parents=True)
+    summary = {"mean_dice": 0.5, "classes": {"liver": {"dice": {"mean": 0.5}}},
+               "case_mean_dice": {"a": 0.8, "b": 0.2},
+               "per_case": {"a": {"liver": {"dice": 0.8}}, "b": {"liver": {"dice": 0.2}}}}
+    (folder / "report" / "summary.json").write_text(json.dumps(summary))
+    (folder / "split.json").write_text(json.dumps({"train": ["c"], "eval": ["a", "b"], "val": ["a"]}))
+    run = runner_mod.Runner(out, protocol, threads=1)
+    kept = run.result_file(job)
+    kept.parent.mkdir(parents=True)
+    old = {"key": job.key, "dice": 50.0, "per_class": {"liver": 50.0}, "validation": []}
+    kept.write_text(json.dumps(old))
+    assert run.finetune(job, None)["test_dice"] is None  # the run folder is not finished: left alone
+    (folder / "done.json").write_text("{}")
+    assert run.finetune(job, None)["test_dice"] == pytest.approx(20.0)
+    record = json.loads(kept.read_text())
+    assert record["validation_cases"] == ["a"] and record["per_case"]["b"] == {"liver": 0.2}
+    assert record["dice"] == 50.0 and record["key"] == job.key
+    # a folder whose Dice disagrees with the kept one (another computation) does not touch the result
+    old["key"], old["dice"] = job.key, 55.0
+    kept.write_text(json.dumps(old))
+    assert run.finetune(job, None)["test_dice"] is None and json.loads(kept.read_text()) == old
