@@ -81,7 +81,8 @@ def register(sub) -> None:
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in RUN from its checkpoint.pt, with its saved config.yaml")
     p.add_argument("--init", default="none",
-                   help="'none' (from scratch), an anatosynth RUN/model.pt, or a MONAI/SwinUNETR checkpoint "
+                   help="'none' (from scratch), an anatosynth RUN/model.pt, a released folder (anatosynth release; "
+                        "the project ships weights/NAME), or a MONAI/SwinUNETR checkpoint "
                         "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
     p.add_argument("--model", default="swinunetr", choices=MODELS, help="MONAI network (default swinunetr)")
     p.add_argument("--feature-size", type=int, default=48, help="network width (default 48)")
