@@ -106,6 +106,7 @@ class Protocol:
     finetunes: list[FinetuneJob]
     baseline: str = "scratch"
     results: str | None = None  # folder of committed per-job metrics (``results:``)
+    source: str | None = None  # the protocol file, as given (model cards name it in their command)
 
 
 def _digest(obj) -> str:
@@ -308,7 +309,8 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
                         add_finetune(arm, ds, k, seed, subjects=int(subjects))
     results = raw.get("results")
     return Protocol(str(raw.get("name", "protocol")), raw, list(banks.values()), list(pretrains.values()),
-                    finetunes, baseline, str(results) if results else None)
+                    finetunes, baseline, str(results) if results else None,
+                    source if source != "protocol" else None)
 
 
 def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] | None = None,
@@ -345,7 +347,8 @@ def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] |
     pretrains = [j for j in protocol.pretrains if j.key in used]
     used_banks = {j.bank for j in pretrains}
     banks = [b for b in protocol.banks if b.key in used_banks]
-    return Protocol(protocol.name, protocol.raw, banks, pretrains, finetunes, protocol.baseline, protocol.results)
+    return Protocol(protocol.name, protocol.raw, banks, pretrains, finetunes, protocol.baseline, protocol.results,
+                    protocol.source)
 
 
 def released_digest(folder: str | Path) -> str | None:

@@ -169,7 +169,7 @@ class Runner:
         if not job.weights:
             return folder / "model.pt"
         self.call(["release", str(folder), "--out", job.weights, "--job-key", job.key, "--command",
-                   f"anatosynth experiment {self.protocol.name} (job {job.key})"],
+                   f"{release_command(self.protocol, job.arm)} (pre-training job {job.key})"],
                   folder / "release")  # log: folder/release.log
         return Path(job.weights)
 
@@ -265,6 +265,18 @@ def test_dice(per_case: dict, exclude: Iterable[str]) -> float | None:
                 by_class.setdefault(name, []).append(float(v))
     means = [sum(v) / len(v) for v in by_class.values() if v]
     return 100.0 * sum(means) / len(means) if means else None
+
+
+def release_command(protocol: Protocol, arm: str) -> str:
+    """The command a model card records: the protocol file (relative to the working directory, never an
+    absolute local path) and the arm; ``OUT`` stands for the experiment folder."""
+    source = protocol.source
+    if source is not None and Path(source).is_absolute():
+        try:
+            source = Path(source).resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            source = Path(source).name
+    return f"anatosynth experiment {source or protocol.name} --out OUT --arms {arm}"
 
 
 def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:

@@ -182,8 +182,10 @@ def _card_markdown(card: dict, out: Path) -> str:
         f"- **Command:** `{card.get('command')}`",
         "",
         f"Fine-tune from it: `anatosynth finetune --data DATA --init {out.as_posix()}" +
-        f" --model {arch.get('name')} --feature-size {arch.get('feature_size')} --out RUN`",
-        "(the output head is re-initialised when the classes differ). Synthesis settings: `card.json`.",
+        f" --model {arch.get('name')} --feature-size {arch.get('feature_size')}"
+        f" --patch {','.join(str(p) for p in arch.get('patch', []))} --out RUN`",
+        "(the output head is re-initialised when the classes differ; spacing, lr, steps and the other fine-tuning",
+        "settings are the protocol's `finetune:` when a protocol made it). Synthesis settings: `card.json`.",
         "",
     ]
     return "\n".join(lines)

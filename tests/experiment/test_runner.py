@@ -250,3 +250,20 @@ def test_a_result_kept_before_test_dice_gains_it_from_its_run_folder(tmp_path, d
     old["key"], old["dice"] = job.key, 55.0
     kept.write_text(json.dumps(old))
     assert run.finetune(job, None)["test_dice"] is None and json.loads(kept.read_text()) == old
+
+
+def test_a_model_card_command_names_the_protocol_file_and_arm_without_local_paths(tmp_path, monkeypatch):
+    from anatosynth.experiment.protocol import expand, load_protocol, subset
+    from anatosynth.experiment.runner import release_command
+
+    path = _protocol(tmp_path, tmp_path)  # absolute
+    protocol = expand(load_protocol(path), str(path))
+    assert subset(protocol, arms=["anatomy"]).source == str(path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert release_command(protocol, "anatomy") == "anatosynth experiment tiny.yaml --out OUT --arms anatomy"
+    monkeypatch.chdir(tmp_path / "sub")  # the file is not below the working directory: its name only
+    assert release_command(protocol, "anatomy") == "anatosynth experiment tiny.yaml --out OUT --arms anatomy"
+    relative = expand(load_protocol(path), "protocols/tiny.yaml")
+    assert release_command(relative, "x") == "anatosynth experiment protocols/tiny.yaml --out OUT --arms x"
+    assert release_command(expand(load_protocol(path)), "x") == "anatosynth experiment tiny --out OUT --arms x"
