@@ -1,5 +1,5 @@
 """PNG plots of experiment results: Dice per arm, against labelled cases, pool size, bank subjects and the
-pre-training budget, and the validation curves of fine-tuning."""
+pre-training budget, paired differences between arms, and the validation curves of fine-tuning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anatosynth.experiment.stats import main_grid
+from anatosynth.experiment.stats import bootstrap_ci, main_grid, paired_differences
 
 __all__ = ["plot_all"]
 
@@ -28,7 +28,10 @@ def _baseline_band(ax, rows: list[dict], dataset: str, k: int, baseline: str) ->
         ax.axhspan(m - s, m + s, color="0.8", alpha=0.5)
 
 
-def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5) -> dict[str, Path]:
+def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5,
+             pairs: list | None = None) -> dict[str, Path]:
+    """Every plot the rows allow, into ``out``; returns name -> path. ``pairs``: the protocol's ``compare``
+    (arm pairs whose paired differences are drawn beside each arm's difference from the baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +134,67 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     budget = _plot_budget(plt, rows, out, baseline)
     if budget is not None:
         paths["budget"] = budget
+    differences = _plot_differences(plt, rows, out, baseline, pairs or [])
+    if differences is not None:
+        paths["differences"] = differences
     return paths
+
+
+def difference_lines(rows: list[dict], baseline: str, pairs: list) -> tuple[list[str], list[tuple[str, dict]]]:
+    """What :func:`_plot_differences` draws: the metrics (``dice``, and ``test_dice`` when every main-grid row
+    has it) and, per comparison and setting with at least one pair, ``(label, {metric: per-seed Δ})``.
+    Comparisons: each arm against ``baseline``, then ``pairs`` (the protocol's ``compare``), once each."""
+    main = main_grid(rows)
+    arms = list(dict.fromkeys(r["arm"] for r in main))
+    comparisons = list(dict.fromkeys([(a, baseline) for a in arms if a != baseline] + [tuple(p) for p in pairs]))
+    metrics = ["dice"] + (["test_dice"] if main and all(r.get("test_dice") is not None for r in main) else [])
+    settings = list(dict.fromkeys((r["dataset"], r["train_cases"]) for r in main))
+    lines: list[tuple[str, dict[str, list[float]]]] = []
+    for a, b in comparisons:
+        two = [r for r in main if r["arm"] in (a, b)]
+        found = {m: paired_differences(two, baseline=b, metric=m) for m in metrics}
+        for ds, k in settings:
+            per = {m: next((d for key, d in found[m].items() if key[0] == ds and key[1] == k and key[-1] == a), [])
+                   for m in metrics}
+            if per["dice"]:
+                lines.append((f"{a} − {b}\n{ds}, {k} labelled", per))
+    return metrics, lines
+
+
+def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: list) -> Path | None:
+    """Paired differences on the main grid, one line per comparison and setting (see
+    :func:`difference_lines`): per-seed differences as dots, their mean with a 95 % bootstrap interval as a
+    bar, green when the interval is above zero, red when below. A panel for Dice over the evaluation cases
+    and, when the rows have it, one for test Dice (the validation cases left out). None when no comparison
+    has a pair."""
+    names, lines = difference_lines(rows, baseline, pairs)
+    labels = {"dice": "Δ Dice, evaluation cases (points)", "test_dice": "Δ Dice, test cases only (points)"}
+    metrics = [(m, labels[m]) for m in names]
+    if not lines:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * len(lines) + 1.4),
+                             squeeze=False, sharey=True)
+    for ax, (metric, xlabel) in zip(axes[0], metrics):
+        for y, (_, per) in enumerate(lines):
+            d = per[metric]
+            if not d:
+                continue
+            lo, hi = bootstrap_ci(d)
+            colour = "C2" if lo > 0 else ("C3" if hi < 0 else "0.3")  # interval above / below zero / across
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [y, y], color=colour, lw=2.5, alpha=0.7)
+            ax.scatter(d, np.full(len(d), y) + 0.18, s=9, color="k", zorder=3)
+            ax.scatter([np.mean(d)], [y], marker="D", s=30, color=colour, zorder=4)
+        ax.axvline(0, color="0.5", ls="--", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_yticks(range(len(lines)), [name for name, _ in lines], fontsize=7)
+    axes[0][0].invert_yaxis()  # the first comparison on top (the panels share the axis)
+    axes[0][0].set_title("paired differences (dots: seeds; bar: 95 % CI of the mean)", fontsize=9, loc="left")
+    fig.tight_layout()
+    path = out / "paired_differences.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None:

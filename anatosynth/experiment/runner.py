@@ -25,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -119,8 +120,47 @@ class Runner:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
 
-    # --- jobs ---------------------------------------------------------------------------------------
+    @contextmanager
+    def job_lock(self, folder: Path) -> Iterator[None]:
+        """Hold ``folder``'s job against other runners: two ``experiment`` processes on one folder (say one
+        per core, with overlapping arms) never run the same job at once; the second waits, then finds the
+        job finished and reuses it. The lock (``<folder>.lock`` beside the folder, an ``flock`` the system
+        drops when a process dies) is not taken by dry runs and ``--report-only``."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no locking
+            fcntl = None  # type: ignore[assignment]
+        if self.dry_run or self.report_only or fcntl is None:
+            yield
+            return
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f"{folder.name}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                note = f"{folder.name}: another experiment process is running this job; waiting for it"
+                self._say(note)
+                print(f"experiment: {note}", file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- jobs (each under its folder's lock) -----------------------------------------------------------
     def bank(self, job: BankJob) -> Path:
+        with self.job_lock(self.out / "banks" / job.key):
+            return self._bank(job)
+
+    def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
+        with self.job_lock(self.out / "pretrain" / job.key):
+            return self._pretrain(job, bank_paths)
+
+    def finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
+        with self.job_lock(self.out / "finetune" / job.key):
+            return self._finetune(job, init)
+
+    def _bank(self, job: BankJob) -> Path:
         folder = self.out / "banks" / job.key
         path = folder / "bank.bank"
         if self.done(folder) or self.report_only:
@@ -131,7 +171,7 @@ class Runner:
         self.mark_done(folder, {"key": job.key})
         return path
 
-    def pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
+    def _pretrain(self, job: PretrainJob, bank_paths: dict[str, Path]) -> Path:
         folder = self.out / "pretrain" / job.key
         from anatosynth.train.release import read_card
 
@@ -176,7 +216,7 @@ class Runner:
     def result_file(self, job: FinetuneJob) -> Path | None:
         return Path(self.protocol.results) / f"{job.key}.json" if self.protocol.results else None
 
-    def finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
+    def _finetune(self, job: FinetuneJob, init: Path | None) -> dict | None:
         folder = self.out / "finetune" / job.key
         report = folder / "report"
         kept = self.result_file(job)
@@ -490,5 +530,5 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
                                                             "test_arms": test_summary,
                                                             "test_comparisons": test_comparisons}, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
-    plots = plot_all(rows, reports, protocol.baseline, bank_subjects)
+    plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     return {"table": reports / "results.md", **plots}

@@ -58,3 +58,26 @@ def test_validation_curves_are_drawn_from_rows_that_carry_them(tmp_path):
     (tmp_path / "csv").mkdir()
     bare = [{k: v for k, v in r.items() if k != "validation"} for r in rows]  # as read back from results.csv
     assert "curves" not in plot_all(bare, tmp_path / "csv")
+
+
+def test_paired_differences_per_comparison_and_setting_with_test_dice_when_every_row_has_it(tmp_path):
+    from anatosynth.experiment.plots import difference_lines
+
+    protocol = expand(RAW)
+    rows = _rows(protocol, _results(protocol))
+    # anatomy-long is 3 points above every other arm in every seed; compare once even when listed twice
+    metrics, lines = difference_lines(rows, "scratch", [["anatomy-long", "anatomy"], ["anatomy", "scratch"]])
+    assert metrics == ["dice"]
+    assert [name for name, _ in lines] == [f"{a} − {b}\na, 2 labelled" for a, b in
+                                           [("anatomy", "scratch"), ("anatomy-long", "scratch"),
+                                            ("anatomy-clutter", "scratch"), ("anatomy-long", "anatomy")]]
+    assert [per["dice"] for _, per in lines] == [[0.0, 0.0], [3.0, 3.0], [0.0, 0.0], [3.0, 3.0]]
+    for r in rows:
+        r["test_dice"] = r["dice"] - (1.0 if r["arm"] == "scratch" and r["seed"] == 1 else 0.0)
+    metrics, lines = difference_lines(rows, "scratch", [])
+    assert metrics == ["dice", "test_dice"] and lines[0][1]["test_dice"] == [0.0, 1.0]
+    paths = plot_all(rows, tmp_path, "scratch", 5, [["anatomy-long", "anatomy"]])
+    assert paths["differences"].name == "paired_differences.png" and paths["differences"].stat().st_size > 1000
+    only_baseline = [r for r in rows if r["arm"] == "scratch"]
+    (tmp_path / "b").mkdir()
+    assert "differences" not in plot_all(only_baseline, tmp_path / "b", "scratch")

@@ -267,3 +267,37 @@ def test_a_model_card_command_names_the_protocol_file_and_arm_without_local_path
     relative = expand(load_protocol(path), "protocols/tiny.yaml")
     assert release_command(relative, "x") == "anatosynth experiment protocols/tiny.yaml --out OUT --arms x"
     assert release_command(expand(load_protocol(path)), "x") == "anatosynth experiment tiny --out OUT --arms x"
+
+
+def test_a_second_runner_waits_for_a_job_another_runs_and_then_reuses_it(tmp_path, data_dir, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    import threading
+    import time
+
+    from anatosynth.experiment import runner as runner_mod
+    from anatosynth.experiment.protocol import expand, load_protocol
+
+    protocol = expand(load_protocol(_protocol(tmp_path, data_dir)))
+    job = next(j for j in protocol.finetunes if j.arm == "scratch")
+    out = tmp_path / "exp"
+    folder = out / "finetune" / job.key
+    calls: list[str] = []
+    monkeypatch.setattr(runner_mod.Runner, "call", lambda self, args, where: calls.append(args[0]))
+    monkeypatch.setattr(runner_mod, "read_report", lambda report, exclude=None: {"dice": 50.0, "per_class": {}})
+    run = runner_mod.Runner(out, protocol, threads=1)
+    folder.parent.mkdir(parents=True)
+    other = open(folder.parent / f"{job.key}.lock", "a")  # another runner holds the job
+    fcntl.flock(other, fcntl.LOCK_EX)
+    got: list = []
+    waiting = threading.Thread(target=lambda: got.append(run.finetune(job, None)))
+    waiting.start()
+    time.sleep(1.0)
+    assert waiting.is_alive() and calls == [] and "another experiment process" in (out / "experiment.log").read_text()
+    folder.mkdir()
+    (folder / "done.json").write_text("{}")  # the other runner finishes the job, then lets go
+    fcntl.flock(other, fcntl.LOCK_UN)
+    other.close()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and got == [{"dice": 50.0, "per_class": {}}] and calls == []  # reused, not re-run
+    (folder / "done.json").unlink()
+    assert run.finetune(job, None) == {"dice": 50.0, "per_class": {}} and calls[0] == "finetune"  # free: it runs
