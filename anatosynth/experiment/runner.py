@@ -504,6 +504,17 @@ def collect_results(path: Path) -> list[dict]:
     return rows
 
 
+def progress_line(protocol: Protocol, rows: list[dict]) -> str:
+    """How much of the grid the report covers: finished fine-tune runs of all, and per arm (a grid that runs
+    for days is reported while it runs)."""
+    done = {r["job"] for r in rows}
+    per_arm = {arm: (sum(j.key in done for j in protocol.finetunes if j.arm == arm),
+                     sum(j.arm == arm for j in protocol.finetunes))
+               for arm in dict.fromkeys(j.arm for j in protocol.finetunes)}
+    arms = ", ".join(f"{arm} {d}/{n}" for arm, (d, n) in per_arm.items())
+    return f"Finished: {len(done)} of {len(protocol.finetunes)} fine-tune runs ({arms})."
+
+
 def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
     """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
     from anatosynth.experiment.plots import plot_all
@@ -514,7 +525,7 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     pairs = protocol.raw.get("compare") or []
     summary = summarise(rows, protocol.baseline)
     comparisons = compare_arms(rows, pairs)
-    text = f"# {protocol.name}\n\n{markdown_table(summary, protocol.baseline)}\n"
+    text = f"# {protocol.name}\n\n{progress_line(protocol, rows)}\n\n{markdown_table(summary, protocol.baseline)}\n"
     text += f"{compare_table(comparisons)}\n" if comparisons else ""
     # the same on the test cases only (the validation cases that chose each checkpoint left out)
     tested = [r for r in rows if r.get("test_dice") is not None]

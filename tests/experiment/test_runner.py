@@ -205,16 +205,19 @@ def test_the_report_adds_a_test_cases_table_for_runs_that_know_their_validation_
                        "test_dice": 50.0 + j.seed + (1 if j.arm == "anatomy" else 0)} for j in protocol.finetunes}
     write_reports(_rows(protocol, results), tmp_path / "out", protocol)
     text = (tmp_path / "out" / "tiny" / "results.md").read_text()
+    assert "Finished: 4 of 4 fine-tune runs (scratch 2/2, anatomy 2/2)." in text
     main_part, test_part = text.split("## Test cases only")
     assert "| anatomy | 1 | endless | – | 2 | 62.50 ± 0.71 | 2.00 [2.00, 2.00] |" in main_part
     assert "4 of 4 runs" in test_part and "test Dice % (mean ± std)" in test_part
     assert "| anatomy | 1 | endless | – | 2 | 51.50 ± 0.71 | 1.00 [1.00, 1.00] |" in test_part
     assert "| chaos | 1 | anatomy − scratch | 2 | 1.00 [1.00, 1.00] |" in test_part
-    # results kept before test Dice existed: no second table
+    # results kept before test Dice existed: no second table; a grid half done says so
     for r in results.values():
         r["test_dice"] = None
+    del results[next(j.key for j in protocol.finetunes if j.arm == "anatomy")]
     write_reports(_rows(protocol, results), tmp_path / "out", protocol)
-    assert "Test cases only" not in (tmp_path / "out" / "tiny" / "results.md").read_text()
+    text = (tmp_path / "out" / "tiny" / "results.md").read_text()
+    assert "Test cases only" not in text and "Finished: 3 of 4 fine-tune runs (scratch 2/2, anatomy 1/2)." in text
 
 
 def test_a_result_kept_before_test_dice_gains_it_from_its_run_folder(tmp_path, data_dir):
