@@ -59,7 +59,9 @@ def register(sub) -> None:
                    help="run only these settings, comma-separated: a dataset name, or NAME:CASES for one "
                         "labelled-set size (e.g. chaos-t2:4)")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: tables and plots from the jobs finished so far")
+                   help="run nothing: tables and plots from the jobs finished so far (a result kept in the "
+                        "protocol's results: folder before test Dice existed gains it from its run folder under "
+                        "--out, if that is there)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_experiment)
     demo.register(sub)

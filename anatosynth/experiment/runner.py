@@ -83,6 +83,8 @@ class Runner:
         self.log = out / "experiment.log"
         self.report_only = report_only
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # set when the run fails or is interrupted: waiting jobs give up
+        self.lock_poll_s = 5.0
 
     def _say(self, text: str) -> None:
         if self.dry_run:  # a dry run writes nothing at all: the commands go to stdout
@@ -122,10 +124,12 @@ class Runner:
 
     @contextmanager
     def job_lock(self, folder: Path) -> Iterator[None]:
-        """Hold ``folder``'s job against other runners: two ``experiment`` processes on one folder (say one
-        per core, with overlapping arms) never run the same job at once; the second waits, then finds the
-        job finished and reuses it. The lock (``<folder>.lock`` beside the folder, an ``flock`` the system
-        drops when a process dies) is not taken by dry runs and ``--report-only``."""
+        """Hold ``folder``'s job against other ``experiment`` processes on the same folder: a job is never
+        run by two at once. The second waits for it (polling, so an interrupted run stops waiting), then
+        finds it finished and reuses it. This is for safety, not speed: two processes that walk the same
+        jobs mostly wait for each other; for parallel work use ``--jobs N`` or give each its own ``--arms``.
+        The lock is an ``flock`` on ``<folder>.lock`` beside the folder, dropped by the system when a
+        process dies; dry runs and ``--report-only`` take none."""
         try:
             import fcntl
         except ImportError:  # not a POSIX system: no locking
@@ -135,13 +139,20 @@ class Runner:
             return
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f"{folder.name}.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                note = f"{folder.name}: another experiment process is running this job; waiting for it"
-                self._say(note)
-                print(f"experiment: {note}", file=sys.stderr, flush=True)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+            said = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not said:
+                        note = f"{folder.name}: another experiment process is running this job; waiting for it"
+                        self._say(note)
+                        print(f"experiment: {note}", file=sys.stderr, flush=True)
+                        said = True
+                    if self.stopping.wait(self.lock_poll_s):
+                        raise AnatosynthError(f"job {folder.name}: stopped while waiting for another "
+                                              "experiment process to finish it") from None
             try:
                 yield
             finally:
@@ -257,8 +268,9 @@ class Runner:
 
 
     def complete_kept(self, kept: Path, job: FinetuneJob, folder: Path) -> dict:
-        """A kept result; one kept before results had ``test_dice`` gains it (and its per-case Dice) from
-        its run folder when that is still here, provided the folder gives the same Dice."""
+        """A kept result; one kept before results had ``test_dice`` gains it (with Dice per case and class
+        and the validation cases; nothing else in the file changes) from its run folder when that is still
+        here and gives the same Dice. This is the one place ``--report-only`` writes outside ``--out``."""
         result = read_result(kept)
         report = folder / "report" / "summary.json"
         if result["test_dice"] is not None or self.dry_run or not (self.done(folder) and report.is_file()):
@@ -266,7 +278,9 @@ class Runner:
         again = read_report(report.parent, validation_cases(folder))
         if again["test_dice"] is None or not math.isclose(again["dice"], result["dice"], abs_tol=1e-6):
             return result
-        keep_result(kept, job, again, folder)
+        record = json.loads(kept.read_text(encoding="utf-8"))
+        record.update({k: again[k] for k in ("test_dice", "per_case", "validation_cases")})
+        atomic_write_text(kept, json.dumps(record, indent=1) + "\n")
         self._say(f"{job.key}: kept result completed with its test Dice ({again['test_dice']:.2f} %)")
         return read_result(kept)
 
@@ -286,7 +300,7 @@ def validation_cases(folder: Path) -> list[str] | None:
     return [str(c) for c in val] if isinstance(val, list) else None
 
 
-def test_dice(per_case: dict, exclude: Iterable[str]) -> float | None:
+def dice_without(per_case: dict, exclude: Iterable[str]) -> float | None:
     """Mean foreground Dice (%) over the evaluation cases not in ``exclude``, computed as the evaluation's
     mean Dice is (mean over classes of each class's mean over cases, undefined values left out).
 
@@ -332,7 +346,7 @@ def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:
                 for case, per in (summary.get("per_case") or {}).items()}
     result = {"dice": mean, "per_class": per_class, "test_dice": None}
     if exclude is not None and per_case:
-        result.update(test_dice=test_dice(per_case, exclude), per_case=per_case, validation_cases=list(exclude))
+        result.update(test_dice=dice_without(per_case, exclude), per_case=per_case, validation_cases=list(exclude))
     return result
 
 
@@ -432,6 +446,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
             for future in futures:
                 future.result()  # re-raises the first failure
         except BaseException:
+            runner.stopping.set()  # jobs waiting for another process's lock give up
             pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end; start no new ones
             raise
         pool.shutdown()
@@ -533,9 +548,9 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     test_comparisons = compare_arms(tested, pairs, "test_dice") if tested else []
     if tested:
         text += (f"## Test cases only\n\nDice on the evaluation cases that did not choose the checkpoint "
-                 f"({len(tested)} of {len(rows)} runs know their validation cases).\n\n"
+                 f"(test Dice is known for {len(tested)} of {len(rows)} runs).\n\n"
                  f"{markdown_table(test_summary, protocol.baseline, 'test Dice %')}\n")
-        text += f"{compare_table(test_comparisons)}\n" if test_comparisons else ""
+        text += f"{compare_table(test_comparisons, 'Δ test Dice %')}\n" if test_comparisons else ""
     atomic_write_text(reports / "results.md", text)
     atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons,
                                                             "test_arms": test_summary,

@@ -118,12 +118,12 @@ def compare_arms(rows: list[dict], pairs: Sequence[Sequence[str]], metric: str =
     return out
 
 
-def compare_table(comparisons: list[dict]) -> str:
-    """A Markdown table of :func:`compare_arms` output ('' when there is none)."""
+def compare_table(comparisons: list[dict], label: str = "Δ Dice %") -> str:
+    """A Markdown table of :func:`compare_arms` output ('' when there is none; ``label``: the metric's Δ)."""
     if not comparisons:
         return ""
     lines = ["**paired differences between arms** (same dataset, seed and labelled cases)", "",
-             "| dataset | labelled cases | difference | n | Δ Dice % [95% CI] | per seed |",
+             f"| dataset | labelled cases | difference | n | {label} [95% CI] | per seed |",
              "|---|---|---|---|---|---|"]
     for c in comparisons:
         lines.append(f"| {c['dataset']} | {c['train_cases']} | {c['a']} − {c['b']} | {c['n_pairs']} | "

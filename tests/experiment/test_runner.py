@@ -171,14 +171,14 @@ def test_test_dice_leaves_out_the_validation_cases_and_averages_as_the_evaluatio
     import json
     import math
 
-    from anatosynth.experiment.runner import read_report, read_result, test_dice, validation_cases
+    from anatosynth.experiment.runner import dice_without, read_report, read_result, validation_cases
 
     per_case = {"a": {"liver": 0.9, "spleen": 0.5}, "b": {"liver": 0.7, "spleen": None},
                 "c": {"liver": 0.3, "spleen": 0.1}}
-    assert test_dice(per_case, []) == pytest.approx(100 * ((0.9 + 0.7 + 0.3) / 3 + (0.5 + 0.1) / 2) / 2)
+    assert dice_without(per_case, []) == pytest.approx(100 * ((0.9 + 0.7 + 0.3) / 3 + (0.5 + 0.1) / 2) / 2)
     # without "a": liver (0.7 + 0.3) / 2, spleen only c (b's spleen undefined)
-    assert test_dice(per_case, ["a"]) == pytest.approx(100 * (0.5 + 0.1) / 2)
-    assert test_dice(per_case, ["a", "b", "c"]) is None
+    assert dice_without(per_case, ["a"]) == pytest.approx(100 * (0.5 + 0.1) / 2)
+    assert dice_without(per_case, ["a", "b", "c"]) is None
     summary = {"mean_dice": 0.5, "classes": {n: {"dice": {"mean": 0.5}} for n in ("liver", "spleen")},
                "per_case": {c: {n: {"dice": v, "hd95": 1.0} for n, v in per.items()} for c, per in per_case.items()}}
     (tmp_path / "report").mkdir()
@@ -208,9 +208,9 @@ def test_the_report_adds_a_test_cases_table_for_runs_that_know_their_validation_
     assert "Finished: 4 of 4 fine-tune runs (scratch 2/2, anatomy 2/2)." in text
     main_part, test_part = text.split("## Test cases only")
     assert "| anatomy | 1 | endless | – | 2 | 62.50 ± 0.71 | 2.00 [2.00, 2.00] |" in main_part
-    assert "4 of 4 runs" in test_part and "test Dice % (mean ± std)" in test_part
+    assert "known for 4 of 4 runs" in test_part and "test Dice % (mean ± std)" in test_part
     assert "| anatomy | 1 | endless | – | 2 | 51.50 ± 0.71 | 1.00 [1.00, 1.00] |" in test_part
-    assert "| chaos | 1 | anatomy − scratch | 2 | 1.00 [1.00, 1.00] |" in test_part
+    assert "| chaos | 1 | anatomy − scratch | 2 | 1.00 [1.00, 1.00] |" in test_part and "Δ test Dice %" in test_part
     # results kept before test Dice existed: no second table; a grid half done says so
     for r in results.values():
         r["test_dice"] = None
@@ -241,16 +241,17 @@ def test_a_result_kept_before_test_dice_gains_it_from_its_run_folder(tmp_path, d
     run = runner_mod.Runner(out, protocol, threads=1)
     kept = run.result_file(job)
     kept.parent.mkdir(parents=True)
-    old = {"key": job.key, "dice": 50.0, "per_class": {"liver": 50.0}, "validation": []}
+    old = {"key": job.key, "dice": 50.0, "per_class": {"liver": 50.0}, "validation": [[100, 0.5, 0.4]],
+           "sessions": [{"from_step": 0, "commit": "abc"}]}
     kept.write_text(json.dumps(old))
     assert run.finetune(job, None)["test_dice"] is None  # the run folder is not finished: left alone
     (folder / "done.json").write_text("{}")
     assert run.finetune(job, None)["test_dice"] == pytest.approx(20.0)
     record = json.loads(kept.read_text())
     assert record["validation_cases"] == ["a"] and record["per_case"]["b"] == {"liver": 0.2}
-    assert record["dice"] == 50.0 and record["key"] == job.key
+    assert {k: record[k] for k in old} == old  # nothing else changes (the folder has no train.log here)
     # a folder whose Dice disagrees with the kept one (another computation) does not touch the result
-    old["key"], old["dice"] = job.key, 55.0
+    old["dice"] = 55.0
     kept.write_text(json.dumps(old))
     assert run.finetune(job, None)["test_dice"] is None and json.loads(kept.read_text()) == old
 
@@ -288,14 +289,19 @@ def test_a_second_runner_waits_for_a_job_another_runs_and_then_reuses_it(tmp_pat
     monkeypatch.setattr(runner_mod.Runner, "call", lambda self, args, where: calls.append(args[0]))
     monkeypatch.setattr(runner_mod, "read_report", lambda report, exclude=None: {"dice": 50.0, "per_class": {}})
     run = runner_mod.Runner(out, protocol, threads=1)
+    run.lock_poll_s = 0.05
     folder.parent.mkdir(parents=True)
     other = open(folder.parent / f"{job.key}.lock", "a")  # another runner holds the job
     fcntl.flock(other, fcntl.LOCK_EX)
     got: list = []
     waiting = threading.Thread(target=lambda: got.append(run.finetune(job, None)))
     waiting.start()
-    time.sleep(1.0)
-    assert waiting.is_alive() and calls == [] and "another experiment process" in (out / "experiment.log").read_text()
+    log = out / "experiment.log"
+    deadline = time.monotonic() + 30
+    while not (log.is_file() and "another experiment process" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert waiting.is_alive() and calls == [] and "another experiment process" in log.read_text()
     folder.mkdir()
     (folder / "done.json").write_text("{}")  # the other runner finishes the job, then lets go
     fcntl.flock(other, fcntl.LOCK_UN)
@@ -304,3 +310,20 @@ def test_a_second_runner_waits_for_a_job_another_runs_and_then_reuses_it(tmp_pat
     assert not waiting.is_alive() and got == [{"dice": 50.0, "per_class": {}}] and calls == []  # reused, not re-run
     (folder / "done.json").unlink()
     assert run.finetune(job, None) == {"dice": 50.0, "per_class": {}} and calls[0] == "finetune"  # free: it runs
+    # a run that stops (a failure elsewhere, Ctrl-C) stops waiting too, with one line
+    fcntl.flock(other := open(folder.parent / f"{job.key}.lock", "a"), fcntl.LOCK_EX)
+    (folder / "done.json").unlink()
+    errors: list = []
+
+    def wait_then_fail():
+        try:
+            run.finetune(job, None)
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            errors.append(err)
+
+    waiting = threading.Thread(target=wait_then_fail)
+    waiting.start()
+    run.stopping.set()
+    waiting.join(timeout=30)
+    other.close()
+    assert not waiting.is_alive() and "stopped while waiting for another experiment process" in str(errors[0])
