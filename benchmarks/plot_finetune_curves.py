@@ -19,14 +19,14 @@ def _keep(run: Path, label: str, curve: list, folder: Path) -> None:
 
     import yaml
 
-    from anatosynth.experiment.runner import read_report
+    from anatosynth.experiment.runner import read_report, validation_cases
 
     cfg_path = next((run / n for n in ("config.yaml", "config.json") if (run / n).is_file()), None)
     options = yaml.safe_load(cfg_path.read_text()) if cfg_path else {}
     record = {"run": run.name, "label": label, "validation": curve,
               "options": {k: v for k, v in options.items() if k not in ("data", "out", "val_cases")}}
     if (run / "report" / "summary.json").is_file():
-        record["held_out"] = read_report(run / "report")
+        record["held_out"] = read_report(run / "report", validation_cases(run))  # with test Dice
     folder.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", run.name)
     (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
