@@ -188,7 +188,7 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
         ax.axvline(0, color="0.5", ls="--", lw=1)
         ax.set_xlabel(xlabel)
         ax.set_yticks(range(len(lines)), [name for name, _ in lines], fontsize=7)
-    axes[0][0].invert_yaxis()  # the first comparison on top (the panels share the axis)
+    axes[0][0].set_ylim(len(lines) - 0.4, -0.6)  # the first comparison on top (the panels share the axis)
     axes[0][0].set_title("paired differences (dots: seeds; bar: 95 % CI of the mean)", fontsize=9, loc="left")
     fig.tight_layout()
     path = out / "paired_differences.png"
