@@ -11,6 +11,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from anatosynth.evaluate.metrics import ClassScore
 from anatosynth.io.volume import atomic_write_text
 
-__all__ = ["summarise", "write_reports", "markdown_table"]
+__all__ = ["summarise", "mean_dice", "write_reports", "markdown_table"]
 
 
 def _finite(values: list[float]) -> np.ndarray:
@@ -38,6 +39,25 @@ def _json_value(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def mean_dice(per_case: dict, exclude: Iterable[str] = ()) -> float | None:
+    """The evaluation's mean Dice: the mean over classes of each class's mean over cases, undefined values
+    (a class absent from reference and prediction) left out; None when nothing is scorable.
+
+    ``per_case``: case -> class -> Dice in [0, 1], or ``{"dice": ...}`` per class as ``summary.json``'s
+    ``per_case`` has it. ``exclude``: cases left out (e.g. the validation cases that chose a checkpoint).
+    """
+    left = set(exclude)
+    by_class: dict[str, list[float]] = {}
+    for case, classes in per_case.items():
+        if case in left:
+            continue
+        for name, v in classes.items():
+            v = v.get("dice") if isinstance(v, dict) else v
+            by_class.setdefault(name, []).append(math.nan if v is None else float(v))
+    class_means = [m for m in (_stats(v)["mean"] for v in by_class.values()) if m is not None]
+    return float(np.mean(class_means)) if class_means else None
+
+
 def summarise(scores: dict[str, dict[str, ClassScore]], class_names: list[str]) -> dict:
     """Aggregate per-case scores (case → class → score) into per-class and overall statistics."""
     classes: dict[str, dict[str, Any]] = {}
@@ -50,16 +70,16 @@ def summarise(scores: dict[str, dict[str, ClassScore]], class_names: list[str]) 
         warnings.simplefilter("ignore", RuntimeWarning)
         case_means = {c: float(np.nanmean([s.dice for s in per.values()])) if per else math.nan
                       for c, per in scores.items()}
-    class_means = [v["dice"]["mean"] for v in classes.values() if v["dice"]["mean"] is not None]
+    per_case = {c: {n: {"dice": _json_value(s.dice), "hd95": _json_value(s.hd95), "status": s.status,
+                        "ref_voxels": s.ref_voxels, "pred_voxels": s.pred_voxels}
+                    for n, s in per.items()} for c, per in scores.items()}
     hd_means = [v["hd95"]["mean"] for v in classes.values() if v["hd95"]["mean"] is not None]
     return {
         "classes": classes,
-        "mean_dice": float(np.mean(class_means)) if class_means else None,
+        "mean_dice": mean_dice(per_case),
         "mean_hd95": float(np.mean(hd_means)) if hd_means else None,
         "case_mean_dice": {c: _json_value(v) for c, v in case_means.items()},
-        "per_case": {c: {n: {"dice": _json_value(s.dice), "hd95": _json_value(s.hd95), "status": s.status,
-                             "ref_voxels": s.ref_voxels, "pred_voxels": s.pred_voxels}
-                         for n, s in per.items()} for c, per in scores.items()},
+        "per_case": per_case,
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anatosynth.experiment.stats import bootstrap_ci, main_grid, paired_differences
+from anatosynth.experiment.stats import compare_arms, main_grid
 
 __all__ = ["plot_all"]
 
@@ -142,21 +142,22 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
 
 def difference_lines(rows: list[dict], baseline: str, pairs: list) -> tuple[list[str], list[tuple[str, dict]]]:
     """What :func:`_plot_differences` draws: the metrics (``dice``, and ``test_dice`` when every main-grid row
-    has it) and, per comparison and setting with at least one pair, ``(label, {metric: per-seed Δ})``.
-    Comparisons: each arm against ``baseline``, then ``pairs`` (the protocol's ``compare``), once each."""
+    has it) and, per comparison and setting with at least one pair, ``(label, {metric: comparison})`` with
+    the comparison as :func:`~anatosynth.experiment.stats.compare_arms` gives it (``per_pair``, ``delta``,
+    ``delta_lo``, ``delta_hi``; None for a metric without pairs). Comparisons: each arm against
+    ``baseline``, then ``pairs`` (the protocol's ``compare``), once each."""
     main = main_grid(rows)
     arms = list(dict.fromkeys(r["arm"] for r in main))
     comparisons = list(dict.fromkeys([(a, baseline) for a in arms if a != baseline] + [tuple(p) for p in pairs]))
     metrics = ["dice"] + (["test_dice"] if main and all(r.get("test_dice") is not None for r in main) else [])
+    found = {m: {(c["a"], c["b"], c["dataset"], c["train_cases"]): c for c in compare_arms(main, comparisons, m)}
+             for m in metrics}
     settings = list(dict.fromkeys((r["dataset"], r["train_cases"]) for r in main))
-    lines: list[tuple[str, dict[str, list[float]]]] = []
+    lines: list[tuple[str, dict[str, dict | None]]] = []
     for a, b in comparisons:
-        two = [r for r in main if r["arm"] in (a, b)]
-        found = {m: paired_differences(two, baseline=b, metric=m) for m in metrics}
         for ds, k in settings:
-            per = {m: next((d for key, d in found[m].items() if key[0] == ds and key[1] == k and key[-1] == a), [])
-                   for m in metrics}
-            if per["dice"]:
+            per = {m: found[m].get((a, b, ds, k)) for m in metrics}
+            if per["dice"] is not None:
                 lines.append((f"{a} − {b}\n{ds}, {k} labelled", per))
     return metrics, lines
 
@@ -176,15 +177,15 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
                              squeeze=False, sharey=True)
     for ax, (metric, xlabel) in zip(axes[0], metrics):
         for y, (_, per) in enumerate(lines):
-            d = per[metric]
-            if not d:
+            c = per[metric]
+            if c is None:
                 continue
-            lo, hi = bootstrap_ci(d)
+            lo, hi = c["delta_lo"], c["delta_hi"]
             colour = "C2" if lo > 0 else ("C3" if hi < 0 else "0.3")  # interval above / below zero / across
             if np.isfinite(lo) and np.isfinite(hi):
                 ax.plot([lo, hi], [y, y], color=colour, lw=2.5, alpha=0.7)
-            ax.scatter(d, np.full(len(d), y) + 0.18, s=9, color="k", zorder=3)
-            ax.scatter([np.mean(d)], [y], marker="D", s=30, color=colour, zorder=4)
+            ax.scatter(c["per_pair"], np.full(len(c["per_pair"]), y) + 0.18, s=9, color="k", zorder=3)
+            ax.scatter([c["delta"]], [y], marker="D", s=30, color=colour, zorder=4)
         ax.axvline(0, color="0.5", ls="--", lw=1)
         ax.set_xlabel(xlabel)
         ax.set_yticks(range(len(lines)), [name for name, _ in lines], fontsize=7)

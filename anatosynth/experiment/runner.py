@@ -301,24 +301,16 @@ def validation_cases(folder: Path) -> list[str] | None:
 
 
 def dice_without(per_case: dict, exclude: Iterable[str]) -> float | None:
-    """Mean foreground Dice (%) over the evaluation cases not in ``exclude``, computed as the evaluation's
-    mean Dice is (mean over classes of each class's mean over cases, undefined values left out).
+    """Mean foreground Dice (%) over the evaluation cases not in ``exclude``, as the evaluation computes it
+    (:func:`~anatosynth.evaluate.report.mean_dice`).
 
     The evaluation set holds the validation cases that chose the best checkpoint (the BTCV recipe, see
     docs/method.md "Splits"); without them, the score is of cases that played no part in the run.
-    ``per_case``: case -> class -> Dice in [0, 1] (or ``{"dice": ...}``, as ``summary.json`` has it).
     """
-    left = set(exclude)
-    by_class: dict[str, list[float]] = {}
-    for case, classes in per_case.items():
-        if case in left:
-            continue
-        for name, v in classes.items():
-            v = v.get("dice") if isinstance(v, dict) else v
-            if v is not None and math.isfinite(float(v)):
-                by_class.setdefault(name, []).append(float(v))
-    means = [sum(v) / len(v) for v in by_class.values() if v]
-    return 100.0 * sum(means) / len(means) if means else None
+    from anatosynth.evaluate.report import mean_dice
+
+    mean = mean_dice(per_case, exclude)
+    return None if mean is None else 100.0 * mean
 
 
 def release_command(protocol: Protocol, arm: str) -> str:
@@ -335,7 +327,8 @@ def release_command(protocol: Protocol, arm: str) -> str:
 
 def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:
     """Mean foreground Dice (%) and per-class Dice from an evaluation ``summary.json``; with ``exclude``
-    (the run's validation cases) also ``test_dice`` (without them) and ``per_case`` (case -> class -> Dice)."""
+    (the run's validation cases) also ``test_dice`` (without them) and ``per_case`` (case -> class -> Dice).
+    ``per_case_dice``: each case's mean over its classes."""
     summary = json.loads((report / "summary.json").read_text())
     classes = summary["classes"]
     per_class = {name: 100.0 * float(c["dice"]["mean"]) for name, c in classes.items()
@@ -344,7 +337,8 @@ def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:
     mean = float("nan") if summary.get("mean_dice") is None else float(summary["mean_dice"]) * 100.0
     per_case = {case: {name: v.get("dice") for name, v in per.items()}
                 for case, per in (summary.get("per_case") or {}).items()}
-    result = {"dice": mean, "per_class": per_class, "test_dice": None}
+    result = {"dice": mean, "per_class": per_class, "test_dice": None,
+              "per_case_dice": summary.get("case_mean_dice")}
     if exclude is not None and per_case:
         result.update(test_dice=dice_without(per_case, exclude), per_case=per_case, validation_cases=list(exclude))
     return result
@@ -354,13 +348,11 @@ def keep_result(path: Path, job: FinetuneJob, result: dict, folder: Path) -> Non
     """Write a finished job's metrics (not its checkpoints) where the repository keeps them: Dice over the
     evaluation cases and over its test cases (``test_dice``: the validation cases left out), Dice per case
     and class, the validation curve, and the sessions of its fine-tuning (start step, code commit)."""
-    summary = json.loads((folder / "report" / "summary.json").read_text())
     meta_path = folder / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     record = {"key": job.key, "arm": job.arm, "dataset": job.dataset, "seed": job.seed,
               "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
               "pretrain": job.pretrain, "options": job.options, **result,
-              "per_case_dice": summary.get("case_mean_dice"),
               "validation": validation_curve(folder), "sessions": meta.get("sessions")}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")

@@ -71,11 +71,13 @@ def test_paired_differences_per_comparison_and_setting_with_test_dice_when_every
     assert [name for name, _ in lines] == [f"{a} − {b}\na, 2 labelled" for a, b in
                                            [("anatomy", "scratch"), ("anatomy-long", "scratch"),
                                             ("anatomy-clutter", "scratch"), ("anatomy-long", "anatomy")]]
-    assert [per["dice"] for _, per in lines] == [[0.0, 0.0], [3.0, 3.0], [0.0, 0.0], [3.0, 3.0]]
+    assert [per["dice"]["per_pair"] for _, per in lines] == [[0.0, 0.0], [3.0, 3.0], [0.0, 0.0], [3.0, 3.0]]
+    assert [per["dice"]["delta"] for _, per in lines] == [0.0, 3.0, 0.0, 3.0]
     for r in rows:
         r["test_dice"] = r["dice"] - (1.0 if r["arm"] == "scratch" and r["seed"] == 1 else 0.0)
     metrics, lines = difference_lines(rows, "scratch", [])
-    assert metrics == ["dice", "test_dice"] and lines[0][1]["test_dice"] == [0.0, 1.0]
+    assert metrics == ["dice", "test_dice"] and lines[0][1]["test_dice"]["per_pair"] == [0.0, 1.0]
+    assert lines[0][1]["test_dice"]["delta"] == 0.5 and lines[0][1]["test_dice"]["delta_lo"] == 0.0
     paths = plot_all(rows, tmp_path, "scratch", 5, [["anatomy-long", "anatomy"]])
     assert paths["differences"].name == "paired_differences.png" and paths["differences"].stat().st_size > 1000
     only_baseline = [r for r in rows if r["arm"] == "scratch"]
