@@ -259,3 +259,21 @@ def test_committed_results_are_jobs_of_the_protocols_that_keep_them():
     for folder, known in keys.items():
         for f in sorted((root / folder).glob("*.json")):
             assert json.loads(f.read_text())["key"] in known, f"{f.name}: no shipped protocol has this job any more"
+
+
+def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
+    """cpu-long-budget adds only the 2,500-patch arm: its scratch and anatomy fine-tunes must be cpu-long's own
+    jobs (same keys, so the same kept results), and its arms must differ from anatomy only in budget."""
+    root = Path(__file__).resolve().parents[2]
+    grid = expand(load_protocol(root / "protocols" / "cpu-long.yaml"))
+    budget = expand(load_protocol(root / "protocols" / "cpu-long-budget.yaml"))
+    shared = {j.key for j in budget.finetunes if j.arm in ("scratch", "anatomy")}
+    assert len(shared) == 12 and shared <= {j.key for j in grid.finetunes}
+    assert budget.results == grid.results
+    new = [j for j in budget.finetunes if j.arm == "anatomy-2.5k"]
+    assert len(new) == 6 and not {j.key for j in new} & {j.key for j in grid.finetunes}
+    from anatosynth.experiment.runner import _budget_and_recipe
+
+    points = {j.arm: _budget_and_recipe(budget, j) for j in budget.finetunes}
+    assert points["anatomy-2.5k"][0] == 2500 and points["anatomy"][0] == 10000
+    assert points["anatomy-2.5k"][1] == points["anatomy"][1]  # one recipe: one line in dice_vs_budget.png
