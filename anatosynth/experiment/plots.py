@@ -65,23 +65,31 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     fig.savefig(paths["per_arm"], dpi=110)
     plt.close(fig)
 
-    # 2. Dice against labelled cases
+    # 2. Dice against labelled cases: a log2 axis ticked at the sizes run, arms nudged apart so that their
+    # error bars (± one standard deviation over seeds) do not hide each other
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
-        for i, arm in enumerate(arms):
+        here = [r for r in main_grid(rows) if r["dataset"] == ds]
+        shown = [a for a in arms if any(r["arm"] == a for r in here)]
+        for j, arm in enumerate(shown):
             by_k = defaultdict(list)
-            for r in main_grid(rows):
-                if r["dataset"] == ds and r["arm"] == arm:
+            for r in here:
+                if r["arm"] == arm:
                     by_k[r["train_cases"]].append(r["dice"])
-            if not by_k:
-                continue
             ks = sorted(by_k)
             ms = np.array([_mean_std(by_k[k]) for k in ks])
-            ax.errorbar(ks, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm,
-                        color="0.4" if arm == baseline else f"C{i}")
+            nudge = 2 ** (0.06 * (j - (len(shown) - 1) / 2))
+            ax.errorbar([k * nudge for k in ks], ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm,
+                        color="0.4" if arm == baseline else f"C{arms.index(arm)}")
+        sizes = sorted({r["train_cases"] for r in here})
+        if sizes:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(k) for k in sizes])
+            ax.minorticks_off()
+            ax.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
         ax.set_xlabel("labelled training cases")
         ax.set_ylabel("mean foreground Dice (%)")
-        ax.set_title(ds)
+        ax.set_title(f"{ds} (mean ± std over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     paths["labelled"] = out / "dice_vs_labelled.png"
