@@ -525,7 +525,14 @@ def progress_line(protocol: Protocol, rows: list[dict]) -> str:
 def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
     """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
     from anatosynth.experiment.plots import plot_all
-    from anatosynth.experiment.stats import compare_arms, compare_table, markdown_table, summarise
+    from anatosynth.experiment.stats import (
+        compare_arms,
+        compare_table,
+        markdown_table,
+        per_class_summary,
+        per_class_table,
+        summarise,
+    )
 
     reports = report_dir(out, protocol)
     reports.mkdir(parents=True, exist_ok=True)
@@ -543,10 +550,16 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
                  f"(test Dice is known for {len(tested)} of {len(rows)} runs).\n\n"
                  f"{markdown_table(test_summary, protocol.baseline, 'test Dice %')}\n")
         text += f"{compare_table(test_comparisons, 'Δ test Dice %')}\n" if test_comparisons else ""
+    # where a gain comes from: each class's Dice over the evaluation cases
+    by_class = per_class_summary(rows, protocol.baseline)
+    table = per_class_table(by_class, protocol.baseline)
+    if table:
+        text += f"## Per class\n\nDice per class over the evaluation cases, as in the first table.\n\n{table}\n"
     atomic_write_text(reports / "results.md", text)
     atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons,
                                                             "test_arms": test_summary,
-                                                            "test_comparisons": test_comparisons}, indent=1))
+                                                            "test_comparisons": test_comparisons,
+                                                            "per_class": by_class}, indent=1))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     return {"table": reports / "results.md", **plots}

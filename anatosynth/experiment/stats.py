@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 __all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "compare_arms", "compare_table",
-           "main_grid", "PAIR_KEYS"]
+           "main_grid", "per_class_summary", "per_class_table", "PAIR_KEYS"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
@@ -130,3 +130,38 @@ def compare_table(comparisons: list[dict], label: str = "Δ Dice %") -> str:
                      f"{_fmt(c['delta'])} [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}] | "
                      f"{', '.join(f'{x:+.1f}' for x in c['per_pair'])} |")
     return "\n".join(lines) + "\n"
+
+
+def per_class_summary(rows: list[dict], baseline: str = "scratch") -> list[dict]:
+    """:func:`summarise` per class on the main grid: which organs an arm's gain comes from. Rows need
+    ``per_class`` (class -> Dice %); a class a run did not score is left out of that run's pairs."""
+    main = main_grid(rows)
+    classes = list(dict.fromkeys(c for r in main for c in (r.get("per_class") or {})))
+    out = []
+    for name in classes:
+        scored = [{**r, "class_dice": float(r["per_class"][name])} for r in main if name in (r.get("per_class") or {})]
+        out += [{"class": name, **s} for s in summarise(scored, baseline, "class_dice")]
+    return out
+
+
+def per_class_table(per_class: list[dict], baseline: str = "scratch") -> str:
+    """A Markdown table of :func:`per_class_summary` output, one block per dataset and labelled-set size:
+    the baseline's mean Dice per class, then each arm's paired Δ with its 95 % CI ('' when there is none)."""
+    lines = []
+    for ds, k in dict.fromkeys((s["dataset"], s["train_cases"]) for s in per_class):
+        block = [s for s in per_class if s["dataset"] == ds and s["train_cases"] == k]
+        arms = [a for a in dict.fromkeys(s["arm"] for s in block) if a != baseline]
+        if not arms:
+            continue
+        lines += [f"**{ds}, {k} labelled** (Dice % per class; Δ: paired differences over seeds, [95% CI])", "",
+                  f"| class | {baseline} (mean ± std) | " + " | ".join(f"Δ {a} − {baseline}" for a in arms) + " |",
+                  "|---|---|" + "---|" * len(arms)]
+        for name in dict.fromkeys(s["class"] for s in block):
+            cells = {s["arm"]: s for s in block if s["class"] == name}
+            b = cells.get(baseline)
+            base = "n/a" if not b else _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "")
+            deltas = ["n/a" if not (c := cells.get(a)) or not c["n_pairs"] else _fmt(c["delta"]) + (
+                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}]" if c["n_pairs"] > 1 else "") for a in arms]
+            lines.append(f"| {name} | {base} | " + " | ".join(deltas) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -59,3 +59,25 @@ def test_compare_two_pretrained_arms_pairs_by_seed():
     assert c["delta_lo"] == c["delta_hi"] == 1.0
     assert "| chaos | 4 | anatomy − random | 4 | 1.00 [1.00, 1.00] | +1.0, +1.0, +1.0, +1.0 |" in compare_table([c])
     assert compare_table([]) == ""
+
+
+def test_per_class_differences_show_where_a_gain_comes_from():
+    from anatosynth.experiment.stats import per_class_summary, per_class_table
+
+    rows = []
+    for seed in range(3):  # anatomy gains 6 points on the spleen only; the liver is level
+        rows.append({"arm": "scratch", "dataset": "chaos", "seed": seed, "train_cases": 1, "dice": 60.0,
+                     "per_class": {"liver": 80.0 + seed, "spleen": 40.0}})
+        rows.append({"arm": "anatomy", "dataset": "chaos", "seed": seed, "train_cases": 1, "dice": 63.0,
+                     "per_class": {"liver": 80.0 + seed, "spleen": 46.0}})
+    rows.append({"arm": "scratch", "dataset": "kbp", "seed": 0, "train_cases": 4, "dice": 30.0,
+                 "per_class": {"mandible": 30.0}})  # another dataset's classes stay in its own block
+    rows.append({"arm": "anatomy", "dataset": "chaos", "seed": 0, "train_cases": 1, "samples": 250, "dice": 0.0,
+                 "per_class": {"liver": 0.0, "spleen": 0.0}})  # a scaling row: not the main grid
+    got = {(s["dataset"], s["arm"], s["class"]): s for s in per_class_summary(rows)}
+    assert got[("chaos", "anatomy", "spleen")]["delta"] == 6.0 and got[("chaos", "anatomy", "liver")]["delta"] == 0.0
+    assert ("chaos", "scratch", "mandible") not in got and got[("kbp", "scratch", "mandible")]["n"] == 1
+    table = per_class_table(per_class_summary(rows))
+    assert "| spleen | 40.00 ± 0.00 | 6.00 [6.00, 6.00] |" in table and "| liver | 81.00 ± 1.00 | 0.00 [0.00, 0.00] |" in table
+    assert "kbp" not in table  # no arm but the baseline there: nothing to compare
+    assert per_class_table([]) == ""
