@@ -206,36 +206,57 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
     return path
 
 
-def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None:
-    """Dice against the pre-training budget (synthetic patches), one line per recipe that was run at two or
-    more budgets (arms differing only in ``steps``), one panel per dataset and labelled-set size, the
-    baseline as a band. None when no recipe has two budgets."""
+def budget_lines(rows: list[dict], baseline: str) -> dict[tuple[str, int], dict[str, list[tuple[int, dict]]]]:
+    """What :func:`_plot_budget` draws: per setting (dataset, labelled cases) and per recipe run at two or
+    more budgets (arms that differ only in pre-training steps), ``(budget, comparison)`` points sorted by
+    budget, the comparison being the arm's paired difference from ``baseline`` as
+    :func:`~anatosynth.experiment.stats.compare_arms` gives it. Settings and points without pairs are left out."""
     main = [r for r in main_grid(rows) if r.get("budget")]
     budgets: dict[str, set[int]] = defaultdict(set)
     for r in main:
         budgets[r["recipe"]].add(r["budget"])
-    lines = [recipe for recipe, b in budgets.items() if len(b) > 1]
-    if not lines:
+    recipes = [recipe for recipe, b in budgets.items() if len(b) > 1]
+    arms = {r["arm"]: (r["recipe"], r["budget"]) for r in main if r["recipe"] in recipes}
+    found = compare_arms(rows, [(arm, baseline) for arm in arms])
+    out: dict[tuple[str, int], dict[str, list[tuple[int, dict]]]] = {}
+    for c in found:
+        recipe, budget = arms[c["a"]]
+        out.setdefault((c["dataset"], c["train_cases"]), {}).setdefault(recipe, []).append((budget, c))
+    for lines in out.values():
+        for points in lines.values():
+            points.sort(key=lambda p: p[0])
+    return out
+
+
+def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None:
+    """The paired gain over ``baseline`` against the pre-training budget (synthetic patches, log axis): one
+    line per recipe run at two or more budgets (see :func:`budget_lines`), the mean with its 95 % bootstrap
+    interval and each seed's difference as a dot, one panel per dataset and labelled-set size. Paired
+    differences, not Dice itself: the seeds' spread (which cases are labelled) would hide the trend. None
+    when no recipe has two budgets with pairs."""
+    panels = budget_lines(rows, baseline)
+    if not panels:
         return None
-    panels = sorted({(r["dataset"], r["train_cases"]) for r in main if r["recipe"] in lines})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
-    for ax, (ds, k) in zip(axes[0], panels):
-        for i, recipe in enumerate(lines):
-            by_b = defaultdict(list)
-            for r in main:
-                if r["recipe"] == recipe and r["dataset"] == ds and r["train_cases"] == k:
-                    by_b[r["budget"]].append(r["dice"])
-            if not by_b:
-                continue
-            xs = sorted(by_b)
-            ms = np.array([_mean_std(by_b[x]) for x in xs])
-            names = " / ".join(dict.fromkeys(r["arm"] for r in main if r["recipe"] == recipe))
-            ax.errorbar(xs, ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=names, color=f"C{i}")
-        _baseline_band(ax, rows, ds, k, baseline)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, ((ds, k), lines) in zip(axes[0], sorted(panels.items())):
+        ticks: set[int] = set()
+        for i, points in enumerate(lines.values()):
+            xs = [b for b, _ in points]
+            ticks.update(xs)
+            mean = [c["delta"] for _, c in points]
+            err = np.array([[c["delta"] - c["delta_lo"], c["delta_hi"] - c["delta"]] for _, c in points]).T
+            ax.errorbar(xs, mean, yerr=np.nan_to_num(err), marker="o", capsize=3, color=f"C{i}",
+                        label=" / ".join(c["a"] for _, c in points))
+            for b, c in points:
+                ax.scatter(np.full(len(c["per_pair"]), b * 1.04), c["per_pair"], s=9, color="k", zorder=3)
+        ax.axhline(0, color="0.5", ls="--", lw=1, label=baseline)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(ticks), [f"{t:,}" for t in sorted(ticks)])
+        ax.minorticks_off()
+        ax.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
         ax.set_xlabel("pre-training budget (synthetic patches)")
-        ax.set_ylabel("mean foreground Dice (%)")
-        ax.set_title(f"{ds}, {k} labelled cases")
+        ax.set_ylabel(f"Δ Dice vs {baseline} (points)")
+        ax.set_title(f"{ds}, {k} labelled (mean, 95 % CI; dots: seeds)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "dice_vs_budget.png"

@@ -42,7 +42,14 @@ def test_rows_carry_budget_and_recipe_and_survive_the_csv(tmp_path):
 
 
 def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
+    from anatosynth.experiment.plots import budget_lines
+
     protocol = expand(RAW)
+    # one recipe at two budgets (anatomy 20 patches, anatomy-long 60, 3 points ahead), as paired gains
+    (panel,) = budget_lines(_rows(protocol, _results(protocol)), "scratch").values()
+    (points,) = panel.values()
+    assert [(b, c["a"], c["delta"], c["n_pairs"]) for b, c in points] == [(20, "anatomy", 0.0, 2),
+                                                                         (60, "anatomy-long", 3.0, 2)]
     paths = plot_all(_rows(protocol, _results(protocol)), tmp_path)
     assert paths["budget"] == tmp_path / "dice_vs_budget.png" and paths["budget"].stat().st_size > 1000
     one_budget = expand({**RAW, "arms": [a for a in RAW["arms"] if a["name"] != "anatomy-long"]})
