@@ -210,21 +210,27 @@ def budget_lines(rows: list[dict], baseline: str) -> dict[tuple[str, int], dict[
     """What :func:`_plot_budget` draws: per setting (dataset, labelled cases) and per recipe run at two or
     more budgets (arms that differ only in pre-training steps), ``(budget, comparison)`` points sorted by
     budget, the comparison being the arm's paired difference from ``baseline`` as
-    :func:`~anatosynth.experiment.stats.compare_arms` gives it. Settings and points without pairs are left out."""
+    :func:`~anatosynth.experiment.stats.compare_arms` gives it. Every point of a line uses the same seeds
+    (those finished at every budget and for the baseline), so that a grid half done cannot draw a trend
+    that is only a change of seeds. Lines with fewer than two such budgets are left out."""
     main = [r for r in main_grid(rows) if r.get("budget")]
     budgets: dict[str, set[int]] = defaultdict(set)
     for r in main:
         budgets[r["recipe"]].add(r["budget"])
-    recipes = [recipe for recipe, b in budgets.items() if len(b) > 1]
-    arms = {r["arm"]: (r["recipe"], r["budget"]) for r in main if r["recipe"] in recipes}
-    found = compare_arms(rows, [(arm, baseline) for arm in arms])
+    base = main_grid([r for r in rows if r["arm"] == baseline])
     out: dict[tuple[str, int], dict[str, list[tuple[int, dict]]]] = {}
-    for c in found:
-        recipe, budget = arms[c["a"]]
-        out.setdefault((c["dataset"], c["train_cases"]), {}).setdefault(recipe, []).append((budget, c))
-    for lines in out.values():
-        for points in lines.values():
-            points.sort(key=lambda p: p[0])
+    for recipe in (recipe for recipe, b in budgets.items() if len(b) > 1):
+        for ds, k in dict.fromkeys((r["dataset"], r["train_cases"]) for r in main if r["recipe"] == recipe):
+            line = [r for r in main if r["recipe"] == recipe and r["dataset"] == ds and r["train_cases"] == k]
+            arms = list(dict.fromkeys(r["arm"] for r in line))
+            seeds = {r["seed"] for r in base if r["dataset"] == ds and r["train_cases"] == k}
+            for arm in arms:
+                seeds &= {r["seed"] for r in line if r["arm"] == arm}
+            kept = [r for r in line + base if r["seed"] in seeds and r["dataset"] == ds and r["train_cases"] == k]
+            points = sorted(((next(r["budget"] for r in line if r["arm"] == c["a"]), c)
+                             for c in compare_arms(kept, [(arm, baseline) for arm in arms])), key=lambda p: p[0])
+            if len(points) > 1:
+                out.setdefault((ds, k), {})[recipe] = points
     return out
 
 
@@ -233,7 +239,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
     line per recipe run at two or more budgets (see :func:`budget_lines`), the mean with its 95 % bootstrap
     interval and each seed's difference as a dot, one panel per dataset and labelled-set size. Paired
     differences, not Dice itself: the seeds' spread (which cases are labelled) would hide the trend. None
-    when no recipe has two budgets with pairs."""
+    when no recipe has two budgets with pairs (see :func:`budget_lines`)."""
     panels = budget_lines(rows, baseline)
     if not panels:
         return None
@@ -246,7 +252,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
             mean = [c["delta"] for _, c in points]
             err = np.array([[c["delta"] - c["delta_lo"], c["delta_hi"] - c["delta"]] for _, c in points]).T
             ax.errorbar(xs, mean, yerr=np.nan_to_num(err), marker="o", capsize=3, color=f"C{i}",
-                        label=" / ".join(c["a"] for _, c in points))
+                        label=" / ".join(c["a"] for _, c in points) + f" ({points[0][1]['n_pairs']} seeds)")
             for b, c in points:
                 ax.scatter(np.full(len(c["per_pair"]), b * 1.04), c["per_pair"], s=9, color="k", zorder=3)
         ax.axhline(0, color="0.5", ls="--", lw=1, label=baseline)
@@ -255,7 +261,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
         ax.minorticks_off()
         ax.set_xlim(min(ticks) / 1.6, max(ticks) * 1.6)
         ax.set_xlabel("pre-training budget (synthetic patches)")
-        ax.set_ylabel(f"Δ Dice vs {baseline} (points)")
+        ax.set_ylabel(f"Δ Dice vs {baseline}, evaluation cases (points)")
         ax.set_title(f"{ds}, {k} labelled (mean, 95 % CI; dots: seeds)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -528,6 +528,7 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     from anatosynth.experiment.stats import (
         compare_arms,
         compare_table,
+        json_ready,
         markdown_table,
         per_class_summary,
         per_class_table,
@@ -554,12 +555,13 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     by_class = per_class_summary(rows, protocol.baseline)
     table = per_class_table(by_class, protocol.baseline)
     if table:
-        text += f"## Per class\n\nDice per class over the evaluation cases, as in the first table.\n\n{table}\n"
+        text += ("## Per class\n\nDice per class over the evaluation cases, as in the first table; Δ: paired "
+                 "differences [95 % bootstrap CI], per class and uncorrected for the number of classes, so a "
+                 "descriptive view of where a gain comes from.\n\n" f"{table}\n")
     atomic_write_text(reports / "results.md", text)
-    atomic_write_text(reports / "summary.json", json.dumps({"arms": summary, "comparisons": comparisons,
-                                                            "test_arms": test_summary,
-                                                            "test_comparisons": test_comparisons,
-                                                            "per_class": by_class}, indent=1))
+    everything = {"arms": summary, "comparisons": comparisons, "test_arms": test_summary,
+                  "test_comparisons": test_comparisons, "per_class": by_class}
+    atomic_write_text(reports / "summary.json", json.dumps(json_ready(everything), indent=1, allow_nan=False))
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     return {"table": reports / "results.md", **plots}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 __all__ = ["bootstrap_ci", "paired_differences", "summarise", "markdown_table", "compare_arms", "compare_table",
-           "main_grid", "per_class_summary", "per_class_table", "PAIR_KEYS"]
+           "main_grid", "per_class_summary", "per_class_table", "json_ready", "PAIR_KEYS"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
@@ -145,23 +145,39 @@ def per_class_summary(rows: list[dict], baseline: str = "scratch") -> list[dict]
 
 
 def per_class_table(per_class: list[dict], baseline: str = "scratch") -> str:
-    """A Markdown table of :func:`per_class_summary` output, one block per dataset and labelled-set size:
-    the baseline's mean Dice per class, then each arm's paired Δ with its 95 % CI ('' when there is none)."""
+    """A Markdown table of :func:`per_class_summary` output, one block per dataset and labelled-set size
+    with an arm besides the baseline: the baseline's Dice per class (mean ± std over its n seeds), then each
+    arm's paired Δ (mean over its n pairs, with the 95 % bootstrap CI from two pairs on; n/a without
+    pairs). Returns '' when no block has such an arm. The intervals are per class and uncorrected for the
+    number of classes: a descriptive view of where a gain comes from, not a test per organ."""
     lines = []
     for ds, k in dict.fromkeys((s["dataset"], s["train_cases"]) for s in per_class):
         block = [s for s in per_class if s["dataset"] == ds and s["train_cases"] == k]
         arms = [a for a in dict.fromkeys(s["arm"] for s in block) if a != baseline]
         if not arms:
             continue
-        lines += [f"**{ds}, {k} labelled** (Dice % per class; Δ: paired differences over seeds, [95% CI])", "",
-                  f"| class | {baseline} (mean ± std) | " + " | ".join(f"Δ {a} − {baseline}" for a in arms) + " |",
+        lines += [f"**{ds}, {k} labelled**", "",
+                  f"| class | {baseline}: Dice % (n) | " + " | ".join(f"Δ {a} − {baseline} (n)" for a in arms) + " |",
                   "|---|---|" + "---|" * len(arms)]
         for name in dict.fromkeys(s["class"] for s in block):
             cells = {s["arm"]: s for s in block if s["class"] == name}
             b = cells.get(baseline)
-            base = "n/a" if not b else _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "")
+            base = "n/a" if not b else _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "") + f" ({b['n']})"
             deltas = ["n/a" if not (c := cells.get(a)) or not c["n_pairs"] else _fmt(c["delta"]) + (
-                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}]" if c["n_pairs"] > 1 else "") for a in arms]
+                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}]" if c["n_pairs"] > 1 else "") + f" ({c['n_pairs']})"
+                for a in arms]
             lines.append(f"| {name} | {base} | " + " | ".join(deltas) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def json_ready(value):
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, recursively: ``json.dumps``
+    would write them as ``NaN``, which is not JSON and which other tools refuse."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

@@ -50,6 +50,11 @@ def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
     (points,) = panel.values()
     assert [(b, c["a"], c["delta"], c["n_pairs"]) for b, c in points] == [(20, "anatomy", 0.0, 2),
                                                                          (60, "anatomy-long", 3.0, 2)]
+    # a grid half done: anatomy-long has seed 0 only, so both points use seed 0 alone
+    half = [r for r in _rows(protocol, _results(protocol)) if not (r["arm"] == "anatomy-long" and r["seed"] == 1)]
+    (panel,) = budget_lines(half, "scratch").values()
+    assert [(c["a"], c["n_pairs"]) for _, c in next(iter(panel.values()))] == [("anatomy", 1), ("anatomy-long", 1)]
+    assert budget_lines([r for r in half if r["arm"] != "anatomy-long"], "scratch") == {}  # one budget: no line
     paths = plot_all(_rows(protocol, _results(protocol)), tmp_path)
     assert paths["budget"] == tmp_path / "dice_vs_budget.png" and paths["budget"].stat().st_size > 1000
     one_budget = expand({**RAW, "arms": [a for a in RAW["arms"] if a["name"] != "anatomy-long"]})

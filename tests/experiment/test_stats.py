@@ -78,6 +78,17 @@ def test_per_class_differences_show_where_a_gain_comes_from():
     assert got[("chaos", "anatomy", "spleen")]["delta"] == 6.0 and got[("chaos", "anatomy", "liver")]["delta"] == 0.0
     assert ("chaos", "scratch", "mandible") not in got and got[("kbp", "scratch", "mandible")]["n"] == 1
     table = per_class_table(per_class_summary(rows))
-    assert "| spleen | 40.00 ± 0.00 | 6.00 [6.00, 6.00] |" in table and "| liver | 81.00 ± 1.00 | 0.00 [0.00, 0.00] |" in table
+    assert "| spleen | 40.00 ± 0.00 (3) | 6.00 [6.00, 6.00] (3) |" in table and "| liver | 81.00 ± 1.00 (3) | 0.00 [0.00, 0.00] (3) |" in table
     assert "kbp" not in table  # no arm but the baseline there: nothing to compare
     assert per_class_table([]) == ""
+
+
+def test_json_ready_turns_undefined_numbers_into_null():
+    import json
+
+    from anatosynth.experiment.stats import json_ready, summarise
+
+    one_seed = summarise([{"arm": "scratch", "dataset": "d", "seed": 0, "train_cases": 1, "dice": 50.0}])
+    assert np.isnan(one_seed[0]["std"])  # one seed: no spread
+    text = json.dumps(json_ready({"arms": one_seed, "x": (1.0, float("inf"))}), allow_nan=False)
+    assert json.loads(text)["arms"][0]["std"] is None and json.loads(text)["x"] == [1.0, None]
