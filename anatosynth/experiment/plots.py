@@ -79,8 +79,12 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
             ks = sorted(by_k)
             ms = np.array([_mean_std(by_k[k]) for k in ks])
             nudge = 2 ** (0.06 * (j - (len(shown) - 1) / 2))
+            colour = "0.4" if arm == baseline else f"C{arms.index(arm)}"
             ax.errorbar([k * nudge for k in ks], ms[:, 0], yerr=ms[:, 1], marker="o", capsize=3, label=arm,
-                        color="0.4" if arm == baseline else f"C{arms.index(arm)}")
+                        color=colour)
+            for k, m in zip(ks, ms[:, 0]):  # how many seeds each point averages (a grid half done differs)
+                ax.annotate(str(len(by_k[k])), (k * nudge, m), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=colour)
         sizes = sorted({r["train_cases"] for r in here})
         if sizes:
             ax.set_xscale("log", base=2)
@@ -89,7 +93,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
             ax.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
         ax.set_xlabel("labelled training cases")
         ax.set_ylabel("mean foreground Dice (%)")
-        ax.set_title(f"{ds} (mean ± std over seeds)")
+        ax.set_title(f"{ds} (mean ± std over seeds; small numbers: seeds)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     paths["labelled"] = out / "dice_vs_labelled.png"
