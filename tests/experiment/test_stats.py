@@ -57,7 +57,8 @@ def test_compare_two_pretrained_arms_pairs_by_seed():
     assert (c["a"], c["b"], c["n_pairs"]) == ("anatomy", "random", 4)
     np.testing.assert_allclose(c["per_pair"], [1.0] * 4)
     assert c["delta_lo"] == c["delta_hi"] == 1.0
-    assert "| chaos | 4 | anatomy − random | 4 | 1.00 [1.00, 1.00] | +1.0, +1.0, +1.0, +1.0 |" in compare_table([c])
+    assert "| chaos | 4 | anatomy − random | 4 | 1.00 [1.00, 1.00] | [1.00, 1.00] | 4/4 | +1.0, +1.0, +1.0, +1.0 |" \
+        in compare_table([c])
     assert compare_table([]) == ""
 
 
@@ -92,3 +93,18 @@ def test_json_ready_turns_undefined_numbers_into_null():
     assert np.isnan(one_seed[0]["std"])  # one seed: no spread
     text = json.dumps(json_ready({"arms": one_seed, "x": (1.0, float("inf"))}), allow_nan=False)
     assert json.loads(text)["arms"][0]["std"] is None and json.loads(text)["x"] == [1.0, None]
+
+
+def test_t_interval_is_wider_than_the_bootstrap_with_few_pairs_and_counts_pairs_ahead():
+    from anatosynth.experiment.stats import bootstrap_ci, summarise, t_interval
+
+    d = [5.54, 6.88, 7.87, 7.48, 0.66, 1.71]  # cpu-long, CHAOS-T2 one case, anatomy - scratch
+    lo, hi = t_interval(d)
+    assert (round(lo, 2), round(hi, 2)) == (1.78, 8.27)  # mean 5.02, s.d. 3.09, t(5) = 2.571
+    b_lo, b_hi = bootstrap_ci(d)
+    assert lo < b_lo and hi > b_hi
+    assert np.isnan(t_interval([1.0])[0])
+    rows = [{"arm": a, "dataset": "d", "seed": s, "train_cases": 1, "dice": 50.0 + (x if a == "anatomy" else 0)}
+            for s, x in enumerate([2.0, -1.0, 3.0]) for a in ("scratch", "anatomy")]
+    (got,) = [s for s in summarise(rows) if s["arm"] == "anatomy"]
+    assert (got["n_ahead"], got["n_pairs"]) == (2, 3)
