@@ -176,8 +176,9 @@ def difference_lines(rows: list[dict], baseline: str, pairs: list) -> tuple[list
 
 def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: list) -> Path | None:
     """Paired differences on the main grid, one line per comparison and setting (see
-    :func:`difference_lines`): per-seed differences as dots, their mean with a 95 % bootstrap interval as a
-    bar, green when the interval is above zero, red when below. A panel for Dice over the evaluation cases
+    :func:`difference_lines`): per-seed differences as dots, their mean with its 95 % bootstrap interval as a
+    thick bar and its Student-t interval as a thin one, green when the t-interval is above zero, red when
+    below. A panel for Dice over the evaluation cases
     and, when the rows have it, one for test Dice (the validation cases left out). None when no comparison
     has a pair."""
     names, lines = difference_lines(rows, baseline, pairs)
@@ -193,7 +194,11 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
             if c is None:
                 continue
             lo, hi = c["delta_lo"], c["delta_hi"]
-            colour = "C2" if lo > 0 else ("C3" if hi < 0 else "0.3")  # interval above / below zero / across
+            t_lo, t_hi = c["delta_t_lo"], c["delta_t_hi"]
+            # green / red: the (wider, with few seeds) t-interval is above / below zero
+            colour = "C2" if t_lo > 0 else ("C3" if t_hi < 0 else "0.3")
+            if np.isfinite(t_lo) and np.isfinite(t_hi):
+                ax.plot([t_lo, t_hi], [y, y], color=colour, lw=1, marker="|", ms=8)
             if np.isfinite(lo) and np.isfinite(hi):
                 ax.plot([lo, hi], [y, y], color=colour, lw=2.5, alpha=0.7)
             ax.scatter(c["per_pair"], np.full(len(c["per_pair"]), y) + 0.18, s=9, color="k", zorder=3)
@@ -202,7 +207,8 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
         ax.set_xlabel(xlabel)
         ax.set_yticks(range(len(lines)), [name for name, _ in lines], fontsize=7)
     axes[0][0].set_ylim(len(lines) - 0.4, -0.6)  # the first comparison on top (the panels share the axis)
-    axes[0][0].set_title("paired differences (dots: seeds; bar: 95 % CI of the mean)", fontsize=9, loc="left")
+    axes[0][0].set_title("paired differences (dots: seeds; 95 % CI of the mean: thick bootstrap, thin t)",
+                         fontsize=9, loc="left")
     fig.tight_layout()
     path = out / "paired_differences.png"
     fig.savefig(path, dpi=110)
