@@ -277,3 +277,22 @@ def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
     points = {j.arm: _budget_and_recipe(budget, j) for j in budget.finetunes}
     assert points["anatomy-2.5k"][0] == 2500 and points["anatomy"][0] == 10000
     assert points["anatomy-2.5k"][1] == points["anatomy"][1]  # one recipe: one line in dice_vs_budget.png
+
+
+def test_the_screen_protocol_reuses_scratch_and_the_budget_protocols_quarter_budget_jobs():
+    """cpu-long-screen varies the render model and the bank at 2,500 patches: its scratch jobs are cpu-long's
+    and its anatomy-2.5k jobs cpu-long-budget's (same keys), so only the variants are new work."""
+    root = Path(__file__).resolve().parents[2]
+    grid, budget, screen = (expand(load_protocol(root / "protocols" / f"{n}.yaml"))
+                            for n in ("cpu-long", "cpu-long-budget", "cpu-long-screen"))
+    mine = {j.arm: set() for j in screen.finetunes}
+    for j in screen.finetunes:
+        mine[j.arm].add(j.key)
+    assert len(mine["scratch"]) == 3 and mine["scratch"] <= {j.key for j in grid.finetunes}
+    assert len(mine["anatomy-2.5k"]) == 6  # three seeds, 5- and 20-subject banks
+    five = {j.key for j in screen.finetunes if j.arm == "anatomy-2.5k" and not j.subjects}
+    assert len(five) == 3 and five <= {j.key for j in budget.finetunes}
+    assert {j.subjects for j in screen.finetunes if j.arm == "anatomy-2.5k"} == {None, 20}
+    assert screen.results == grid.results
+    renders = {p.config.get("render") for p in screen.pretrains}
+    assert {"shell", "fill"} <= renders
