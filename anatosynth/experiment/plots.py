@@ -13,6 +13,31 @@ from anatosynth.experiment.stats import compare_arms, main_grid
 __all__ = ["plot_all"]
 
 
+# What each plot of a report shows, and what it needs: the report lists them (:func:`plots_section`)
+PLOTS = {
+    "per_arm": ("dice_per_arm.png", "Dice per arm at each dataset's largest labelled-set size, seeds as dots",
+                "finished runs"),
+    "labelled": ("dice_vs_labelled.png", "Dice against labelled cases per arm, mean ± std over seeds",
+                 "finished runs"),
+    "samples": ("dice_vs_pool.png", "Dice against the synthetic pool size", "the protocol's scaling: samples points"),
+    "subjects": ("dice_vs_subjects.png", "Dice against the bank's subjects", "the protocol's scaling: subjects points"),
+    "curves": ("dice_curves.png", "validation Dice against fine-tuning step, mean over seeds per arm",
+               "runs with their validation curves"),
+    "budget": ("dice_vs_budget.png", "the paired gain over the baseline against the pre-training budget",
+               "one recipe with finished pairs at two or more budgets"),
+    "differences": ("paired_differences.png", "paired differences per comparison and setting: seeds as dots, "
+                    "bootstrap and t intervals", "a comparison with at least one pair"),
+}
+
+
+def plots_section(paths: dict[str, Path]) -> str:
+    """The report's list of plots: what each drawn one shows, and what each missing one waits for."""
+    lines = ["## Plots", ""]
+    for name, (file, what, needs) in PLOTS.items():
+        lines.append(f"- `{file}`: {what}" if name in paths else f"- `{file}`: not drawn (needs {needs})")
+    return "\n".join(lines) + "\n"
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -61,7 +86,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
         lo = min((r["dice"] for r in main), default=0)
         ax.set_ylim(max(0, lo - 10), None)
     fig.tight_layout()
-    paths["per_arm"] = out / "dice_per_arm.png"
+    paths["per_arm"] = out / PLOTS["per_arm"][0]
     fig.savefig(paths["per_arm"], dpi=110)
     plt.close(fig)
 
@@ -96,13 +121,13 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
         ax.set_title(f"{ds} (mean ± std over seeds; small numbers: seeds)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    paths["labelled"] = out / "dice_vs_labelled.png"
+    paths["labelled"] = out / PLOTS["labelled"][0]
     fig.savefig(paths["labelled"], dpi=110)
     plt.close(fig)
 
     # 3./4. scaling: pool size and bank subjects (the scaled arm; scratch as a reference band)
-    for key, xlabel, name in (("samples", "synthetic pool size (samples)", "dice_vs_pool.png"),
-                              ("subjects", "bank subjects", "dice_vs_subjects.png")):
+    for key, xlabel, name in (("samples", "synthetic pool size (samples)", PLOTS["samples"][0]),
+                              ("subjects", "bank subjects", PLOTS["subjects"][0])):
         scaled = [r for r in rows if r.get(key)]
         if not scaled:
             continue
@@ -210,7 +235,7 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
     axes[0][0].set_title("paired differences (dots: seeds; 95 % CI of the mean: thick bootstrap, thin t)",
                          fontsize=9, loc="left")
     fig.tight_layout()
-    path = out / "paired_differences.png"
+    path = out / PLOTS["differences"][0]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -275,7 +300,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
         ax.set_title(f"{ds}, {k} labelled (mean, 95 % CI; dots: seeds)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "dice_vs_budget.png"
+    path = out / PLOTS["budget"][0]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -308,7 +333,7 @@ def _plot_curves(plt, rows: list[dict], out: Path, arms: list[str], baseline: st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path = out / "dice_curves.png"
+    path = out / PLOTS["curves"][0]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -524,7 +524,7 @@ def progress_line(protocol: Protocol, rows: list[dict]) -> str:
 
 def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, Path]:
     """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
-    from anatosynth.experiment.plots import plot_all
+    from anatosynth.experiment.plots import plot_all, plots_section
     from anatosynth.experiment.stats import (
         compare_arms,
         compare_table,
@@ -558,10 +558,10 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
         text += ("## Per class\n\nDice per class over the evaluation cases, as in the first table; Δ: paired "
                  "differences [95 % bootstrap CI], per class and uncorrected for the number of classes, so a "
                  "descriptive view of where a gain comes from.\n\n" f"{table}\n")
-    atomic_write_text(reports / "results.md", text)
+    bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
+    plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
+    atomic_write_text(reports / "results.md", text + plots_section(plots))
     everything = {"arms": summary, "comparisons": comparisons, "test_arms": test_summary,
                   "test_comparisons": test_comparisons, "per_class": by_class}
     atomic_write_text(reports / "summary.json", json.dumps(json_ready(everything), indent=1, allow_nan=False))
-    bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
-    plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     return {"table": reports / "results.md", **plots}
