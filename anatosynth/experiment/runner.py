@@ -532,6 +532,7 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
         markdown_table,
         per_class_summary,
         per_class_table,
+        scaling_differences,
         summarise,
     )
 
@@ -539,13 +540,15 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     reports.mkdir(parents=True, exist_ok=True)
     pairs = protocol.raw.get("compare") or []
     summary = summarise(rows, protocol.baseline)
-    comparisons = compare_arms(rows, pairs)
+    # the protocol's comparisons, then each scaling point against its own arm's main-grid run
+    comparisons = compare_arms(rows, pairs) + scaling_differences(rows)
     text = f"# {protocol.name}\n\n{progress_line(protocol, rows)}\n\n{markdown_table(summary, protocol.baseline)}\n"
     text += f"{compare_table(comparisons)}\n" if comparisons else ""
     # the same on the test cases only (the validation cases that chose each checkpoint left out)
     tested = [r for r in rows if r.get("test_dice") is not None]
     test_summary = summarise(tested, protocol.baseline, "test_dice") if tested else []
-    test_comparisons = compare_arms(tested, pairs, "test_dice") if tested else []
+    test_comparisons = (compare_arms(tested, pairs, "test_dice") + scaling_differences(tested, "test_dice")
+                        if tested else [])
     if tested:
         text += (f"## Test cases only\n\nDice on the evaluation cases that did not choose the checkpoint "
                  f"(test Dice is known for {len(tested)} of {len(rows)} runs).\n\n"

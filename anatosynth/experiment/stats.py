@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 __all__ = ["bootstrap_ci", "t_interval", "paired_differences", "summarise", "markdown_table", "compare_arms",
-           "compare_table", "main_grid", "per_class_summary", "per_class_table", "json_ready", "PAIR_KEYS"]
+           "compare_table", "scaling_differences", "main_grid", "per_class_summary", "per_class_table",
+           "json_ready", "PAIR_KEYS"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
@@ -141,6 +142,28 @@ def compare_arms(rows: list[dict], pairs: Sequence[Sequence[str]], metric: str =
             group = dict(zip(GROUP_KEYS, k))
             out.append({"dataset": group["dataset"], "train_cases": group["train_cases"], "a": a, "b": b,
                         **_intervals(d), "per_pair": [round(x, 4) for x in d]})
+    return out
+
+
+def scaling_differences(rows: list[dict], metric: str = "dice") -> list[dict]:
+    """Each scaling point (a synthetic pool of ``samples``, or a bank of ``subjects``) against its own arm on
+    the main grid (endless stream, the protocol's bank), paired by dataset, seed and labelled cases: does
+    the change of pool or bank move the arm? Same fields as :func:`compare_arms`; ``a`` names the point
+    (e.g. ``anatomy (20 subjects)``), ``b`` the arm."""
+    main = {(r["arm"], *(r.get(k) for k in PAIR_KEYS)): r[metric] for r in main_grid(rows)}
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if not (r.get("samples") or r.get("subjects")):
+            continue
+        partner = main.get((r["arm"], *(r.get(k) for k in PAIR_KEYS)))
+        if partner is not None and np.isfinite(partner) and np.isfinite(r[metric]):
+            groups[_key(r, GROUP_KEYS)].append(float(r[metric]) - float(partner))
+    out = []
+    for k, d in groups.items():
+        g = dict(zip(GROUP_KEYS, k))
+        point = f"{g['samples']} samples" if g["samples"] else f"{g['subjects']} subjects"
+        out.append({"dataset": g["dataset"], "train_cases": g["train_cases"], "a": f"{g['arm']} ({point})",
+                    "b": g["arm"], **_intervals(d), "per_pair": [round(x, 4) for x in d]})
     return out
 
 

@@ -108,3 +108,18 @@ def test_t_interval_is_wider_than_the_bootstrap_with_few_pairs_and_counts_pairs_
             for s, x in enumerate([2.0, -1.0, 3.0]) for a in ("scratch", "anatomy")]
     (got,) = [s for s in summarise(rows) if s["arm"] == "anatomy"]
     assert (got["n_ahead"], got["n_pairs"]) == (2, 3)
+
+
+def test_scaling_points_are_compared_with_their_own_arm_on_the_main_grid():
+    from anatosynth.experiment.stats import compare_table, scaling_differences
+
+    rows = []
+    for seed in range(3):
+        rows.append({"arm": "scratch", "dataset": "d", "seed": seed, "train_cases": 1, "dice": 50.0})
+        rows.append({"arm": "anatomy", "dataset": "d", "seed": seed, "train_cases": 1, "dice": 55.0 + seed})
+        rows.append({"arm": "anatomy", "dataset": "d", "seed": seed, "train_cases": 1, "subjects": 20,
+                     "dice": 57.0 + seed})  # two points above the 5-subject bank on every seed
+    rows.append({"arm": "anatomy", "dataset": "d", "seed": 9, "train_cases": 1, "samples": 100, "dice": 1.0})
+    (c,) = scaling_differences(rows)  # the pool point has no main-grid partner (seed 9): no pairs, no row
+    assert (c["a"], c["b"], c["n_pairs"], c["delta"], c["n_ahead"]) == ("anatomy (20 subjects)", "anatomy", 3, 2.0, 3)
+    assert "| d | 1 | anatomy (20 subjects) − anatomy | 3 | 2.00 [2.00, 2.00] |" in compare_table([c])
