@@ -56,12 +56,15 @@ def _baseline_band(ax, rows: list[dict], dataset: str, k: int, baseline: str) ->
 def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjects: int = 5,
              pairs: list | None = None) -> dict[str, Path]:
     """Every plot the rows allow, into ``out``; returns name -> path. ``pairs``: the protocol's ``compare``
-    (arm pairs whose paired differences are drawn beside each arm's difference from the baseline)."""
+    (arm pairs whose paired differences are drawn beside each arm's difference from the baseline). A plot
+    of an earlier report that these rows do not allow is removed, so the folder never shows a stale one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for file, _, _ in PLOTS.values():
+        (out / file).unlink(missing_ok=True)
     paths: dict[str, Path] = {}
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     if not datasets:

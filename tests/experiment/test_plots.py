@@ -60,6 +60,9 @@ def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
     one_budget = expand({**RAW, "arms": [a for a in RAW["arms"] if a["name"] != "anatomy-long"]})
     (tmp_path / "b").mkdir()
     assert "budget" not in plot_all(_rows(one_budget, _results(one_budget)), tmp_path / "b")
+    # the same folder re-drawn from rows that no longer allow the plot: the old one goes
+    assert "budget" not in plot_all(_rows(one_budget, _results(one_budget)), tmp_path)
+    assert not (tmp_path / "dice_vs_budget.png").exists() and (tmp_path / "dice_per_arm.png").exists()
 
 
 def test_validation_curves_are_drawn_from_rows_that_carry_them(tmp_path):
