@@ -150,20 +150,18 @@ def scaling_differences(rows: list[dict], metric: str = "dice") -> list[dict]:
     the main grid (endless stream, the protocol's bank), paired by dataset, seed and labelled cases: does
     the change of pool or bank move the arm? Same fields as :func:`compare_arms`; ``a`` names the point
     (e.g. ``anatomy (20 subjects)``), ``b`` the arm."""
-    main = {(r["arm"], *(r.get(k) for k in PAIR_KEYS)): r[metric] for r in main_grid(rows)}
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
-        if not (r.get("samples") or r.get("subjects")):
-            continue
-        partner = main.get((r["arm"], *(r.get(k) for k in PAIR_KEYS)))
-        if partner is not None and np.isfinite(partner) and np.isfinite(r[metric]):
-            groups[_key(r, GROUP_KEYS)].append(float(r[metric]) - float(partner))
+    main = main_grid(rows)
+    scaled = [r for r in rows if r.get("samples") or r.get("subjects")]
     out = []
-    for k, d in groups.items():
-        g = dict(zip(GROUP_KEYS, k))
-        point = f"{g['samples']} samples" if g["samples"] else f"{g['subjects']} subjects"
-        out.append({"dataset": g["dataset"], "train_cases": g["train_cases"], "a": f"{g['arm']} ({point})",
-                    "b": g["arm"], **_intervals(d), "per_pair": [round(x, 4) for x in d]})
+    for arm in dict.fromkeys(r["arm"] for r in scaled):
+        # the arm's own main-grid runs, renamed, are the baseline its scaling points pair with
+        own = f"{arm} (main grid)"
+        mine = [{**r, "arm": own} for r in main if r["arm"] == arm] + [r for r in scaled if r["arm"] == arm]
+        for k, d in paired_differences(mine, baseline=own, metric=metric).items():
+            g = dict(zip(GROUP_KEYS, k))
+            point = f"{g['samples']} samples" if g["samples"] else f"{g['subjects']} subjects"
+            out.append({"dataset": g["dataset"], "train_cases": g["train_cases"], "a": f"{arm} ({point})",
+                        "b": arm, **_intervals(d), "per_pair": [round(x, 4) for x in d]})
     return out
 
 
