@@ -559,8 +559,8 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     table = per_class_table(by_class, protocol.baseline)
     if table:
         text += ("## Per class\n\nDice per class over the evaluation cases, as in the first table; Δ: paired "
-                 "differences [95 % bootstrap CI], per class and uncorrected for the number of classes, so a "
-                 "descriptive view of where a gain comes from.\n\n" f"{table}\n")
+                 "differences [95 % bootstrap CI], the t-interval and the pairs ahead, per class and uncorrected "
+                 "for the number of classes, so a descriptive view of where a gain comes from.\n\n" f"{table}\n")
     bank_subjects = int((protocol.raw.get("bank") or {}).get("subjects", 5))
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     atomic_write_text(reports / "results.md", text + plots_section(plots))

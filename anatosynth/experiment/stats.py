@@ -195,9 +195,10 @@ def per_class_summary(rows: list[dict], baseline: str = "scratch") -> list[dict]
 def per_class_table(per_class: list[dict], baseline: str = "scratch") -> str:
     """A Markdown table of :func:`per_class_summary` output, one block per dataset and labelled-set size
     with an arm besides the baseline: the baseline's Dice per class (mean ± std over its n seeds), then each
-    arm's paired Δ (mean over its n pairs, with the 95 % bootstrap CI from two pairs on; n/a without
-    pairs). Returns '' when no block has such an arm. The intervals are per class and uncorrected for the
-    number of classes: a descriptive view of where a gain comes from, not a test per organ."""
+    arm's paired Δ (mean over its pairs; from two pairs on, the 95 % bootstrap CI, the t-interval and the
+    pairs ahead, as in :func:`markdown_table`; n/a without pairs). Returns '' when no block has such an arm.
+    The intervals are per class and uncorrected for the number of classes: a descriptive view of where a
+    gain comes from, not a test per organ."""
     lines = []
     for ds, k in dict.fromkeys((s["dataset"], s["train_cases"]) for s in per_class):
         block = [s for s in per_class if s["dataset"] == ds and s["train_cases"] == k]
@@ -205,15 +206,16 @@ def per_class_table(per_class: list[dict], baseline: str = "scratch") -> str:
         if not arms:
             continue
         lines += [f"**{ds}, {k} labelled**", "",
-                  f"| class | {baseline}: Dice % (n) | " + " | ".join(f"Δ {a} − {baseline} (n)" for a in arms) + " |",
+                  f"| class | {baseline}: Dice % (n) | "
+                  + " | ".join(f"Δ {a} − {baseline} [bootstrap 95% CI], t 95% CI, ahead" for a in arms) + " |",
                   "|---|---|" + "---|" * len(arms)]
         for name in dict.fromkeys(s["class"] for s in block):
             cells = {s["arm"]: s for s in block if s["class"] == name}
             b = cells.get(baseline)
             base = "n/a" if not b else _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "") + f" ({b['n']})"
             deltas = ["n/a" if not (c := cells.get(a)) or not c["n_pairs"] else _fmt(c["delta"]) + (
-                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}]" if c["n_pairs"] > 1 else "") + f" ({c['n_pairs']})"
-                for a in arms]
+                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}], t [{_fmt(c['delta_t_lo'])}, {_fmt(c['delta_t_hi'])}]"
+                if c["n_pairs"] > 1 else "") + f", {c['n_ahead']}/{c['n_pairs']} ahead" for a in arms]
             lines.append(f"| {name} | {base} | " + " | ".join(deltas) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -213,7 +213,7 @@ def test_the_report_adds_a_test_cases_table_for_runs_that_know_their_validation_
     assert "known for 4 of 4 runs" in test_part and "test Dice % (mean ± std)" in test_part
     assert "| anatomy | 1 | endless | – | 2 | 51.50 ± 0.71 | 1.00 [1.00, 1.00] |" in test_part
     assert "| chaos | 1 | anatomy − scratch | 2 | 1.00 [1.00, 1.00] |" in test_part and "Δ test Dice %" in test_part
-    assert "## Per class" in test_part and "| liver | 60.00 ± 0.00 (2) | 0.00 [0.00, 0.00] (2) |" in test_part
+    assert "## Per class" in test_part and "| liver | 60.00 ± 0.00 (2) | 0.00 [0.00, 0.00], t [0.00, 0.00], 0/2 ahead |" in test_part
     # the report says what each plot shows, and what a missing one waits for
     assert "- `paired_differences.png`: paired differences" in text
     assert "- `dice_vs_budget.png`: not drawn (needs one recipe with finished pairs at two or more budgets)" in text

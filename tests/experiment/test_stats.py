@@ -79,7 +79,8 @@ def test_per_class_differences_show_where_a_gain_comes_from():
     assert got[("chaos", "anatomy", "spleen")]["delta"] == 6.0 and got[("chaos", "anatomy", "liver")]["delta"] == 0.0
     assert ("chaos", "scratch", "mandible") not in got and got[("kbp", "scratch", "mandible")]["n"] == 1
     table = per_class_table(per_class_summary(rows))
-    assert "| spleen | 40.00 ± 0.00 (3) | 6.00 [6.00, 6.00] (3) |" in table and "| liver | 81.00 ± 1.00 (3) | 0.00 [0.00, 0.00] (3) |" in table
+    assert "| spleen | 40.00 ± 0.00 (3) | 6.00 [6.00, 6.00], t [6.00, 6.00], 3/3 ahead |" in table
+    assert "| liver | 81.00 ± 1.00 (3) | 0.00 [0.00, 0.00], t [0.00, 0.00], 0/3 ahead |" in table
     assert "kbp" not in table  # no arm but the baseline there: nothing to compare
     assert per_class_table([]) == ""
 
