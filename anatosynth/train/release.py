@@ -184,8 +184,10 @@ def _card_markdown(card: dict, out: Path) -> str:
         f"Fine-tune from it: `anatosynth finetune --data DATA --init {out.as_posix()}" +
         f" --model {arch.get('name')} --feature-size {arch.get('feature_size')}"
         f" --patch {','.join(str(p) for p in arch.get('patch', []))} --out RUN`",
-        "(the output head is re-initialised when the classes differ; spacing, lr, steps and the other fine-tuning",
-        "settings are the protocol's `finetune:` when a protocol made it). Synthesis settings: `card.json`.",
+        "(the output head is re-initialised when the classes differ). These are the options the weights need; to",
+        "fine-tune as the protocol in **Command** did, add its `finetune:` settings (spacing, lr, steps, crops,",
+        "`freeze_pretrained_steps`): anatosynth's README, \"Pre-trained weights and kept results\", gives the",
+        "cpu-long grid's whole command. Synthesis settings: `card.json`.",
         "",
     ]
     return "\n".join(lines)
