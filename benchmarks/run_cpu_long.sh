@@ -1,0 +1,37 @@
+#!/bin/bash
+# Run the cpu-long grid (issue 12) on a 2-core machine as two chains, one per core, each one process with
+# one torch thread: `benchmarks/run_cpu_long.sh a` on one core, `benchmarks/run_cpu_long.sh b` beside it.
+# Each step reuses finished jobs (results/cpu-long/, run folders) and resumes interrupted ones from their
+# checkpoints, so re-running a chain after a stop, or on a fresh machine, continues where it was; a job
+# the other chain is running waits on its lock and is then reused, never run twice.
+#   nohup benchmarks/run_cpu_long.sh a >> runs/cpu-long/chain-a.log 2>&1 &
+#   nohup benchmarks/run_cpu_long.sh b >> runs/cpu-long/chain-b.log 2>&1 &
+# Stop: SIGTERM the two `anatosynth experiment` processes; their running jobs write checkpoints and stop.
+# Order: what issue 12's "done when" needs first (anatomy and primitives on every setting, the budget
+# point), then random (chain b pre-trains it, chain a fine-tunes it), the screen last.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-runs/cpu-long}
+ANATOSYNTH=${ANATOSYNTH:-anatosynth}
+command -v "$ANATOSYNTH" >/dev/null || ANATOSYNTH=.venv/bin/anatosynth
+export OMP_NUM_THREADS=1
+run() { nice -n 5 "$ANATOSYNTH" experiment "protocols/$1.yaml" --out "$OUT" --jobs 1 --threads 1 "${@:2}" || exit 1; }
+case "${1:-}" in
+  a)
+    run cpu-long --arms primitives --seeds 0
+    run cpu-long --arms primitives --datasets chaos-t2:1
+    run cpu-long-budget --arms anatomy-2.5k
+    run cpu-long --arms primitives --datasets chaos-t2:4
+    run cpu-long --arms primitives --datasets openkbp
+    run cpu-long --arms random --datasets chaos-t2:1
+    run cpu-long --arms random --datasets chaos-t2:4
+    ;;
+  b)
+    run cpu-long --arms scratch,anatomy --datasets chaos-t2:4
+    run cpu-long --arms scratch,anatomy --datasets openkbp
+    run cpu-long --arms random --seeds 0
+    run cpu-long --arms random --datasets openkbp
+    run cpu-long-screen
+    ;;
+  *) echo "usage: benchmarks/run_cpu_long.sh a|b   (one chain per core; OUT=runs/cpu-long by default)" >&2; exit 2 ;;
+esac
