@@ -175,7 +175,8 @@ def _card_markdown(card: dict, out: Path) -> str:
         f"patches), lr {card.get('lr')}, seed {card.get('seed')}.",
         f"- **Final loss (DiceCE):** {card.get('final_loss')} (mean over the last tenth of the logged steps: "
         f"{card.get('final_loss_mean_last_10pct')}).",
-        f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`.",
+        ("- **Shape bank:** none (primitives are drawn from formulas, not from organ shapes)."
+         if card.get("bank_sha256") is None else f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`."),
         f"- **Weights:** `{card['weights_file']}`, float16, {card.get('weights_bytes')} bytes, "
         f"sha256 `{card.get('weights_sha256')}`.",
         f"- **Made with:** {_made_with(card)}; {versions}.",

@@ -105,3 +105,15 @@ def test_releasing_twice_writes_the_same_bytes(run, tmp_path):
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert json.loads((a / "card.json").read_text())["weights_sha256"] == \
         json.loads((b / "card.json").read_text())["weights_sha256"]
+
+
+def test_a_card_without_a_bank_says_so_instead_of_printing_none(tmp_path):
+    from anatosynth.train.release import _card_markdown
+
+    card = {"name": "prims", "architecture": {"name": "unet", "feature_size": 4, "patch": [32, 32, 32]},
+            "class_names": ["background", "ellipse_prism"], "mode": "primitives", "bank_sha256": None,
+            "weights_file": "model.safetensors"}
+    text = _card_markdown(card, tmp_path / "prims")
+    bank_line = next(line for line in text.splitlines() if line.startswith("- **Shape bank:**"))
+    assert bank_line.startswith("- **Shape bank:** none (primitives") and "None" not in bank_line
+    assert "- **Shape bank:** sha256 `abc`." in _card_markdown({**card, "bank_sha256": "abc"}, tmp_path / "prims")
