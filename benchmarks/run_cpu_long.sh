@@ -8,7 +8,7 @@
 #   nohup benchmarks/run_cpu_long.sh b >> runs/cpu-long/chain-b.log 2>&1 &
 # Stop: SIGTERM the two `anatosynth experiment` processes; their running jobs write checkpoints and stop.
 # Order: what issue 12's "done when" needs first (anatomy and primitives on every setting, the budget
-# point), then random (chain b pre-trains it, chain a fine-tunes it), the screen last.
+# points; the 30k point's weights were made on a GPU and ship in weights/), then random (chain b pre-trains it, chain a fine-tunes it), the screen last.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
@@ -19,6 +19,7 @@ run() { nice -n 5 "$ANATOSYNTH" experiment "protocols/$1.yaml" --out "$OUT" --jo
 case "${1:-}" in
   a)
     run cpu-long --arms primitives --seeds 0
+    run cpu-long-budget --arms anatomy-30k
     run cpu-long --arms primitives --datasets chaos-t2:1
     run cpu-long-budget --arms anatomy-2.5k
     run cpu-long --arms primitives --datasets chaos-t2:4

@@ -262,7 +262,7 @@ def test_committed_results_are_jobs_of_the_protocols_that_keep_them():
 
 
 def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
-    """cpu-long-budget adds only the 2,500-patch arm: its scratch and anatomy fine-tunes must be cpu-long's own
+    """cpu-long-budget adds only the 2,500- and 30,000-patch arms: its scratch and anatomy fine-tunes must be cpu-long's own
     jobs (same keys, so the same kept results), and its arms must differ from anatomy only in budget."""
     root = Path(__file__).resolve().parents[2]
     grid = expand(load_protocol(root / "protocols" / "cpu-long.yaml"))
@@ -277,6 +277,10 @@ def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
     points = {j.arm: _budget_and_recipe(budget, j) for j in budget.finetunes}
     assert points["anatomy-2.5k"][0] == 2500 and points["anatomy"][0] == 10000
     assert points["anatomy-2.5k"][1] == points["anatomy"][1]  # one recipe: one line in dice_vs_budget.png
+    # the 30k point was pre-trained on a GPU (released weights): the same line, its fine-tunes new CPU jobs
+    assert points["anatomy-30k"] == (30000, points["anatomy"][1])
+    far = [j for j in budget.finetunes if j.arm == "anatomy-30k"]
+    assert len(far) == 6 and all(j.options.get("device") == "cpu" for j in far)
 
 
 def test_the_screen_protocol_reuses_scratch_and_the_budget_protocols_quarter_budget_jobs():
