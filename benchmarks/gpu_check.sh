@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One GPU lease's checks, as a single prepared script (the device tool lends a GPU for ~15 minutes in all).
-# Run from the project root on the GPU machine, with these ignored folders carried beside the checkout:
+# Run from the project root on the GPU machine, with these ignored folders (made by benchmarks/gpu_prepare.sh)
+# carried beside the checkout:
 #   .whl      wheels the machine lacks: monai, nibabel, edt, connected-components-3d (python 3.12, x86-64)
 #   .gpudata  the cpu-long bank (bank-5subj-f2589d10/), three CHAOS-T2 cases (chaos-t2/) for the fine-tune
 #             step, and the 30k-patch anatomy pre-training config (pre-anatomy-30k.yaml, job pre-anatomy-30k-4523f5cd)
 # Order: (1) the 30k-patch pre-training, with the CUDA tests beside it; at DEADLINE seconds it is stopped
 # (SIGTERM: checkpoint at the next step) and its checkpoint comes back in parts; (2) benchmarks on the idle GPU.
-# SKIP_PRETRAIN=1: the benchmarks alone. Everything lands in $OUT: bench.log, logs.tar.gz, and release.tar (the released weights) or ckpt.part-* (unfinished).
+# SKIP_PRETRAIN=1: the benchmarks alone (about 6 minutes at most; each has its own limit, since starting 12
+# draw workers took ~45 s on the H200). Everything lands in $OUT: bench.log, logs.tar.gz, and release.tar
+# (the released weights) or ckpt.part-* (unfinished). First run, 2026-11-30: BENCHMARKS.md "GPU: one H200 lease".
+# The device tool's call: command `OUT=$OUT bash benchmarks/gpu_check.sh`, carry [".whl", ".gpudata"].
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -52,11 +56,11 @@ fi
 stamp "2. benchmarks (idle GPU)"
 B="$OUT/bench.log"  # written as it goes: what finished comes back even if the call is cut short
 bench() { local t=$1; shift; echo "\$ $*" >> "$B"; timeout -k 5 "$t" python3 "$@" >> "$B" 2>&1; stamp "$1 rc=$?"; }
-bench 40 benchmarks/bench_synth.py --device cuda --n 128 --batch 32 --workers 12 --modes anatomy,random,primitives \
+bench 150 benchmarks/bench_synth.py --device cuda --n 256 --batch 32 --workers 12 --modes anatomy,random,primitives \
     --bank "$BANK" --patch 96
-bench 40 benchmarks/bench_pretrain.py --device cuda --model unet --feature-size 12 --patch 96 96 32 --batch 4 \
+bench 90 benchmarks/bench_pretrain.py --device cuda --model unet --feature-size 12 --patch 96 96 32 --batch 4 \
     --bank "$BANK" --render shell+fill --steps 20 --workers 12 --no-amp
-bench 50 benchmarks/bench_pretrain.py --device cuda --steps 10
-bench 40 benchmarks/bench_finetune.py --device cuda --data .gpudata/chaos-t2 --spacing 1.5,1.5,2 --steps 20
+bench 60 benchmarks/bench_pretrain.py --device cuda --steps 20
+bench 45 benchmarks/bench_finetune.py --device cuda --data .gpudata/chaos-t2 --spacing 1.5,1.5,2 --steps 20
 stamp "done"
 tar -czf "$OUT/logs.tar.gz" -C /tmp gpu-logs
