@@ -102,13 +102,19 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _ci(s: dict, kind: str = "") -> str:
+    """``[lo, hi]`` of a summary's bootstrap (``kind=""``) or Student-t (``kind="t"``) 95 % interval of Δ."""
+    key = f"delta_{kind}_" if kind else "delta_"
+    return f"[{_fmt(s[key + 'lo'])}, {_fmt(s[key + 'hi'])}]"
+
+
 def _t_and_ahead(s: dict, baseline: bool = False) -> str:
     """The t-interval and pairs-ahead cells of a table row ('—' for the baseline, 'n/a' without pairs)."""
     if baseline:
         return "— | —"
     if not s["n_pairs"]:
         return "n/a | n/a"
-    return f"[{_fmt(s['delta_t_lo'])}, {_fmt(s['delta_t_hi'])}] | {s['n_ahead']}/{s['n_pairs']}"
+    return f"{_ci(s, 't')} | {s['n_ahead']}/{s['n_pairs']}"
 
 
 def markdown_table(summary: list[dict], baseline: str = "scratch", label: str = "Dice %") -> str:
@@ -123,7 +129,7 @@ def markdown_table(summary: list[dict], baseline: str = "scratch", label: str = 
             pool = "endless" if s.get("samples") in (None, 0, "endless") else s["samples"]
             subj = "–" if s.get("subjects") in (None, 0) else s["subjects"]
             delta = "—" if s["arm"] == baseline else (
-                f"{_fmt(s['delta'], 2)} [{_fmt(s['delta_lo'])}, {_fmt(s['delta_hi'])}]" if s["n_pairs"] else "n/a")
+                f"{_fmt(s['delta'], 2)} {_ci(s)}" if s["n_pairs"] else "n/a")
             lines.append(f"| {s['arm']} | {s['train_cases']} | {pool} | {subj} | {s['n']} | "
                          f"{_fmt(s['mean'])} ± {_fmt(s['std'])} | {delta} | {_t_and_ahead(s, s['arm'] == baseline)} |")
         lines.append("")
@@ -175,7 +181,7 @@ def compare_table(comparisons: list[dict], label: str = "Δ Dice %") -> str:
              "|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         lines.append(f"| {c['dataset']} | {c['train_cases']} | {c['a']} − {c['b']} | {c['n_pairs']} | "
-                     f"{_fmt(c['delta'])} [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}] | {_t_and_ahead(c)} | "
+                     f"{_fmt(c['delta'])} {_ci(c)} | {_t_and_ahead(c)} | "
                      f"{', '.join(f'{x:+.1f}' for x in c['per_pair'])} |")
     return "\n".join(lines) + "\n"
 
@@ -214,7 +220,7 @@ def per_class_table(per_class: list[dict], baseline: str = "scratch") -> str:
             b = cells.get(baseline)
             base = "n/a" if not b else _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "") + f" ({b['n']})"
             deltas = ["n/a" if not (c := cells.get(a)) or not c["n_pairs"] else _fmt(c["delta"]) + (
-                f" [{_fmt(c['delta_lo'])}, {_fmt(c['delta_hi'])}], t [{_fmt(c['delta_t_lo'])}, {_fmt(c['delta_t_hi'])}]"
+                f" {_ci(c)}, t {_ci(c, 't')}"
                 if c["n_pairs"] > 1 else "") + f", {c['n_ahead']}/{c['n_pairs']} ahead" for a in arms]
             lines.append(f"| {name} | {base} | " + " | ".join(deltas) + " |")
         lines.append("")
