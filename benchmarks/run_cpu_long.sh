@@ -7,8 +7,8 @@
 #   nohup benchmarks/run_cpu_long.sh a >> runs/cpu-long/chain-a.log 2>&1 &
 #   nohup benchmarks/run_cpu_long.sh b >> runs/cpu-long/chain-b.log 2>&1 &
 # Stop: SIGTERM the two `anatosynth experiment` processes; their running jobs write checkpoints and stop.
-# Order: what issue 12's "done when" needs first (anatomy and primitives on every setting, the budget
-# points; the 30k point's weights were made on a GPU and ship in weights/), then random (chain b pre-trains it, chain a fine-tunes it), the screen last.
+# Order: what issue 12's "done when" needs first (anatomy and primitives on every setting; the 30k budget
+# point first, its weights made on a GPU and shipped in weights/), then the 2.5k budget point and random (chain b pre-trains it, chain a fine-tunes it), the screen last.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
@@ -21,15 +21,15 @@ case "${1:-}" in
     run cpu-long --arms primitives --seeds 0
     run cpu-long-budget --arms anatomy-30k
     run cpu-long --arms primitives --datasets chaos-t2:1
-    run cpu-long-budget --arms anatomy-2.5k
     run cpu-long --arms primitives --datasets chaos-t2:4
-    run cpu-long --arms primitives --datasets openkbp
+    run cpu-long-budget --arms anatomy-2.5k
     run cpu-long --arms random --datasets chaos-t2:1
     run cpu-long --arms random --datasets chaos-t2:4
     ;;
   b)
     run cpu-long --arms scratch,anatomy --datasets chaos-t2:4
     run cpu-long --arms scratch,anatomy --datasets openkbp
+    run cpu-long --arms primitives --datasets openkbp
     run cpu-long --arms random --seeds 0
     run cpu-long --arms random --datasets openkbp
     run cpu-long-screen
