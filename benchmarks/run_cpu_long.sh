@@ -8,7 +8,8 @@
 #   nohup benchmarks/run_cpu_long.sh b >> runs/cpu-long/chain-b.log 2>&1 &
 # Stop: SIGTERM the two `anatosynth experiment` processes; their running jobs write checkpoints and stop.
 # Order: what issue 12's "done when" needs first (anatomy and primitives on every setting; the 30k budget
-# point first, its weights made on a GPU and shipped in weights/), then the 2.5k budget point and random (chain b pre-trains it, chain a fine-tunes it), the screen last.
+# point first, its weights made on a GPU and shipped in weights/), then the 2.5k budget point and random
+# (chain b pre-trains it, chain a fine-tunes it), the screen last.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
