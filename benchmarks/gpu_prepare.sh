@@ -18,6 +18,9 @@ mkdir -p .gpudata/chaos-t2/imagesTr .gpudata/chaos-t2/labelsTr
 BANK=.gpudata/bank-5subj-f2589d10
 mkdir -p "$BANK"; [ -f "$BANK/bank.bank" ] || "$PY" -m anatosynth bank build "$DATA/labels/flare22" --subjects 5 --spacing 2.5,2.5,5.0 \
     --seed 0 --out "$BANK/bank.bank"
+# the bank the cpu-long weights were made from (their cards' bank_sha256): a build here gives the same bytes
+echo "4a9ef866ce02bcf5ba0abc7f4fd53e79cfc7df5cd8ffc6119be63510a357da6d  $BANK/bank.bank" | sha256sum -c --quiet \
+    || { echo "gpu_prepare.sh: $BANK/bank.bank is not the cpu-long bank; delete it and run again" >&2; exit 2; }
 "$PY" - <<'EOF'
 import json
 import shutil

@@ -461,8 +461,9 @@ def _budget_and_recipe(protocol: Protocol, job: FinetuneJob) -> tuple[int | None
     """Synthetic patches the job's model was pre-trained on (steps x batch; None from scratch), and its
     recipe: a digest of everything but that budget (the pre-training without ``steps``/``warmup``, and
     the arm's fine-tuning overrides), so arms that differ only in budget draw one line against it. Where the
-    pre-training ran (``device``, bf16 ``amp``) is not the recipe: a budget point made on a GPU joins the
-    line of those made on the CPU (the job key still tells them apart)."""
+    pre-training ran is not the recipe: a budget point made in fp32 on a GPU joins the line of those made on
+    the CPU (the job key still tells them apart). Its precision is: ``amp`` (bf16 autocast) acts only off
+    the CPU, so the recipe holds whether bf16 was in effect (on a ``cuda`` device), not the two options."""
     pre = next((p for p in protocol.pretrains if p.key == job.pretrain), None)
     if pre is None:
         return None, None
@@ -470,6 +471,7 @@ def _budget_and_recipe(protocol: Protocol, job: FinetuneJob) -> tuple[int | None
     budget = int(full["steps"]) * int(full["batch"])
     arm = next((a for a in protocol.raw.get("arms", []) if isinstance(a, dict) and a.get("name") == job.arm), {})
     rest = {k: v for k, v in full.items() if k not in ("steps", "warmup", "device", "amp")}
+    rest["bf16"] = bool(full.get("amp")) and str(full.get("device")).startswith("cuda")  # "auto": counted as the CPU
     return budget, _digest([rest, pre.bank, arm.get("finetune") or {}, job.samples, job.subjects])
 
 

@@ -42,12 +42,15 @@ def test_rows_carry_budget_and_recipe_and_survive_the_csv(tmp_path):
 
 
 def test_where_the_pre_training_ran_is_not_the_recipe():
-    """A budget point pre-trained on a GPU (fp32 or bf16) joins the CPU points' line; its job is its own."""
+    """A budget point pre-trained in fp32 on a GPU joins the CPU points' line (its job is its own); one in
+    bf16 (amp on a GPU) is another recipe."""
     gpu = {"name": "anatomy-gpu", "pretrain": {"mode": "anatomy", "steps": 40, "device": "cuda", "amp": False}}
-    protocol = expand({**RAW, "arms": RAW["arms"] + [gpu]})
+    bf16 = {"name": "anatomy-bf16", "pretrain": {"mode": "anatomy", "steps": 40, "device": "cuda", "amp": True}}
+    protocol = expand({**RAW, "arms": RAW["arms"] + [gpu, bf16]})
     by_arm = {r["arm"]: r for r in _rows(protocol, _results(protocol)) if r["seed"] == 0}
     assert by_arm["anatomy-gpu"]["recipe"] == by_arm["anatomy"]["recipe"] and by_arm["anatomy-gpu"]["budget"] == 80
     assert len({by_arm[a]["job"] for a in ("anatomy", "anatomy-long", "anatomy-gpu")}) == 3
+    assert by_arm["anatomy-bf16"]["recipe"] != by_arm["anatomy"]["recipe"]
 
 
 def test_budget_plot_only_when_a_recipe_has_two_budgets(tmp_path):
