@@ -13,7 +13,7 @@ DATA=../shared/data
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl \
-    monai==1.6.1 nibabel==5.4.2 edt==3.1.2 connected-components-3d==4.1.1
+    $(grep -E '^(monai|nibabel|edt|connected-components-3d)==' requirements.txt)  # the pins of requirements.txt
 mkdir -p .gpudata/chaos-t2/imagesTr .gpudata/chaos-t2/labelsTr
 BANK=.gpudata/bank-5subj-f2589d10
 mkdir -p "$BANK"; [ -f "$BANK/bank.bank" ] || "$PY" -m anatosynth bank build "$DATA/labels/flare22" --subjects 5 --spacing 2.5,2.5,5.0 \
