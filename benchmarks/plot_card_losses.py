@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="pre-training loss (DiceCE) against synthetic patches seen")
     args = p.parse_args(argv)
+    for folder in args.weights:
+        if not (folder / "card.json").is_file():
+            p.error(f"{folder}: no card.json (not a released weights folder)")
     import matplotlib
 
     matplotlib.use("Agg")
