@@ -289,8 +289,9 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
             ticks.update(xs)
             mean = [c["delta"] for _, c in points]
             err = np.array([[c["delta"] - c["delta_lo"], c["delta_hi"] - c["delta"]] for _, c in points]).T
+            n = points[0][1]["n_pairs"]
             ax.errorbar(xs, mean, yerr=np.nan_to_num(err), marker="o", capsize=3, color=f"C{i}",
-                        label=" / ".join(c["a"] for _, c in points) + f" ({points[0][1]['n_pairs']} seeds)")
+                        label=" / ".join(c["a"] for _, c in points) + f" ({n} seed{'' if n == 1 else 's'})")
             for b, c in points:
                 ax.scatter(np.full(len(c["per_pair"]), b * 1.04), c["per_pair"], s=9, color="k", zorder=3)
         ax.axhline(0, color="0.5", ls="--", lw=1, label=baseline)
