@@ -9,10 +9,11 @@
 # Stop: SIGTERM the two `anatosynth experiment` processes; their running jobs write checkpoints and stop.
 # Order: a pre-training leaves nothing that survives a machine change until it ends (its checkpoints are not
 # committed), while every fine-tune commits its metrics when it ends; so a chain starts a session with the
-# pre-training it still needs (the 2.5k budget point on a, random on b, each 1-2 hours of a core) and fills
-# the rest with fine-tunes. Done first (2026-11-30): scratch and anatomy everywhere, the 30k budget point
-# (pre-trained on a GPU, shipped in weights/), primitives on CHAOS-T2 with one case; the first lines of each
-# chain re-read them. The screen comes last.
+# pre-training it still needs (about 80 min of a core for 10,000 patches at 0.55 steps/s) and fills the rest
+# with fine-tunes. Done by 2026-11-30 22:30 UTC: scratch, anatomy and primitives on CHAOS-T2, anatomy on
+# OpenKBP, the budget points, random's pre-training; the first lines of each chain re-read them. Next: the
+# screen's shell (a) and fill (b) pre-trainings, random's and primitives' remaining fine-tunes, the screen's
+# 20-subject bank last.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
@@ -22,21 +23,20 @@ export OMP_NUM_THREADS=1
 run() { nice -n 5 "$ANATOSYNTH" experiment "protocols/$1.yaml" --out "$OUT" --jobs 1 --threads 1 "${@:2}" || exit 1; }
 case "${1:-}" in
   a)
-    run cpu-long --arms primitives --seeds 0                      # done: these three are reused from results/
-    run cpu-long-budget --arms anatomy-30k
+    run cpu-long --arms primitives --seeds 0                      # done: these four are reused from results/
+    run cpu-long-budget
     run cpu-long --arms primitives --datasets chaos-t2:1
     run cpu-long --arms primitives --datasets chaos-t2:4
-    run cpu-long-budget --arms anatomy-2.5k
-    run cpu-long --arms random --datasets chaos-t2:1
+    run cpu-long-screen --arms anatomy-shell
     run cpu-long --arms random --datasets chaos-t2:4
     run cpu-long --arms primitives --datasets openkbp
+    run cpu-long-screen
     ;;
   b)
-    run cpu-long --arms scratch,anatomy --datasets chaos-t2:4     # done: these two are reused from results/
-    run cpu-long --arms scratch,anatomy --datasets openkbp
-    run cpu-long --arms random --seeds 0
-    run cpu-long --arms primitives --datasets openkbp
+    run cpu-long --arms scratch,anatomy                           # done: reused from results/
+    run cpu-long-screen --arms anatomy-fill
     run cpu-long --arms random --datasets openkbp
+    run cpu-long --arms random --datasets chaos-t2:1
     run cpu-long-screen
     ;;
   *) echo "usage: benchmarks/run_cpu_long.sh a|b   (one chain per core; OUT=runs/cpu-long by default)" >&2; exit 2 ;;

@@ -283,20 +283,26 @@ def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
     assert len(far) == 6 and all(j.options.get("device") == "cpu" for j in far)
 
 
-def test_the_screen_protocol_reuses_scratch_and_the_budget_protocols_quarter_budget_jobs():
-    """cpu-long-screen varies the render model and the bank at 2,500 patches: its scratch jobs are cpu-long's
-    and its anatomy-2.5k jobs cpu-long-budget's (same keys), so only the variants are new work."""
+def test_the_screen_protocol_reuses_the_grids_scratch_and_anatomy_jobs_and_the_pilots_pretrainings():
+    """cpu-long-screen varies the render model and the bank at the grid's budget: its scratch and anatomy jobs are
+    cpu-long's (same keys, so the same kept results), its shell and fill pre-trainings the pilots' runs, so only
+    the variants' pre-trainings and fine-tunes are new work."""
     root = Path(__file__).resolve().parents[2]
-    grid, budget, screen = (expand(load_protocol(root / "protocols" / f"{n}.yaml"))
-                            for n in ("cpu-long", "cpu-long-budget", "cpu-long-screen"))
-    mine = {j.arm: set() for j in screen.finetunes}
+    grid, pilots, screen = (expand(load_protocol(root / "protocols" / f"{n}.yaml"))
+                            for n in ("cpu-long", "cpu-long-pilots", "cpu-long-screen"))
+    mine: dict[str, set[str]] = {j.arm: set() for j in screen.finetunes}
     for j in screen.finetunes:
         mine[j.arm].add(j.key)
-    assert len(mine["scratch"]) == 3 and mine["scratch"] <= {j.key for j in grid.finetunes}
-    assert len(mine["anatomy-2.5k"]) == 6  # three seeds, 5- and 20-subject banks
-    five = {j.key for j in screen.finetunes if j.arm == "anatomy-2.5k" and not j.subjects}
-    assert len(five) == 3 and five <= {j.key for j in budget.finetunes}
-    assert {j.subjects for j in screen.finetunes if j.arm == "anatomy-2.5k"} == {None, 20}
+    grid_keys = {j.key for j in grid.finetunes}
+    assert len(mine["scratch"]) == 3 and mine["scratch"] <= grid_keys
+    assert len(mine["anatomy"]) == 6  # three seeds, 5- and 20-subject banks
+    five = {j.key for j in screen.finetunes if j.arm == "anatomy" and not j.subjects}
+    assert len(five) == 3 and five <= grid_keys
+    assert {j.subjects for j in screen.finetunes if j.arm == "anatomy"} == {None, 20}
+    assert not (mine["anatomy-shell"] | mine["anatomy-fill"]) & grid_keys
     assert screen.results == grid.results
-    renders = {p.config.get("render") for p in screen.pretrains}
-    assert {"shell", "fill"} <= renders
+    renders = {p.config.get("render"): p for p in screen.pretrains}
+    assert {"shell", "fill"} <= set(renders)
+    assert all(p.config.get("steps") == 2500 for p in screen.pretrains)  # the grid's budget, not a quarter of it
+    pilot_runs = {p.key for p in pilots.pretrains}
+    assert renders["shell"].key in pilot_runs and renders["fill"].key in pilot_runs
