@@ -198,6 +198,9 @@ class Runner:
             return folder / "model.pt"
         if self.done(folder):
             return self.release(job, folder)
+        if not weights and self.all_kept(job):  # a new machine: every fine-tune from it is in results/ already
+            self._say(f"{job.key}: not pre-trained (every fine-tune from it is kept in {self.protocol.results})")
+            return folder / "model.pt"
         cfg = dict(job.config)
         if job.bank is not None:
             cfg["bank"] = str(bank_paths.get(job.bank, job.bank))
@@ -223,6 +226,12 @@ class Runner:
                    f"{release_command(self.protocol, job.arm)} (pre-training job {job.key})"],
                   folder / "release")  # log: folder/release.log
         return Path(job.weights)
+
+    def all_kept(self, job: PretrainJob) -> bool:
+        """Whether every fine-tune of this protocol that starts from pre-training ``job`` has a kept result
+        (so the pre-training is not needed; an arm with ``weights:`` still pre-trains to release them)."""
+        files = [self.result_file(f) for f in self.protocol.finetunes if f.pretrain == job.key]
+        return bool(files) and all(f is not None and f.is_file() for f in files)
 
     def result_file(self, job: FinetuneJob) -> Path | None:
         return Path(self.protocol.results) / f"{job.key}.json" if self.protocol.results else None

@@ -165,6 +165,30 @@ def test_an_interrupted_fine_tune_resumes_and_a_trained_one_is_only_evaluated(tm
     assert verbs() == [("evaluate", False)]
 
 
+def test_a_pre_training_whose_fine_tunes_are_all_kept_is_not_run_again(tmp_path, data_dir, monkeypatch):
+    """On a new machine a pre-training that ships no weights (a budget point, a pilot) is needed only for
+    fine-tunes that are not kept in results/ yet: with all of them kept it is skipped, with one missing it runs."""
+    from anatosynth.experiment import runner as runner_mod
+
+    path = _protocol(tmp_path, data_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["results"] = str(tmp_path / "repo" / "results")
+    path.write_text(yaml.safe_dump(raw))
+    calls: list[str] = []
+    monkeypatch.setattr(runner_mod.Runner, "call", lambda self, args, where: calls.append(args[0]))
+    monkeypatch.setattr(runner_mod, "read_report", lambda report, exclude=None: {"dice": 50.0, "per_class": {}})
+    assert main(["experiment", str(path), "--out", str(tmp_path / "machine1"), "--quiet"]) == 0
+    assert calls.count("pretrain") == 1 and calls.count("finetune") == 4
+    calls.clear()
+    assert main(["experiment", str(path), "--out", str(tmp_path / "machine2"), "--quiet"]) == 0
+    assert "pretrain" not in calls and "finetune" not in calls
+    assert "not pre-trained" in (tmp_path / "machine2" / "experiment.log").read_text()
+    next((tmp_path / "repo" / "results").glob("ft-chaos-anatomy-k1-s1-*.json")).unlink()
+    calls.clear()
+    assert main(["experiment", str(path), "--out", str(tmp_path / "machine3"), "--quiet"]) == 0
+    assert calls.count("pretrain") == 1 and calls.count("finetune") == 1
+
+
 def test_test_dice_leaves_out_the_validation_cases_and_averages_as_the_evaluation_does(tmp_path):
     """The evaluation set holds the cases that chose the checkpoint; ``test_dice`` is the same mean Dice
     (classes' means over cases, undefined values left out) without them, and a kept result carries it."""
