@@ -10,10 +10,11 @@
 # Order: a pre-training leaves nothing that survives a machine change until it ends (its checkpoints are not
 # committed), while every fine-tune commits its metrics when it ends; so a chain starts a session with the
 # pre-training it still needs (about 80 min of a core for 10,000 patches at 0.55 steps/s) and fills the rest
-# with fine-tunes. Done by 2026-11-30 22:30 UTC: scratch, anatomy and primitives on CHAOS-T2, anatomy on
-# OpenKBP, the budget points, random's pre-training; the first lines of each chain re-read them. Next: the
-# screen's shell (a) and fill (b) pre-trainings, random's and primitives' remaining fine-tunes, the screen's
-# 20-subject bank last.
+# with fine-tunes. Done by 2026-11-30 23:00 UTC: every pre-training of the grid, scratch, anatomy and
+# primitives on CHAOS-T2, anatomy on OpenKBP, the budget points; the first lines of each chain re-read them.
+# Next (the grid before the screen, since the grid is what the issue's question needs): primitives' last
+# OpenKBP seed and random's remaining fine-tunes, split so both chains end together (about 55 min); then the
+# screen's shell (a) and fill (b) pre-trainings; the screen's 20-subject bank last.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
@@ -27,16 +28,17 @@ case "${1:-}" in
     run cpu-long-budget
     run cpu-long --arms primitives --datasets chaos-t2:1
     run cpu-long --arms primitives --datasets chaos-t2:4
-    run cpu-long-screen --arms anatomy-shell
-    run cpu-long --arms random --datasets chaos-t2:4
     run cpu-long --arms primitives --datasets openkbp
+    run cpu-long --arms random --datasets chaos-t2:4 --seeds 0,1,2,3,4
+    run cpu-long-screen --arms anatomy-shell
     run cpu-long-screen
     ;;
   b)
     run cpu-long --arms scratch,anatomy                           # done: reused from results/
-    run cpu-long-screen --arms anatomy-fill
+    run cpu-long --arms random --datasets chaos-t2:1             # done
     run cpu-long --arms random --datasets openkbp
-    run cpu-long --arms random --datasets chaos-t2:1
+    run cpu-long --arms random --datasets chaos-t2:4 --seeds 5
+    run cpu-long-screen --arms anatomy-fill
     run cpu-long-screen
     ;;
   *) echo "usage: benchmarks/run_cpu_long.sh a|b   (one chain per core; OUT=runs/cpu-long by default)" >&2; exit 2 ;;
