@@ -10,12 +10,9 @@
 # Order: a pre-training leaves nothing that survives a machine change until it ends (its checkpoints are not
 # committed), while every fine-tune commits its metrics when it ends; so a chain starts a session with the
 # pre-training it still needs (about 80 min of a core for 10,000 patches at 0.55 steps/s) and fills the rest
-# with fine-tunes. Done by 2026-11-30 23:00 UTC: every pre-training of the grid, scratch, anatomy and
-# primitives on CHAOS-T2, anatomy on OpenKBP, the budget points; the first lines of each chain re-read them.
-# Next (the grid before the screen, since the grid is what the issue's question needs): primitives' last
-# OpenKBP seed and random's remaining fine-tunes, split so both chains end together (about 55 min); then the
-# screen's shell (a) and 20-subject bank (b) pre-trainings, one per factor of the issue's list that no pilot
-# had read; fill last (on whichever chain is free first).
+# with fine-tunes. Done by 2026-12-01 01:45 UTC: the whole cpu-long grid (72 jobs), the budget protocol (24),
+# the screen's shell and 20-subject arms; the first lines of each chain re-read them. Left: the screen's
+# fill arm (its pre-training stopped at step 246; chain a resumes it, chain b waits on it, then both end).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
