@@ -230,8 +230,13 @@ class Runner:
     def all_kept(self, job: PretrainJob) -> bool:
         """Whether every fine-tune of this protocol that starts from pre-training ``job`` has a kept result
         (so the pre-training is not needed; an arm with ``weights:`` still pre-trains to release them)."""
-        files = [self.result_file(f) for f in self.protocol.finetunes if f.pretrain == job.key]
-        return bool(files) and all(f is not None and f.is_file() for f in files)
+        runs = [f for f in self.protocol.finetunes if f.pretrain == job.key]
+        return bool(runs) and all(self.is_kept(f) for f in runs)
+
+    def is_kept(self, job: FinetuneJob) -> bool:
+        """Whether fine-tune ``job`` has a kept result in the protocol's ``results:`` folder."""
+        kept = self.result_file(job)
+        return kept is not None and kept.is_file()
 
     def result_file(self, job: FinetuneJob) -> Path | None:
         return Path(self.protocol.results) / f"{job.key}.json" if self.protocol.results else None
@@ -240,7 +245,7 @@ class Runner:
         folder = self.out / "finetune" / job.key
         report = folder / "report"
         kept = self.result_file(job)
-        if kept is not None and kept.is_file():
+        if kept is not None and self.is_kept(job):
             return self.complete_kept(kept, job, folder)
         if self.report_only:
             return read_report(report, validation_cases(folder)) if self.done(folder) else None
