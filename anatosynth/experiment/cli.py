@@ -21,6 +21,12 @@ def run_experiment(args) -> int:
         protocol = subset(protocol, _names(args.arms), [int(s) for s in seeds] if seeds else None, str(args.protocol),
                           _names(args.datasets))
     out = Path(args.out)
+    if args.save_resumable:
+        from anatosynth.experiment.runner import Runner
+
+        said = Runner(out, protocol).save_resumable()
+        print("\n".join(said) if said else f"no unfinished pre-training with a checkpoint under {out}")
+        return 0
     print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
           f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
     rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads,
@@ -62,6 +68,10 @@ def register(sub) -> None:
                    help="run nothing: tables and plots from the jobs finished so far (a result kept in the "
                         "protocol's results: folder before test Dice existed gains it from its run folder under "
                         "--out, if that is there)")
+    p.add_argument("--save-resumable", action="store_true",
+                   help="run nothing: archive each unfinished pre-training (checkpoint, optimiser, RNG, log) into "
+                        "the protocol's resume: folder, to commit before a session ends; a later run on a new "
+                        "machine continues from it bit-exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_experiment)
     demo.register(sub)

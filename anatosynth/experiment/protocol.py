@@ -20,6 +20,9 @@ fine-tune job's metrics as ``DIR/<job key>.json`` (committed with the repository
 there is not run again, and ``--report-only`` draws every table and plot from them), and an arm's
 ``weights: DIR`` names its released pre-trained weights (``anatosynth release``): when the folder exists,
 the grid fine-tunes from it instead of pre-training again; when not, the grid pre-trains and releases there.
+A third, ``resume: DIR``, carries an unfinished pre-training across machines: ``experiment --save-resumable``
+writes ``DIR/<job key>.resume`` for each pre-training that has a checkpoint (``release --resumable``; commit it),
+a run folder without a checkpoint continues from that archive, and the release of the finished run deletes it.
 
 Paths in a protocol (bank sources, datasets, results, weights) are resolved relative to the current working
 directory, like paths given on the command line; the shipped protocols are meant to be run from the project root.
@@ -40,7 +43,7 @@ __all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol",
 
 RESERVED_NAMES = {"banks", "pretrain", "finetune"}  # job folders of an experiment folder
 TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds", "compare",
-            "scaling", "baseline", "results"}
+            "scaling", "baseline", "results", "resume"}
 ARM_KEYS = {"name", "pretrain", "finetune", "weights"}
 # pre-training / fine-tuning options that change how a job runs, not what it computes: left out of keys
 RUN_ONLY_PRETRAIN = ("bank", "out", "threads", "workers", "minutes", "checkpoint_every", "log_every", "image_every",
@@ -107,6 +110,7 @@ class Protocol:
     baseline: str = "scratch"
     results: str | None = None  # folder of committed per-job metrics (``results:``)
     source: str | None = None  # the protocol file, as given (model cards name it in their command)
+    resume: str | None = None  # folder of resumable archives of unfinished pre-trainings (``resume:``)
 
 
 def _digest(obj) -> str:
@@ -307,10 +311,10 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
                 for subjects in scaling.get("subjects", []):
                     if int(subjects) != int(bank_spec.get("subjects", 5)):  # the default is the main grid's
                         add_finetune(arm, ds, k, seed, subjects=int(subjects))
-    results = raw.get("results")
+    results, resume = raw.get("results"), raw.get("resume")
     return Protocol(str(raw.get("name", "protocol")), raw, list(banks.values()), list(pretrains.values()),
                     finetunes, baseline, str(results) if results else None,
-                    source if source != "protocol" else None)
+                    source if source != "protocol" else None, str(resume) if resume else None)
 
 
 def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] | None = None,
@@ -348,7 +352,7 @@ def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] |
     used_banks = {j.bank for j in pretrains}
     banks = [b for b in protocol.banks if b.key in used_banks]
     return Protocol(protocol.name, protocol.raw, banks, pretrains, finetunes, protocol.baseline, protocol.results,
-                    protocol.source)
+                    protocol.source, protocol.resume)
 
 
 def released_digest(folder: str | Path) -> str | None:

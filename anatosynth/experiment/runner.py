@@ -205,8 +205,13 @@ class Runner:
         if job.bank is not None:
             cfg["bank"] = str(bank_paths.get(job.bank, job.bank))
         cfg["out"] = str(folder)
+        archive = self.archive(job)
         if (folder / "checkpoint.pt").exists():
             self.call(["pretrain", "--resume", str(folder)], folder)
+        elif archive is not None and archive.is_file():  # a new machine: continue from the committed archive
+            self.fresh(folder)
+            self._say(f"{job.key}: continuing from its resumable archive {archive}")
+            self.call(["pretrain", "--resume", str(archive), "--out", str(folder)], folder)
         else:
             self.fresh(folder)
             cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
@@ -219,13 +224,39 @@ class Runner:
 
     def release(self, job: PretrainJob, folder: Path) -> Path:
         """The model a fine-tune starts from: the run's model.pt, or its release in ``weights:`` if the arm
-        names one."""
+        names one. A finished run's resumable archive is deleted (the commit that adds the weights drops it)."""
+        archive = self.archive(job)
+        if archive is not None and archive.is_file() and not self.dry_run:
+            archive.unlink()
+            self._say(f"{job.key}: finished; its resumable archive {archive} is deleted")
         if not job.weights:
             return folder / "model.pt"
         self.call(["release", str(folder), "--out", job.weights, "--job-key", job.key, "--command",
                    f"{release_command(self.protocol, job.arm)} (pre-training job {job.key})"],
                   folder / "release")  # log: folder/release.log
         return Path(job.weights)
+
+    def archive(self, job: PretrainJob) -> Path | None:
+        """Where the protocol keeps pre-training ``job``'s resumable archive (``resume:``; None without it)."""
+        return Path(self.protocol.resume) / f"{job.key}.resume" if self.protocol.resume else None
+
+    def save_resumable(self) -> list[str]:
+        """Archive every unfinished pre-training that has a checkpoint into the protocol's ``resume:`` folder
+        (replacing its earlier archive); returns one line per archive written."""
+        from anatosynth.train.archive import write_archive
+
+        if not self.protocol.resume:
+            raise AnatosynthError(f"protocol {self.protocol.name} has no 'resume:' folder for archives")
+        said = []
+        for job in self.protocol.pretrains:
+            folder = self.out / "pretrain" / job.key
+            if self.done(folder) or not (folder / "checkpoint.pt").is_file():
+                continue
+            archive = self.archive(job)
+            assert archive is not None
+            info = write_archive(folder, archive)
+            said.append(f"{archive}: step {info['step']} of {info['steps']} ({info['archive_bytes'] / 1e6:.1f} MB)")
+        return said
 
     def all_kept(self, job: PretrainJob) -> bool:
         """Whether every fine-tune of this protocol that starts from pre-training ``job`` has a kept result

@@ -6,6 +6,8 @@ Examples::
         --feature-size 48 --patch 96 --batch 4 --steps 50000 --out runs/swin48
     anatosynth pretrain --config run.yaml --steps 1000     # flags override the file
     anatosynth pretrain --resume runs/swin48               # after a crash or kill -9
+    anatosynth release runs/swin48 --resumable --out resume/swin48.resume   # before a machine change ...
+    anatosynth pretrain --resume resume/swin48.resume --out runs/swin48     # ... continued on the next one
     torchrun --nproc_per_node 4 -m anatosynth pretrain --config run.yaml
 """
 
@@ -44,7 +46,26 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return over
 
 
+def _archived_out(archive: str) -> str:
+    """The run folder an archive's config names (where the run was when it was archived)."""
+    import zipfile
+
+    import yaml
+
+    from anatosynth.train.archive import read_archive
+
+    read_archive(archive)
+    with zipfile.ZipFile(archive) as z:
+        out = (yaml.safe_load(z.read("config.yaml")) or {}).get("out")
+    if not out:
+        from anatosynth.errors import ConfigError
+
+        raise ConfigError(f"{archive}: the archived config names no run folder; give --out RUN")
+    return str(out)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from anatosynth.train.archive import is_archive, unpack_archive
     from anatosynth.train.config import resolve_config
     from anatosynth.train.pretrain import pretrain, resume_config
 
@@ -54,7 +75,13 @@ def _run(args: argparse.Namespace) -> int:
             from anatosynth.errors import ConfigError
 
             raise ConfigError("--resume takes the run's saved config.yaml; do not give --config with it")
-        cfg = resume_config(args.resume, over)
+        run = args.resume
+        if is_archive(args.resume):  # a resumable archive: unpacked into --out (default: the run's own folder)
+            run = args.out or _archived_out(args.resume)
+            manifest = unpack_archive(args.resume, run)
+            print(f"unpacked {args.resume} (step {manifest['step']} of {manifest['steps']}) into {run}")
+            over["out"] = None
+        cfg = resume_config(run, over)
         result = pretrain(cfg, resume=True)
     else:
         cfg = resolve_config(args.config, over)
@@ -70,7 +97,9 @@ def register(sub) -> None:
                        description="Supervised pre-training on synthetic, anatomy-placed patches. "
                                    "Options come from defaults, then --config YAML, then flags.")
     p.add_argument("--config", help="YAML file of options (same names as the flags, with underscores)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint, or "
+                                                   "from a resumable archive file ('release --resumable'), "
+                                                   "unpacked into --out (default: the folder it was archived from)")
     p.add_argument("--out", help="run folder (default runs/pretrain)")
     g = p.add_argument_group("data")
     g.add_argument("--bank", help="shape bank path or builtin:phantom (default builtin:phantom)")

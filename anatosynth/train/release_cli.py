@@ -11,6 +11,14 @@ def _run(args) -> int:
 
     from anatosynth.train.release import read_card, release
 
+    if args.resumable:
+        from anatosynth.train.archive import write_archive
+
+        info = write_archive(args.run, args.out)
+        print(f"archived {args.run} at step {info['step']} of {info['steps']} -> {args.out} "
+              f"({info['archive_bytes'] / 1e6:.1f} MB; continue with: anatosynth pretrain --resume {args.out} "
+              f"--out RUN)")
+        return 0
     command = args.command or "anatosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = release(args.run, args.out, command=command, name=args.name, job_key=args.job_key)
     info = read_card(out) or {}
@@ -23,9 +31,16 @@ def register(sub) -> None:
     p = sub.add_parser(
         "release", help="turn a pre-training run into shippable weights (half precision + model card)",
         description="Write RUN's weights as OUT/model.safetensors (float16) with OUT/metadata.json and a model "
-                    "card (OUT/card.json, OUT/README.md). 'anatosynth finetune --init OUT' fine-tunes from it.")
+                    "card (OUT/card.json, OUT/README.md). 'anatosynth finetune --init OUT' fine-tunes from it. "
+                    "With --resumable: an unfinished run as one file that 'pretrain --resume' continues "
+                    "bit-exact on another machine.")
     p.add_argument("run", help="finished pre-training run folder (model.pt, metadata.json)")
-    p.add_argument("--out", required=True, help="released-weights folder to write (e.g. weights/NAME)")
+    p.add_argument("--out", required=True, help="released-weights folder to write (e.g. weights/NAME); with "
+                                                "--resumable, the archive file (e.g. resume/NAME.resume)")
+    p.add_argument("--resumable", action="store_true",
+                   help="archive an unfinished run instead (checkpoint, optimiser, RNG state, config, log; one "
+                        "compact file, replaced by the next archive of the run) for 'pretrain --resume FILE' "
+                        "on another machine")
     p.add_argument("--name", default=None, help="name on the model card (default: the folder's name)")
     p.add_argument("--command", default=None,
                    help="the pre-training command to record on the card (default: this release command)")

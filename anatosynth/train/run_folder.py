@@ -22,8 +22,8 @@ from anatosynth.errors import ConfigError, InputError
 from anatosynth.train.config import RESUME_MUTABLE, PretrainConfig, load_yaml, parse_patch
 from anatosynth.train.distributed import DistContext
 
-__all__ = ["RunPaths", "resume_config", "bank_hash", "versions", "code_commit", "run_sessions", "setup_logger",
-           "close_logger", "jsonable", "LOGGER_NAME"]
+__all__ = ["RunPaths", "resume_config", "bank_hash", "file_sha256", "versions", "code_commit", "run_sessions",
+           "setup_logger", "close_logger", "jsonable", "LOGGER_NAME"]
 
 LOGGER_NAME = "anatosynth.pretrain"
 
@@ -66,7 +66,8 @@ class RunPaths:
         return self.root / f"indices-rank{rank}.txt"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
@@ -89,7 +90,7 @@ def bank_hash(bank, source: str | None) -> str | None:
     if bank is None:
         return None
     if source and not str(source).startswith("builtin:") and Path(source).exists():
-        return _file_sha256(Path(source))
+        return file_sha256(Path(source))
     h = hashlib.sha256()
     h.update(json.dumps({"spacing": [float(s) for s in bank.spacing], "subjects": list(bank.subjects),
                          "frame": bank.frame, "version": bank.version}, sort_keys=True).encode())

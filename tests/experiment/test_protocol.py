@@ -261,17 +261,26 @@ def test_committed_results_are_jobs_of_the_protocols_that_keep_them():
             assert json.loads(f.read_text())["key"] in known, f"{f.name}: no shipped protocol has this job any more"
 
 
-def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
-    """cpu-long-budget adds only the 2,500- and 30,000-patch arms: its scratch and anatomy fine-tunes must be cpu-long's own
-    jobs (same keys, so the same kept results), and its arms must differ from anatomy only in budget."""
+def test_the_budget_protocol_reuses_the_grids_scratch_anatomy_and_primitives_jobs():
+    """cpu-long-budget adds only the 2,500- and 30,000-patch arms: its scratch, anatomy and primitives fine-tunes
+    must be cpu-long's own jobs in all three settings (same keys, so the same kept results), and its arms must
+    differ from their 10,000-patch arm only in budget."""
     root = Path(__file__).resolve().parents[2]
     grid = expand(load_protocol(root / "protocols" / "cpu-long.yaml"))
     budget = expand(load_protocol(root / "protocols" / "cpu-long-budget.yaml"))
-    shared = {j.key for j in budget.finetunes if j.arm in ("scratch", "anatomy")}
-    assert len(shared) == 12 and shared <= {j.key for j in grid.finetunes}
+    shared = {j.key for j in budget.finetunes if j.arm in ("scratch", "anatomy", "primitives")}
+    assert len(shared) == 3 * 18 and shared <= {j.key for j in grid.finetunes}
     assert budget.results == grid.results
     new = [j for j in budget.finetunes if j.arm == "anatomy-2.5k"]
     assert len(new) == 6 and not {j.key for j in new} & {j.key for j in grid.finetunes}
+    controls = [j for j in budget.finetunes if j.arm == "primitives-30k"]
+    assert len(controls) == 18 and {(j.dataset, j.train_cases) for j in controls} == {
+        ("chaos-t2", 1), ("chaos-t2", 4), ("openkbp", 4)}
+    (pre,) = {j.pretrain for j in controls}
+    (ten,) = {j.pretrain for j in budget.finetunes if j.arm == "primitives"}
+    a, b = (next(p for p in budget.pretrains if p.key == k) for k in (pre, ten))
+    assert a.config["steps"] == 7500 and a.config["checkpoint_every"] == 100 and a.weights.endswith("primitives-30k")
+    assert {k: v for k, v in a.config.items() if k != "steps"} == {k: v for k, v in b.config.items() if k != "steps"}
     from anatosynth.experiment.runner import _budget_and_recipe
 
     points = {j.arm: _budget_and_recipe(budget, j) for j in budget.finetunes}
@@ -279,8 +288,9 @@ def test_the_budget_protocol_reuses_the_grids_scratch_and_anatomy_jobs():
     assert points["anatomy-2.5k"][1] == points["anatomy"][1]  # one recipe: one line in dice_vs_budget.png
     # the 30k point was pre-trained on a GPU (released weights): the same line, its fine-tunes new CPU jobs
     assert points["anatomy-30k"] == (30000, points["anatomy"][1])
+    assert points["primitives-30k"] == (30000, points["primitives"][1]) != points["anatomy"]
     far = [j for j in budget.finetunes if j.arm == "anatomy-30k"]
-    assert len(far) == 6 and all(j.options.get("device") == "cpu" for j in far)
+    assert len(far) == 18 and all(j.options.get("device") == "cpu" for j in far)
 
 
 def test_the_screen_protocol_reuses_the_grids_scratch_and_anatomy_jobs_and_the_pilots_pretrainings():

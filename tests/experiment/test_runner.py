@@ -358,3 +358,43 @@ def test_a_second_runner_waits_for_a_job_another_runs_and_then_reuses_it(tmp_pat
     waiting.join(timeout=30)
     other.close()
     assert not waiting.is_alive() and "stopped while waiting for another experiment process" in str(errors[0])
+
+
+def test_an_unfinished_pre_training_moves_to_a_new_machine_through_its_resumable_archive(tmp_path, data_dir):
+    """`experiment --save-resumable` archives a pre-training stopped half-way into the protocol's `resume:`
+    folder; a new machine continues from it, releases the same weights as an uninterrupted run, and deletes it."""
+    import json
+    import shutil
+
+    from anatosynth.experiment.protocol import expand, load_protocol
+    from anatosynth.train.config import PretrainConfig
+    from anatosynth.train.pretrain import pretrain
+
+    path = _protocol(tmp_path, data_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw.update(seeds=[0], resume=str(tmp_path / "repo" / "resume"))
+    raw["pretrain"].update(steps=4, checkpoint_every=2, threads=1)
+    raw["arms"][1]["weights"] = str(tmp_path / "repo" / "weights" / "tiny-anatomy")
+    path.write_text(yaml.safe_dump(raw))
+    job = expand(load_protocol(path), str(path)).pretrains[0]
+    first = tmp_path / "machine1"
+    pretrain(PretrainConfig.from_dict({**job.config, "bank": "builtin:phantom",
+                                       "out": str(first / "pretrain" / job.key)}), echo=False, stop_at=2)
+    assert main(["experiment", str(path), "--out", str(first), "--save-resumable"]) == 0
+    archive = tmp_path / "repo" / "resume" / f"{job.key}.resume"
+    assert archive.is_file()
+    shutil.rmtree(first)  # the machine is gone; the repository (with the archive) is not
+
+    second = tmp_path / "machine2"
+    assert main(["experiment", str(path), "--out", str(second), "--quiet", "--arms", "anatomy"]) == 0
+    log = (second / "experiment.log").read_text()
+    assert "continuing from its resumable archive" in log and "resumable archive" in log and not archive.exists()
+    assert "resumed at step 2" in (second / "pretrain" / job.key / "train.log").read_text()
+    resumed = json.loads((tmp_path / "repo" / "weights" / "tiny-anatomy" / "card.json").read_text())
+
+    shutil.rmtree(tmp_path / "repo" / "weights")  # the same protocol uninterrupted, on a third machine
+    raw["results"] = str(tmp_path / "elsewhere")
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "machine3"), "--quiet", "--arms", "anatomy"]) == 0
+    straight = json.loads((tmp_path / "repo" / "weights" / "tiny-anatomy" / "card.json").read_text())
+    assert resumed["weights_sha256"] == straight["weights_sha256"] and resumed["steps"] == straight["steps"] == 4
