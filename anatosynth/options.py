@@ -13,7 +13,7 @@ __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_thr
 
 #: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
 #: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
-SYNTH_MODES = ("anatomy", "random", "primitives")
+SYNTH_MODES = ("anatomy", "random", "primitives", "mixed")
 #: How labels become intensities (docs/method.md "Render modes"). The one definition.
 RENDERS = ("shell", "fill", "shell+fill", "texture", "contour")
 #: The MONAI networks a run can build (anatosynth.train.models). The one definition.

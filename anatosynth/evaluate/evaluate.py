@@ -12,25 +12,29 @@ before scoring; what was applied is reported in the summary.
 
 Which cases: ``cases`` if given; otherwise the run's evaluation split (``split.json``) when all those
 cases are in the dataset; otherwise every case with an image. Cases without a label map are predicted
-but not scored.
+but not scored. Each scored case's role for the run (its ``split.json``: train, validation or test) is
+reported; a case that trained the run or chose its checkpoint is warned about, marked in ``summary.md``, and
+left out of the test Dice (``test_mean_dice``), the primary number.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from anatosynth.errors import InputError
 from anatosynth.evaluate.inference import Run, load_run, predict_prepared, read_split
 from anatosynth.evaluate.metrics import ClassScore, case_scores
-from anatosynth.evaluate.report import summarise, write_reports
+from anatosynth.evaluate.report import mean_dice, summarise, write_reports
 from anatosynth.io import Volume, check_pair, load_image, load_label, read_dataset, save_volume
 from anatosynth.io.datasets import Dataset
+from anatosynth.io.splits import case_roles
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
 from anatosynth.transforms.postprocess import POSTPROCESS_MODES, keep_largest_component, read_decision
 from anatosynth.transforms.preprocess import ClassMap, prepare_image
 
-__all__ = ["evaluate", "dataset_classes", "choose_cases", "postprocessing_plan"]
+__all__ = ["evaluate", "dataset_classes", "choose_cases", "scored_roles", "postprocessing_plan"]
 
 
 def dataset_classes(run: Run, dataset: Dataset, source: str | Path) -> ClassMap:
@@ -58,6 +62,13 @@ def choose_cases(dataset: Dataset, run: Run, cases: list[str] | None) -> tuple[l
     if split and split.get("eval") and all(n in names for n in split["eval"]):
         return dataset.select(list(split["eval"])).cases, "the run's evaluation split (split.json)"
     return [c for c in dataset.cases if c.image is not None], "all cases of the dataset"
+
+
+def scored_roles(run: Run, cases: list[str]) -> dict[str, str]:
+    """Each scored case's role for the run (``train``, ``validation``, ``test`` or ``unknown`` when the run
+    has no ``split.json``): a case that trained the run or chose its checkpoint is not a test case."""
+    split = read_split(run.path)
+    return case_roles(split, cases) if split else {c: "unknown" for c in cases}
 
 
 def postprocessing_plan(run: Run, mode: str) -> dict:
@@ -136,6 +147,12 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     if missing_image:
         raise InputError(data, f"cases without an image: {', '.join(missing_image)}")
     _precheck(chosen, dict(dataset.labels))
+    roles = scored_roles(run, [c.name for c in chosen])
+    used = [f"{n} ({r})" for n, r in roles.items() if r in ("train", "validation")]
+    if used:
+        print(f"evaluate: warning: {len(used)} of {len(chosen)} cases scored are not test cases of the run: "
+              f"{', '.join(used[:3])}{' …' if len(used) > 3 else ''}; summary.md marks them and its test Dice "
+              f"leaves them out", file=sys.stderr)
     out = ensure_writable_dir(out)
     pred_dir = ensure_writable_dir(out / "predictions") if save_predictions else None
     fg = {name: ident for name, ident in zip(classes.names[1:], classes.ids[1:])}
@@ -157,7 +174,10 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
             scores[case.name] = case_scores(pred.array, label.array, fg, image.spacing)
         seconds[case.name] = round(time.time() - start, 2)
     summary = summarise(scores, classes.names[1:])
+    test_cases = [n for n in scores if roles.get(n) in ("test", "unknown")]
     summary = {"n_cases": len(scores), "cases_from": why, "unlabelled_cases": unlabelled,
+               "case_roles": roles, "n_test_cases": len(test_cases),
+               "test_mean_dice": mean_dice(summary["per_case"], set(scores) - set(test_cases)),
                "postprocessing": plan,
                "run": {"model": str(run.path), "weights": run.weights.name, "data": str(data), "overlap": overlap,
                        "sw_batch": sw_batch,

@@ -104,6 +104,16 @@ def markdown_table(summary: dict, title: str = "Evaluation") -> str:
     if post:
         kept = ", ".join(post["keep_largest"]) or "none"
         lines += [f"Post-processing (largest connected component kept): {kept} — {post['source']}", ""]
+    roles = summary.get("case_roles") or {}
+    test = summary.get("test_mean_dice")
+    if roles and any(r in ("train", "validation") for r in roles.values()):
+        lines += [f"**Test Dice: {_cell(test, 3)}** over the {summary.get('n_test_cases')} test cases. The tables "
+                  "below include cases marked *train* or *validation*: they trained the run or chose its "
+                  "checkpoint, so their Dice is not a test result.", ""]
+    elif roles:
+        lines += [f"**Test Dice: {_cell(test, 3)}** (all {summary.get('n_test_cases')} scored cases are test cases "
+                  "of the run)" if all(r == "test" for r in roles.values()) else
+                  f"**Dice: {_cell(test, 3)}** (the run records no split: the cases' roles are unknown)", ""]
     lines += ["| class | Dice (mean ± std) | n | HD95 mm (mean ± std) | n | absent in both | missed | false positive |",
               "|---|---|---|---|---|---|---|---|"]
     for name, c in summary["classes"].items():
@@ -116,11 +126,14 @@ def markdown_table(summary: dict, title: str = "Evaluation") -> str:
               "(std is the population std over the n defined values).", ""]
     names = list(summary["classes"])
     if summary["per_case"] and len(summary["per_case"]) <= 200:
-        lines += ["## Dice per case", "", "| case | " + " | ".join(names) + " | mean |",
-                  "|---|" + "---|" * (len(names) + 1)]
+        lines += ["## Dice per case", "", "| case | role | " + " | ".join(names) + " | mean |",
+                  "|---|---|" + "---|" * (len(names) + 1)]
         for case, per in summary["per_case"].items():
             cells = [_cell(per[n]["dice"], 3) for n in names]
-            lines.append(f"| {case} | " + " | ".join(cells) + f" | {_cell(summary['case_mean_dice'][case], 3)} |")
+            role = roles.get(case, "unknown")
+            role = role if role in ("test", "unknown") else f"*{role}*"
+            lines.append(f"| {case} | {role} | " + " | ".join(cells) +
+                         f" | {_cell(summary['case_mean_dice'][case], 3)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anatosynth.experiment.stats import compare_arms, main_grid
+from anatosynth.experiment.stats import case_level_comparisons, compare_arms, main_grid
 
 __all__ = ["plot_all"]
 
@@ -27,6 +27,9 @@ PLOTS = {
                "one recipe with finished pairs at two or more budgets"),
     "differences": ("paired_differences.png", "paired differences per comparison and setting: seeds as dots, "
                     "bootstrap and t intervals", "a comparison with at least one pair"),
+    "case_level": ("case_level_differences.png", "paired test-Dice differences per seed (coloured by labelled "
+                   "set) and per test case, with the two-level bootstrap interval",
+                   "runs that recorded Dice per test case"),
 }
 
 
@@ -177,7 +180,46 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
     differences = _plot_differences(plt, rows, out, baseline, pairs or [])
     if differences is not None:
         paths["differences"] = differences
+    case_level = plot_case_level(plt, case_level_comparisons(rows, pairs or [], baseline), out)
+    if case_level is not None:
+        paths["case_level"] = case_level
     return paths
+
+
+def plot_case_level(plt, comparisons: list[dict], out: Path) -> Path | None:
+    """One row per comparison and setting (:func:`~anatosynth.experiment.stats.case_level_comparisons`): left,
+    each seed's mean test-case difference, seeds that trained on the same labelled cases in one colour; right,
+    each test case's mean difference over seeds, sorted. Both show the two-level bootstrap interval as a band
+    and the estimate as a line: where an interval is narrow only because seeds or cases were counted as
+    independent, the dots show it. None without comparisons."""
+    if not comparisons:
+        return None
+    fig, axes = plt.subplots(len(comparisons), 2, figsize=(10, 1.9 * len(comparisons) + 0.6), squeeze=False)
+    for (left, right), c in zip(axes, comparisons):
+        sets = list(dict.fromkeys(tuple(v) for v in c["labelled"].values()))
+        seeds = sorted(c["per_seed"])
+        left.scatter(range(len(seeds)), [c["per_seed"][s] for s in seeds], s=18, zorder=3,
+                     c=[f"C{sets.index(tuple(c['labelled'][s])) % 10}" for s in seeds])
+        left.set_xticks(range(len(seeds)), [str(s) for s in seeds], fontsize=6)
+        left.set_xlabel(f"seed ({len(seeds)} seeds, {len(sets)} distinct labelled sets: colours)", fontsize=7)
+        cases = sorted(c["per_case"], key=c["per_case"].get)
+        right.scatter(range(len(cases)), [c["per_case"][k] for k in cases], s=10, color="k", zorder=3)
+        right.set_xticks([])
+        right.set_xlabel(f"test case, sorted ({len(cases)} cases)", fontsize=7)
+        for ax in (left, right):
+            if np.isfinite(c["lo"]) and np.isfinite(c["hi"]):
+                ax.axhspan(c["lo"], c["hi"], color="C0", alpha=0.15, lw=0)
+            ax.axhline(c["delta"], color="C0", lw=1.2)
+            ax.axhline(0, color="0.5", ls="--", lw=1)
+            ax.set_ylabel("Δ test Dice (points)", fontsize=7)
+        left.set_title(f"{c['a']} − {c['b']}, {c['dataset']}, {c['train_cases']} labelled: "
+                       f"{c['delta']:+.2f} [{c['lo']:.2f}, {c['hi']:.2f}] (two-level bootstrap)",
+                       fontsize=8, loc="left")
+    fig.tight_layout()
+    path = out / PLOTS["case_level"][0]
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def difference_lines(rows: list[dict], baseline: str, pairs: list) -> tuple[list[str], list[tuple[str, dict]]]:

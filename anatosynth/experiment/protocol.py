@@ -5,10 +5,12 @@ and pool/bank size, shared by all seeds and datasets) and fine-tune+evaluate run
 × labelled-set size × seed, plus the scaling points). Every job has a stable key that names its folder,
 so a finished job is reused and a half-finished grid resumes where it stopped.
 
-A dataset's ``eval_cases`` fixes one evaluation set for every arm and seed (a list of case names, or a
-count: that many cases picked by a hash of their names), so that arms are compared on the same cases;
-each seed then draws its ``train_cases`` from the remaining ones. Without it, every seed evaluates on
-all cases it did not train on.
+A dataset's ``split`` fixes its test / validation / pool split (:mod:`anatosynth.io.splits`) for every arm
+and seed: ``{test: N, validation: M}`` (sizes of the default split made from the case names) or the path of a
+split file; each seed draws its ``train_cases`` from the pool, distinct for consecutive seeds until the pool is
+used up. Without ``split`` the default sizes apply. The earlier protocols name ``eval_cases`` instead (a list
+of case names, or a count picked by a hash of the names): one evaluation set whose first ``val_max_cases``
+also choose the checkpoint, so validation sits inside evaluation; their reports say so.
 
 Job keys hash what changes a job's result: the protocol's options *with every code-level default filled
 in* (:func:`resolved_pretrain`, :func:`resolved_finetune`) and the code's result versions
@@ -38,12 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anatosynth.errors import ConfigError
+from anatosynth.io.splits import SPLIT_METHOD
 
 __all__ = ["Protocol", "BankJob", "PretrainJob", "FinetuneJob", "load_protocol", "expand", "pick_eval_cases"]
 
 RESERVED_NAMES = {"banks", "pretrain", "finetune"}  # job folders of an experiment folder
 TOP_KEYS = {"name", "description", "bank", "pretrain", "finetune", "evaluate", "datasets", "arms", "seeds", "compare",
-            "scaling", "baseline", "results", "resume"}
+            "scaling", "baseline", "results", "resume", "primary"}
 ARM_KEYS = {"name", "pretrain", "finetune", "weights"}
 # pre-training / fine-tuning options that change how a job runs, not what it computes: left out of keys
 RUN_ONLY_PRETRAIN = ("bank", "out", "threads", "workers", "minutes", "checkpoint_every", "log_every", "image_every",
@@ -52,8 +55,8 @@ RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "qu
                      "val_cases", "checkpoint_every", "log_every")
 # options added after jobs were run, with the value that reproduces the earlier behaviour: left out of a key
 # at that value, so adding the option does not orphan finished jobs; any other value enters the key
-NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0}
-NEUTRAL_SYNTH = {"clutter": 0.0}  # the same, for the synthesis options of a pre-training job
+NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0, "split": None}
+NEUTRAL_SYNTH = {"clutter": 0.0, "mix_fraction": 0.5, "mix_render": "contour"}  # the same, for synthesis options
 
 
 def result_versions() -> dict[str, int]:
@@ -72,6 +75,7 @@ class BankJob:
     subjects: int
     spacing: list[float]
     seed: int
+    cases: list[str] | None = None  # named subjects (``bank build --cases``) instead of a seeded pick
 
 
 @dataclass
@@ -98,6 +102,7 @@ class FinetuneJob:
     samples: int | None = None
     subjects: int | None = None
     eval_cases: int | list[str] | None = None  # fixed evaluation set: a count (picked by name hash) or names
+    split: dict | str | None = None  # test/validation sizes or a split file (used when eval_cases is None)
 
 
 @dataclass
@@ -207,21 +212,25 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
 
     banks: dict[str, BankJob] = {}
 
-    def bank_for(subjects: int | None) -> str | None:
-        src = str(bank_spec["source"])
+    def bank_for(subjects: int | None, spec: dict | None = None) -> str | None:
+        spec = spec or bank_spec
+        src = str(spec["source"])
         if src.startswith("builtin:"):
             return src
-        k = int(subjects or bank_spec.get("subjects", 5))
-        spacing = [float(v) for v in bank_spec.get("spacing", [1.5, 1.5, 2.0])]
-        seed = int(bank_spec.get("seed", 0))
-        key = f"bank-{k}subj-{_digest([src, k, spacing, seed])}"
-        banks.setdefault(key, BankJob(key, src, k, spacing, seed))
+        cases = [str(c) for c in spec["cases"]] if spec.get("cases") else None
+        k = len(cases) if cases else int(subjects or spec.get("subjects", 5))
+        spacing = [float(v) for v in spec.get("spacing", [1.5, 1.5, 2.0])]
+        seed = int(spec.get("seed", 0))
+        # named cases enter the key only when given, so the keys of seeded picks do not move
+        key = f"bank-{k}subj-{_digest([src, k, spacing, seed] + ([cases] if cases else []))}"
+        banks.setdefault(key, BankJob(key, src, k, spacing, seed, cases))
         return key
 
     pretrains: dict[str, PretrainJob] = {}
     same_run: dict[str, str] = {}  # what a pre-training run computes (key without the arm name) -> its key
 
-    def pretrain_for(arm: dict, samples: int | None = None, subjects: int | None = None) -> str | None:
+    def pretrain_for(arm: dict, samples: int | None = None, subjects: int | None = None,
+                     ds: dict | None = None) -> str | None:
         spec = arm.get("pretrain", "none")
         if spec in (None, "none"):
             return None
@@ -230,13 +239,16 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         cfg = _merge(pre_defaults, spec)
         if samples is not None:
             cfg["samples"] = samples
-        bank = None if cfg.get("mode") == "primitives" else bank_for(subjects)
+        ds_bank = (ds or {}).get("bank")
+        bank = None if cfg.get("mode") == "primitives" else bank_for(subjects, ds_bank)
         suffix = (f"-pool{samples}" if samples else "") + (f"-subj{subjects}" if subjects else "") + \
             f"-{_digest([resolved_pretrain(cfg), bank, versions])}"
         if suffix in same_run:  # an earlier arm pre-trains exactly this: one run, named after that arm
             return same_run[suffix]
         key = f"pre-{arm['name']}{suffix}"
         weights = arm.get("weights") if samples is None and subjects is None else None
+        if isinstance(weights, dict):  # one release per dataset (arms whose bank differs by dataset)
+            weights = weights.get((ds or {}).get("name"))
         pretrains[key] = PretrainJob(key, arm["name"], bank, cfg, samples, subjects, str(weights) if weights else None)
         same_run[suffix] = key
         return key
@@ -255,15 +267,21 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
     if baseline not in names:
         raise ConfigError(f"{source}: baseline arm {baseline!r} is not among the arms ({', '.join(map(str, names))})")
 
+    for q in raw.get("primary") or []:
+        if not isinstance(q, dict) or set(q) != {"a", "b", "dataset", "train_cases"} or \
+                q["a"] not in names or q["b"] not in names:
+            raise ConfigError(f"{source}: 'primary' entries are {{a: ARM, b: ARM, dataset: NAME, train_cases: K}} "
+                              f"with known arms; got {q!r}")
     for pair in raw.get("compare") or []:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(a not in names for a in pair):
             raise ConfigError(f"{source}: 'compare' entries must be two arm names, e.g. [anatomy, random]; "
                               f"got {pair!r}")
 
     finetunes: list[FinetuneJob] = []
+    seen: set[str] = set()
 
     def add_finetune(arm: dict, ds: dict, k: int, seed: int, samples=None, subjects=None) -> None:
-        pre = pretrain_for(arm, samples, subjects)
+        pre = pretrain_for(arm, samples, subjects, ds)
         options = _merge(ft_defaults, ds.get("finetune") or {})
         options = _merge(options, arm.get("finetune") or {})
         options["evaluate"] = _merge(eval_defaults, options.get("evaluate") or {})
@@ -271,27 +289,36 @@ def expand(raw: dict, source: str = "protocol") -> Protocol:
         job = pretrains.get(pre) if pre else None
         if job is not None and job.weights:  # released weights: the fine-tune depends on their bytes
             init = released_digest(job.weights) or pre
+        # the split enters the key only where it is not the earlier eval_cases one, so those keys do not move
+        split = ds.get("split") or {} if ds.get("eval_cases") is None else None
+        what = [resolved_finetune(options), init, ds.get("eval_cases"), versions] + \
+            ([{"split": split, "method": SPLIT_METHOD}] if split is not None else [])
         key = f"ft-{ds['name']}-{arm['name']}-k{k}-s{seed}" + (f"-pool{samples}" if samples else "") + \
-              (f"-subj{subjects}" if subjects else "") + \
-              f"-{_digest([resolved_finetune(options), init, ds.get('eval_cases'), versions])}"
+              (f"-subj{subjects}" if subjects else "") + f"-{_digest(what)}"
+        if key in seen:  # two dataset entries that both run this job (e.g. the baseline at shared seeds)
+            return
+        seen.add(key)
         finetunes.append(FinetuneJob(key, arm["name"], ds["name"], str(ds["path"]), seed, k, pre, options,
-                                     samples, subjects, ds.get("eval_cases")))
+                                     samples, subjects, ds.get("eval_cases"), split))
 
     datasets = raw["datasets"]
     for ds in datasets:
         if not isinstance(ds, dict) or not ds.get("name") or not ds.get("path"):
             raise ConfigError(f"{source}: every dataset needs a 'name' and a 'path'")
+        check_split_spec(ds, source)
         sizes = ds.get("train_cases", [4])
         sizes = [int(s) for s in (sizes if isinstance(sizes, list) else [sizes])]
         only = ds.get("arms")  # optional: run only these arms on this dataset entry
         if only is not None:
             unknown = [a for a in only if a not in names]
-            if unknown or baseline not in only:
+            if unknown or (baseline not in only and "seeds" not in ds):
                 raise ConfigError(f"{source}: dataset {ds['name']!r}: 'arms' must name known arms and include the "
-                                  f"baseline {baseline!r} (got {', '.join(map(str, only))})")
+                                  f"baseline {baseline!r} (got {', '.join(map(str, only))}); an entry that only "
+                                  "adds seeds to arms of another entry names its own 'seeds'")
+        entry_seeds = [int(s) for s in ds["seeds"]] if "seeds" in ds else seeds
         for arm in (a for a in arms if only is None or a["name"] in only):
             for k in sizes:
-                for seed in seeds:
+                for seed in entry_seeds:
                     add_finetune(arm, ds, k, seed)
 
     scaling = raw.get("scaling") or {}
@@ -326,7 +353,7 @@ def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] |
     run selects, so a pilot's finished jobs are the grid's own: the full run later reuses them.
     """
     known_arms = {a["name"] for a in protocol.raw["arms"]}
-    known_seeds = {int(s) for s in protocol.raw["seeds"]}
+    known_seeds = {int(s) for s in protocol.raw["seeds"]} | {j.seed for j in protocol.finetunes}
     settings = {(j.dataset, j.train_cases) for j in protocol.finetunes}
     chosen = set()
     for spec in datasets or []:
@@ -353,6 +380,23 @@ def subset(protocol: Protocol, arms: list[str] | None = None, seeds: list[int] |
     banks = [b for b in protocol.banks if b.key in used_banks]
     return Protocol(protocol.name, protocol.raw, banks, pretrains, finetunes, protocol.baseline, protocol.results,
                     protocol.source, protocol.resume)
+
+
+def check_split_spec(ds: dict, source: str) -> None:
+    """A dataset entry's ``split``: a mapping of ``test``/``validation`` sizes or a split-file path, and not
+    beside ``eval_cases`` (two ways of naming the evaluation set)."""
+    spec = ds.get("split")
+    if spec is None:
+        return
+    if ds.get("eval_cases") is not None:
+        raise ConfigError(f"{source}: dataset {ds['name']!r}: give 'split' or 'eval_cases', not both")
+    if isinstance(spec, dict):
+        bad = sorted(set(spec) - {"test", "validation"})
+        if bad or not all(isinstance(v, int) and v >= 1 for v in spec.values()):
+            raise ConfigError(f"{source}: dataset {ds['name']!r}: 'split' takes test and validation sizes (whole "
+                              f"numbers, at least 1) or a split-file path; got {spec!r}")
+    elif not isinstance(spec, str):
+        raise ConfigError(f"{source}: dataset {ds['name']!r}: 'split' must be sizes or a split-file path")
 
 
 def released_digest(folder: str | Path) -> str | None:

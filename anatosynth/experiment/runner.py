@@ -41,6 +41,7 @@ from anatosynth.experiment.protocol import (
     pick_eval_cases,
     resolved_pretrain,
 )
+from anatosynth.io.splits import SPLIT_METHOD
 from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
@@ -177,8 +178,9 @@ class Runner:
         if self.done(folder) or self.report_only:
             return path
         self.fresh(folder)
-        self.call(["bank", "build", job.source, "--subjects", str(job.subjects), "--spacing",
-                   ",".join(str(s) for s in job.spacing), "--seed", str(job.seed), "--out", str(path)], folder)
+        pick = ["--cases", ",".join(job.cases)] if job.cases else ["--subjects", str(job.subjects)]
+        self.call(["bank", "build", job.source, *pick, "--spacing", ",".join(str(s) for s in job.spacing),
+                   "--seed", str(job.seed), "--out", str(path)], folder)
         self.mark_done(folder, {"key": job.key})
         return path
 
@@ -295,6 +297,8 @@ class Runner:
                     shutil.rmtree(folder, ignore_errors=True)
                 if job.eval_cases is not None:
                     options["val_cases"] = self.eval_cases(job)
+                else:
+                    options["split"] = self.split_file(job)
                 self.call(["finetune", "--data", job.data, "--init", str(init) if init else "none",
                            "--train-cases", str(job.train_cases), "--seed", str(job.seed), "--out", str(folder),
                            "--quiet", *_cli_args(options)], folder)
@@ -329,11 +333,59 @@ class Runner:
         self._say(f"{job.key}: kept result completed with its test Dice ({again['test_dice']:.2f} %)")
         return read_result(kept)
 
+    def split_file(self, job: FinetuneJob) -> str:
+        """The dataset's test / validation / pool split as a file: a split-file path as given (checked), else
+        the default split of the protocol's sizes, written once to ``OUT/splits/``."""
+        from anatosynth.io.splits import load_split, write_split
+
+        if isinstance(job.split, str):
+            load_split(job.split, labelled_names(job.data))
+            return job.split
+        path = self.out / "splits" / f"{job.dataset}-{_digest([job.split, SPLIT_METHOD])}.json"
+        if not path.is_file() and not self.dry_run:
+            write_split(dataset_split(job), path)
+        return str(path)
+
     def eval_cases(self, job: FinetuneJob) -> list[str] | None:
         from anatosynth.io.datasets import read_dataset
 
         names = [c.name for c in read_dataset(job.data).cases if c.image is not None and c.label is not None]
         return pick_eval_cases(names, job.eval_cases)
+
+
+def labelled_names(data: str) -> list[str]:
+    from anatosynth.io.datasets import read_dataset
+
+    return [c.name for c in read_dataset(data).cases if c.image is not None and c.label is not None]
+
+
+def dataset_split(job: FinetuneJob):
+    """The :class:`~anatosynth.io.splits.Split` a fine-tune job with a ``split`` uses (sizes or a file)."""
+    from anatosynth.io.splits import load_split, make_split
+
+    names = labelled_names(job.data)
+    if isinstance(job.split, str):
+        return load_split(job.split, names)
+    return make_split(names, **(job.split or {}))
+
+
+def labelled_set(job: FinetuneJob, folder: Path | None = None) -> list[str]:
+    """The cases fine-tune ``job`` trained on: from its run folder's ``split.json`` when there, else made
+    again as the fine-tune makes them (both splits are deterministic functions of the case names and seed)."""
+    from anatosynth.io.datasets import read_dataset
+
+    split = folder / "split.json" if folder is not None else None
+    if split is not None and split.is_file():
+        return list(json.loads(split.read_text(encoding="utf-8"))["train"])
+    if job.eval_cases is None:
+        from anatosynth.io.splits import draw_labelled
+
+        return draw_labelled(dataset_split(job).pool, job.train_cases, job.seed)["train"]
+    from anatosynth.train.finetune import make_split
+
+    cases = read_dataset(job.data).cases
+    names = [c.name for c in cases if c.image is not None and c.label is not None]
+    return make_split(cases, job.train_cases, job.seed, pick_eval_cases(names, job.eval_cases))["train"]
 
 
 def validation_cases(folder: Path) -> list[str] | None:
@@ -385,7 +437,8 @@ def read_report(report: Path, exclude: Iterable[str] | None = None) -> dict:
     result = {"dice": mean, "per_class": per_class, "test_dice": None,
               "per_case_dice": summary.get("case_mean_dice")}
     if exclude is not None and per_case:
-        result.update(test_dice=dice_without(per_case, exclude), per_case=per_case, validation_cases=list(exclude))
+        result.update(test_dice=dice_without(per_case, exclude), per_case=per_case, validation_cases=list(exclude),
+                      test_cases=test_case_dice(per_case, exclude))
     return result
 
 
@@ -395,9 +448,11 @@ def keep_result(path: Path, job: FinetuneJob, result: dict, folder: Path) -> Non
     and class, the validation curve, and the sessions of its fine-tuning (start step, code commit)."""
     meta_path = folder / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    split = json.loads((folder / "split.json").read_text()) if (folder / "split.json").is_file() else {}
     record = {"key": job.key, "arm": job.arm, "dataset": job.dataset, "seed": job.seed,
               "train_cases": job.train_cases, "samples": job.samples, "subjects": job.subjects,
-              "pretrain": job.pretrain, "options": job.options, **result,
+              "pretrain": job.pretrain, "options": job.options, "labelled": split.get("train"),
+              "draw": split.get("draw"), **{k: v for k, v in result.items() if k != "test_cases"},
               "validation": validation_curve(folder), "sessions": meta.get("sessions")}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
@@ -413,12 +468,28 @@ def validation_curve(folder: Path) -> list[list[float]]:
 
 
 def read_result(path: Path) -> dict:
-    """A kept job's ``{"dice", "per_class", "validation", "test_dice"}`` (see :func:`keep_result`; older
-    files may lack the validation curve or the test Dice: None)."""
+    """A kept job's ``{"dice", "per_class", "validation", "test_dice", "test_cases", "labelled"}`` (see
+    :func:`keep_result`; older files may lack the validation curve, the test Dice, the per-case Dice or the
+    labelled cases: None)."""
     record = json.loads(path.read_text(encoding="utf-8"))
     test = record.get("test_dice")
     return {"dice": float(record["dice"]), "per_class": record["per_class"], "validation": record.get("validation"),
-            "test_dice": None if test is None else float(test)}
+            "test_dice": None if test is None else float(test), "labelled": record.get("labelled"),
+            "test_cases": test_case_dice(record.get("per_case"), record.get("validation_cases"))}
+
+
+def test_case_dice(per_case: dict | None, validation: Iterable[str] | None) -> dict[str, float] | None:
+    """Each test case's Dice (%, the mean over its scored classes), the validation cases left out: what the
+    case-level bootstrap resamples. None without Dice per case."""
+    if not per_case:
+        return None
+    left = set(validation or [])
+    out = {}
+    for case, classes in per_case.items():
+        values = [float(v) for v in classes.values() if v is not None and math.isfinite(float(v))]
+        if case not in left and values:
+            out[case] = 100.0 * float(sum(values) / len(values))
+    return out
 
 
 def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress: bool = True,
@@ -520,16 +591,28 @@ def _budget_and_recipe(protocol: Protocol, job: FinetuneJob) -> tuple[int | None
     return budget, _digest([rest, pre.bank, arm.get("finetune") or {}, job.samples, job.subjects])
 
 
+def _labelled(job: FinetuneJob) -> list[str] | None:
+    """The labelled cases of a job whose kept result predates their recording (made again; None if the
+    dataset is not here)."""
+    try:
+        return labelled_set(job)
+    except AnatosynthError:
+        return None
+
+
 def _rows(protocol: Protocol, results: dict[str, dict]) -> list[dict]:
     rows = []
     for job in protocol.finetunes:
         if job.key in results:
             budget, recipe = _budget_and_recipe(protocol, job)
+            result = results[job.key]
             rows.append({"arm": job.arm, "dataset": job.dataset, "seed": job.seed, "train_cases": job.train_cases,
                          "samples": job.samples, "subjects": job.subjects, "budget": budget, "recipe": recipe,
-                         "dice": results[job.key]["dice"], "test_dice": results[job.key].get("test_dice"),
-                         "per_class": results[job.key]["per_class"],
-                         "job": job.key, "validation": results[job.key].get("validation")})
+                         "dice": result["dice"], "test_dice": result.get("test_dice"),
+                         "per_class": result["per_class"],
+                         "job": job.key, "validation": result.get("validation"),
+                         "test_cases": result.get("test_cases"),
+                         "labelled": result.get("labelled") or _labelled(job)})
     return rows
 
 
@@ -560,6 +643,41 @@ def collect_results(path: Path) -> list[dict]:
     return rows
 
 
+def split_section(protocol: Protocol, rows: list[dict]) -> str:
+    """How each dataset was split and how distinct the seeds' labelled cases are, in words a reviewer checks:
+    test / validation / pool sizes (or the earlier evaluation set with validation inside it), and per setting
+    the seeds run, the distinct labelled sets among them, and which seeds repeat a set."""
+    lines = ["## Splits", ""]
+    for ds in dict.fromkeys(j.dataset for j in protocol.finetunes):
+        job = next(j for j in protocol.finetunes if j.dataset == ds)
+        if job.eval_cases is not None:
+            n = job.eval_cases if isinstance(job.eval_cases, int) else len(job.eval_cases)
+            val = (protocol.raw.get("finetune") or {}).get("val_max_cases", 4)
+            lines.append(f"- **{ds}**: the earlier split (exploratory): one evaluation set of {n} cases whose first "
+                         f"{val} also chose each run's checkpoint (validation inside evaluation); test Dice leaves "
+                         "those out. Labelled cases drawn per seed from the rest, repeats allowed.")
+        else:
+            try:
+                split = dataset_split(job)
+                lines.append(f"- **{ds}**: test {len(split.test)}, validation {len(split.validation)}, training "
+                             f"pool {len(split.pool)} cases ({split.method}); no choice used the test cases.")
+            except AnatosynthError as err:
+                lines.append(f"- **{ds}**: split not readable here ({err})")
+        for k in dict.fromkeys(j.train_cases for j in protocol.finetunes if j.dataset == ds):
+            mine = [r for r in rows if r["dataset"] == ds and r["train_cases"] == k and r.get("labelled")]
+            by_set: dict[tuple, set[int]] = {}
+            for r in mine:
+                by_set.setdefault(tuple(sorted(r["labelled"])), set()).add(int(r["seed"]))
+            if not by_set:
+                continue
+            shared = [sorted(seeds) for seeds in by_set.values() if len(seeds) > 1]
+            said = ("; seeds sharing one: " + ", ".join("+".join(map(str, s)) for s in shared)) if shared else \
+                " (no repeats)"
+            lines.append(f"  - {k} labelled: {len({r['seed'] for r in mine})} seeds finished, {len(by_set)} "
+                         f"distinct labelled sets{said}")
+    return "\n".join(lines) + "\n\n"
+
+
 def progress_line(protocol: Protocol, rows: list[dict]) -> str:
     """How much of the grid the report covers: finished fine-tune runs of all, and per arm (a grid that runs
     for days is reported while it runs)."""
@@ -575,12 +693,15 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     """Results table (Markdown), summary.json and plots from result rows, in the protocol's report folder."""
     from anatosynth.experiment.plots import plot_all, plots_section
     from anatosynth.experiment.stats import (
+        case_level_comparisons,
+        case_level_table,
         compare_arms,
         compare_table,
         json_ready,
         markdown_table,
         per_class_summary,
         per_class_table,
+        primary_table,
         scaling_differences,
         summarise,
     )
@@ -603,6 +724,14 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
                  f"(test Dice is known for {len(tested)} of {len(rows)} runs).\n\n"
                  f"{markdown_table(test_summary, protocol.baseline, 'test Dice %')}\n")
         text += f"{compare_table(test_comparisons, 'Δ test Dice %')}\n" if test_comparisons else ""
+    # the same comparisons with labelled sets and test cases both resampled (and repeated labelled sets once)
+    case_level = case_level_comparisons(rows, pairs, protocol.baseline)
+    primary = protocol.raw.get("primary") or []
+    if primary:
+        section, answered = primary_table(case_level, primary)
+        text = text.replace("\n\n", f"\n\n{section}", 1)  # the answers right under the progress line
+    text += f"{case_level_table(case_level)}\n" if case_level else ""
+    text += split_section(protocol, rows)
     # where a gain comes from: each class's Dice over the evaluation cases
     by_class = per_class_summary(rows, protocol.baseline)
     table = per_class_table(by_class, protocol.baseline)
@@ -614,6 +743,8 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     plots = plot_all(rows, reports, protocol.baseline, bank_subjects, pairs)
     atomic_write_text(reports / "results.md", text + plots_section(plots))
     everything = {"arms": summary, "comparisons": comparisons, "test_arms": test_summary,
-                  "test_comparisons": test_comparisons, "per_class": by_class}
+                  "test_comparisons": test_comparisons, "case_level_comparisons": case_level, "per_class": by_class,
+                  "primary": [{k: v for k, v in r.items() if k != "found"} | {"result": r["found"]}
+                              for r in (answered if primary else [])]}
     atomic_write_text(reports / "summary.json", json.dumps(json_ready(everything), indent=1, allow_nan=False))
     return {"table": reports / "results.md", **plots}

@@ -7,18 +7,24 @@ baseline, scratch, has one row per pair; scaling points of an arm pair with the 
 confidence interval of the mean paired difference is a percentile bootstrap over pairs (seeded, so tables
 are reproducible). With few pairs (six seeds) a percentile bootstrap is on the narrow side, so tables also
 give the Student-t interval of the mean and how many pairs the arm is ahead in.
+
+Both treat the seeds as independent and the evaluation cases as fixed. :func:`case_seed_bootstrap` does
+neither: it resamples labelled sets (seeds that trained on the same labelled cases count once) and test
+cases, crossed, so its interval is for a new user's labelled cases and a new user's scans
+(:func:`case_level_comparisons`; docs/method.md "Intervals").
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["bootstrap_ci", "t_interval", "paired_differences", "summarise", "markdown_table", "compare_arms",
            "compare_table", "scaling_differences", "main_grid", "per_class_summary", "per_class_table",
-           "json_ready", "PAIR_KEYS"]
+           "json_ready", "PAIR_KEYS", "case_seed_bootstrap", "case_level_comparisons", "case_level_table", "holm",
+           "primary_table"]
 
 PAIR_KEYS = ("dataset", "seed", "train_cases")
 GROUP_KEYS = ("dataset", "train_cases", "samples", "subjects", "arm")
@@ -237,3 +243,133 @@ def json_ready(value):
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def case_seed_bootstrap(diffs: dict[int, dict[str, float]], labelled: Mapping[int, Hashable], n_boot: int = 10000,
+                        alpha: float = 0.05, seed: int = 0) -> dict:
+    """Two-level percentile bootstrap of a paired difference over labelled sets and test cases.
+
+    Args:
+        diffs: seed -> test case -> difference of the two arms on that case (percentage points).
+        labelled: seed -> its labelled set (any hashable); seeds with the same set are averaged into one
+            unit first, so a labelled case drawn twice is not counted as two independent draws.
+
+    Each replicate draws the labelled sets with replacement and, independently, the test cases with
+    replacement (crossed: every set is scored on the same cases); its statistic is the mean over the drawn
+    sets and cases. The point estimate is the same mean on the data (each labelled set weighted once).
+
+    Returns:
+        ``{"delta", "lo", "hi", "n_seeds", "n_sets", "n_cases"}`` (NaN bounds with fewer than two sets or cases).
+    """
+    cases = sorted(set.intersection(*(set(d) for d in diffs.values()))) if diffs else []
+    units: dict[Hashable, list[int]] = defaultdict(list)
+    for s in sorted(diffs):
+        units[labelled[s]].append(s)
+    if not cases:
+        return {"delta": float("nan"), "lo": float("nan"), "hi": float("nan"), "n_seeds": len(diffs),
+                "n_sets": len(units), "n_cases": 0}
+    table = np.asarray([[np.mean([diffs[s][c] for s in seeds]) for c in cases] for seeds in units.values()])
+    n_sets, n_cases = table.shape
+    out = {"delta": float(table.mean()), "lo": float("nan"), "hi": float("nan"), "n_seeds": len(diffs),
+           "n_sets": n_sets, "n_cases": n_cases}
+    if n_sets < 2 or n_cases < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    # multinomial counts of each set and each case per replicate: stat = w_set . table . w_case / (S C)
+    w_set = rng.multinomial(n_sets, np.full(n_sets, 1 / n_sets), size=n_boot).astype(np.float64)
+    w_case = rng.multinomial(n_cases, np.full(n_cases, 1 / n_cases), size=n_boot).astype(np.float64)
+    stats = np.einsum("bs,sc,bc->b", w_set, table, w_case) / (n_sets * n_cases)
+    out["lo"], out["hi"] = (float(q) for q in np.quantile(stats, [alpha / 2, 1 - alpha / 2]))
+    # two-sided bootstrap p of "no difference": twice the smaller tail beyond zero (at least 1 / n_boot)
+    out["p"] = float(min(1.0, 2 * max(min(np.mean(stats <= 0), np.mean(stats >= 0)), 1 / n_boot)))
+    return out
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given): the family-wise error rate is held at the
+    level they are compared with."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return [float(v) for v in adjusted]
+
+
+def case_level_comparisons(rows: list[dict], pairs: Sequence[Sequence[str]], baseline: str | None = None) -> list[dict]:
+    """For each protocol comparison ``a - b`` (and each arm against ``baseline``), per dataset and labelled-set
+    size: the paired per-test-case differences of the main grid, :func:`case_seed_bootstrap` over them, and
+    the per-seed and per-case means a figure shows. Rows need ``test_cases`` (case -> Dice %) and
+    ``labelled`` (the cases they trained on); rows without them are left out."""
+    main = [r for r in main_grid(rows) if r.get("test_cases")]
+    arms = list(dict.fromkeys(r["arm"] for r in main))
+    wanted = [tuple(p) for p in pairs]
+    if baseline is not None:
+        wanted += [(a, baseline) for a in arms if a != baseline and (a, baseline) not in wanted]
+    out = []
+    for a, b in wanted:
+        for ds, k in dict.fromkeys((r["dataset"], r["train_cases"]) for r in main):
+            by = {arm: {r["seed"]: r for r in main if r["arm"] == arm and r["dataset"] == ds and r["train_cases"] == k}
+                  for arm in (a, b)}
+            seeds = sorted(set(by[a]) & set(by[b]))
+            if not seeds:
+                continue
+            diffs = {s: {c: by[a][s]["test_cases"][c] - by[b][s]["test_cases"][c]
+                         for c in set(by[a][s]["test_cases"]) & set(by[b][s]["test_cases"])} for s in seeds}
+            labelled = {s: tuple(sorted(by[a][s].get("labelled") or [f"seed {s}"])) for s in seeds}
+            boot = case_seed_bootstrap(diffs, labelled)
+            cases = sorted(set.intersection(*(set(d) for d in diffs.values())))
+            out.append({"dataset": ds, "train_cases": k, "a": a, "b": b, **boot,
+                        "per_seed": {s: float(np.mean([diffs[s][c] for c in cases])) if cases else float("nan")
+                                     for s in seeds},
+                        "per_case": {c: float(np.mean([diffs[s][c] for s in seeds])) for c in cases},
+                        "labelled": {s: list(labelled[s]) for s in seeds}})
+    return out
+
+
+def case_level_table(comparisons: list[dict], label: str = "Δ test Dice %") -> str:
+    """A Markdown table of :func:`case_level_comparisons` ('' when there is none)."""
+    if not comparisons:
+        return ""
+    lines = ["**paired differences on test cases, two-level bootstrap** (labelled sets × test cases resampled; seeds "
+             "that trained on the same labelled cases count as one set; Δ is the mean of each test case's Dice "
+             "difference, each labelled set weighted once)", "",
+             f"| dataset | labelled cases | difference | seeds | distinct labelled sets | test cases | {label} "
+             "[two-level bootstrap 95% CI] | bootstrap p |", "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['dataset']} | {c['train_cases']} | {c['a']} − {c['b']} | {c['n_seeds']} | {c['n_sets']} | "
+                     f"{c['n_cases']} | {_fmt(c['delta'])} [{_fmt(c['lo'])}, {_fmt(c['hi'])}] | "
+                     f"{_fmt(c.get('p', float('nan')), 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def primary_table(comparisons: list[dict], primary: Sequence[dict], alpha: float = 0.05) -> tuple[str, list[dict]]:
+    """The protocol's pre-registered primary questions (``{a, b, dataset, train_cases}`` each) from
+    :func:`case_level_comparisons`, with Holm-adjusted bootstrap p-values over the family; a question without
+    finished pairs is reported as open. Returns the Markdown and the rows."""
+    rows = []
+    for q in primary:
+        found = next((c for c in comparisons if (c["a"], c["b"], c["dataset"], c["train_cases"]) ==
+                      (q["a"], q["b"], q["dataset"], int(q["train_cases"]))), None)
+        rows.append({**q, "found": found})
+    done = [r for r in rows if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan")))]
+    for r, adj in zip(done, holm([r["found"]["p"] for r in done])):
+        r["p_holm"] = adj
+    lines = [f"## Primary questions (pre-registered; Holm over {len(primary)}, α {alpha})", "",
+             "| question | seeds | distinct labelled sets | test cases | Δ test Dice % [two-level bootstrap 95% CI] "
+             "| bootstrap p | Holm p | reading |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"{r['a']} − {r['b']}, {r['dataset']}, {r['train_cases']} labelled"
+        c = r["found"]
+        if c is None or "p_holm" not in r:
+            lines.append(f"| {name} | {c['n_seeds'] if c else 0} | | | not finished | | | open |")
+            continue
+        if r["p_holm"] < alpha:
+            reading = f"{r['a']} {'ahead' if c['delta'] > 0 else 'behind'}"
+        else:
+            reading = "no difference shown"
+        lines.append(f"| {name} | {c['n_seeds']} | {c['n_sets']} | {c['n_cases']} | {_fmt(c['delta'])} "
+                     f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {_fmt(c['p'], 4)} | {_fmt(r['p_holm'], 4)} | {reading} |")
+    return "\n".join(lines) + "\n\n", rows

@@ -31,7 +31,8 @@ class SynthConfig:
     """How patches are synthesised. Defaults are the method's; ranges are inclusive.
 
     Attributes:
-        mode: ``anatomy`` (anchors + graph), ``random`` (bank shapes, uniform positions, any rotation)
+        mode: ``anatomy`` (anchors + graph), ``random`` (bank shapes, uniform positions, any rotation),
+            ``mixed`` (anatomy and primitive samples in one stream, one label space: see ``mix_fraction``)
             or ``primitives`` (PrimGeoSeg-style objects; no bank needed).
         render: label-to-image rendering (see :mod:`anatosynth.synth.render`).
         patch: patch size in voxels (X, Y, Z) at the bank's spacing; multiples of 32.
@@ -71,6 +72,9 @@ class SynthConfig:
         clutter: unlabelled background clutter: the share of background voxels (about; per patch it
             varies) covered by smooth random blobs rendered like organs but labelled background, which
             the network must learn to ignore. 0 (default): organs on a plain background, as the paper.
+        mix_fraction: mixed mode: the share of samples that are PrimGeoSeg primitives (each sample's own
+            coin); the others are anatomy samples of the bank, rendered with ``render``.
+        mix_render: mixed mode: how the primitive samples are rendered (PrimGeoSeg: ``contour``).
     """
 
     mode: str = "anatomy"
@@ -98,6 +102,8 @@ class SynthConfig:
     max_carve: float = 0.25
     layout_tolerance: float = 0.1
     clutter: float = 0.0
+    mix_fraction: float = 0.5
+    mix_render: str = "contour"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,8 +112,10 @@ class SynthConfig:
         """Check every field; normalise tuples. Raises ConfigError naming the first bad field."""
         if self.mode not in SYNTH_MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(SYNTH_MODES)}")
-        if self.render not in RENDERS:
-            raise ConfigError(f"unknown render {self.render!r}; choose one of {', '.join(RENDERS)}")
+        for name in ("render", "mix_render"):
+            if getattr(self, name) not in RENDERS:
+                raise ConfigError(f"unknown {name.replace('_', ' ')} {getattr(self, name)!r}; choose one of "
+                                  f"{', '.join(RENDERS)}")
         if self.window not in WINDOW_POLICIES:
             raise ConfigError(f"unknown window policy {self.window!r}; choose one of "
                               f"{', '.join(WINDOW_POLICIES)}")
@@ -123,7 +131,8 @@ class SynthConfig:
                                 ("elastic_mm", 0.0, 50.0), ("anchor_spread", 0.0, 10.0),
                                 ("jitter_mm", 0.0, 100.0), ("max_shift_mm", 0.0, 500.0),
                                 ("window_jitter", 0.0, 1.0), ("subject_coherence", 0.0, 1.0),
-                                ("max_carve", 0.0, 1.0), ("layout_tolerance", 0.0, 1.0), ("clutter", 0.0, 0.9)]:
+                                ("max_carve", 0.0, 1.0), ("layout_tolerance", 0.0, 1.0), ("clutter", 0.0, 0.9),
+                                ("mix_fraction", 0.0, 1.0)]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{name} = {value!r}: expected a number in [{low:g}, {high:g}]")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from anatosynth.synth.raster import Rasteriser
 
 CLUTTER_KEY = 1 << 33  # third SeedSequence entry of a sample's clutter draws (layouts use 1 << 32)
+MIX_KEY = 1 << 34  # mixed mode: third SeedSequence entry of a sample's anatomy-or-primitives coin
 
 # resolve_device stays importable from here for older call sites; its one definition is anatosynth.options
 __all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "resolve_device"]
@@ -52,6 +53,7 @@ class SampleParams:
         dropped: organs the layout could not place, with reasons.
         render: the render helper's parameters for this sample.
         primitives: primitives mode: the primitive helper's parameters.
+        part: mixed mode: 0 for an anatomy sample, 1 for a primitives sample (always 0 otherwise).
     """
 
     index: int
@@ -60,6 +62,7 @@ class SampleParams:
     dropped: list[dict] = field(default_factory=list)
     render: Any = None
     primitives: Any = None
+    part: int = 0
 
 
 class SynthBatch:
@@ -103,7 +106,10 @@ class SyntheticStream:
         self.seed = int(seed)
         self.bank = bank
         self.patch = self.config.patch
-        if self.config.mode == "primitives":
+        self.parts: tuple[SyntheticStream, SyntheticStream] | None = None
+        if self.config.mode == "mixed":
+            self._init_mixed(bank)
+        elif self.config.mode == "primitives":
             from anatosynth.synth.primitives import PRIMITIVE_CLASS_NAMES
             self.body: BodyModel | None = None
             self.class_names = list(PRIMITIVE_CLASS_NAMES)
@@ -117,6 +123,20 @@ class SyntheticStream:
         self.num_classes = len(self.class_names)
         self._raster: Rasteriser | None = None
         self._layouts: dict[int, Layout] = {}
+
+    def _init_mixed(self, bank: ShapeBank | None) -> None:
+        """Mixed mode: an anatomy stream and a primitives stream of the same seed, one label space — the bank's
+        organs first (labels 1..K, as in the anatomy stream), then the 32 primitive classes (K+1..K+32)."""
+        if bank is None:
+            raise ConfigError("mode 'mixed' needs a shape bank (--bank): its anatomy samples come from it")
+        base = self.config.to_dict()
+        anatomy = SyntheticStream(bank, SynthConfig.from_dict({**base, "mode": "anatomy"}), self.seed)
+        shapes = SyntheticStream(None, SynthConfig.from_dict({**base, "mode": "primitives",
+                                                              "render": base["mix_render"]}), self.seed)
+        self.parts = (anatomy, shapes)
+        self.body = anatomy.body
+        self.class_names = anatomy.class_names + shapes.class_names[1:]
+        self.spacing = anatomy.spacing
 
     # ---- step 1: draw ---------------------------------------------------------------------
     def rng(self, index: int) -> np.random.Generator:
@@ -138,8 +158,18 @@ class SyntheticStream:
         return self._layouts[body]
 
     def draw(self, index: int) -> SampleParams:
-        """All randomness of sample ``index`` (numpy, CPU): layout, window, render parameters."""
+        """All randomness of sample ``index`` (numpy, CPU): layout, window, render parameters. Mixed mode: a
+        coin from ``SeedSequence([seed, index, MIX_KEY])`` picks the part, whose own sample ``index`` it is
+        (so an anatomy sample of the mixed stream is the anatomy stream's sample of that index)."""
         from anatosynth.synth.render import draw_render_params
+        if self.parts is not None:
+            if index < 0:
+                raise ConfigError(f"sample index {index} must be non-negative")
+            coin = np.random.default_rng(np.random.SeedSequence([self.seed, int(index), MIX_KEY]))
+            part = int(coin.random() < self.config.mix_fraction)
+            params = self.parts[part].draw(index)
+            params.part = part
+            return params
         rng = self.rng(index)
         if self.body is None:
             from anatosynth.synth.primitives import draw_primitive_params
@@ -188,6 +218,8 @@ class SyntheticStream:
         params = list(params)
         if not params:
             raise ConfigError("apply needs at least one sample")
+        if self.parts is not None:
+            return self._apply_mixed(params, dev, batched)
         batched = dev.type == "cuda" if batched is None else batched
         # every per-sample parameter of the batch goes to the device in one packed copy
         groups = [params] if batched else [[p] for p in params]
@@ -208,6 +240,36 @@ class SyntheticStream:
             b += len(group)
         image = images[0] if len(images) == 1 else torch.cat(images)
         return SynthBatch(image=image, label=label, logs=logs)
+
+    def _apply_mixed(self, params: list[SampleParams], dev: torch.device, batched: bool | None) -> SynthBatch:
+        """Each part applies its own samples (bytes per sample as in that part's stream); primitive labels move
+        past the bank's organs; the samples go back into the batch's order."""
+        assert self.parts is not None
+        offset = self.parts[0].num_classes - 1
+        image = torch.empty((len(params), 1, *self.patch), dtype=torch.float32, device=dev)
+        label = torch.empty((len(params), *self.patch), dtype=torch.int64, device=dev)
+        outs: list[SynthBatch] = []
+        where: list[list[int]] = []
+        for part, stream in enumerate(self.parts):
+            mine = [k for k, p in enumerate(params) if p.part == part]
+            where.append(mine)
+            if not mine:
+                continue
+            out = stream.apply([params[k] for k in mine], dev, batched)
+            at = torch.as_tensor(mine, device=dev)
+            image[at] = out.image
+            label[at] = torch.where(out.label > 0, out.label + offset, out.label) if part else out.label
+            outs.append(out)
+
+        def merged() -> list[dict]:
+            found: dict[int, dict] = {}
+            parts = iter(outs)
+            for part, mine in enumerate(where):
+                if mine:
+                    for k, log in zip(mine, next(parts).logs):
+                        found[k] = {**log, "mode": "mixed", "part": ("anatomy", "primitives")[part]}
+            return [found[k] for k in range(len(params))]
+        return SynthBatch(image=image, label=label, logs=merged)
 
     def _pack_labels(self, params: list[SampleParams], batched: bool):
         """Host arrays of the label program, and the device step ``paint(packed, dev) -> (label, logs thunk)``."""
@@ -254,6 +316,9 @@ class SyntheticStream:
     def _labels(self, params: list[SampleParams], dev: torch.device) -> tuple[torch.Tensor, Callable[[], list[dict]]]:
         """Label maps and a thunk that builds the logs (reading the device counts back once)."""
         from anatosynth.synth.raster import upload
+        if self.parts is not None:  # mixed: the parts' label programs (and their renders: simple, not lean)
+            out = self._apply_mixed(params, dev, dev.type == "cuda")
+            return out.label, lambda: out.logs
         arrays, paint = self._pack_labels(params, dev.type == "cuda")
         return paint(upload(arrays, dev), dev)
 

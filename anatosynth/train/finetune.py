@@ -27,10 +27,14 @@ On CUDA the forward pass runs under bf16 autocast (loss in fp32), cuDNN picks it
 Crop centres come from foreground/background indices computed once per case (MONAI's
 ``fg_indices_key``), not from a scan of the whole label map at every step.
 
-The split is deterministic: ``train_cases`` cases drawn by ``seed`` from the labelled cases (those not
-named by ``val_cases``); the others (or exactly ``val_cases``) form the evaluation set, whose first
-``val_max_cases`` (in seeded order) are the validation cases used for checkpoint selection — as in the
-BTCV recipe, validation cases are part of the evaluation set.
+The split (:mod:`anatosynth.io.splits`) is, by default, three disjoint sets of the labelled cases: a fixed
+**test** set (the evaluation set: scored, never used for a choice), a **validation** set (its first
+``val_max_cases`` choose the checkpoint and the post-processing) and a training **pool**, from ``--split
+FILE`` or made from the case names alone; ``train_cases`` cases are drawn from the pool by ``seed``, distinct
+for consecutive seeds until the pool is used up. ``split.json`` records all of it. Naming the evaluation set
+instead (``val_cases``, or a datalist's ``validation`` list) keeps the earlier, BTCV-recipe split: the
+validation cases are the first ``val_max_cases`` of the evaluation set, so their Dice is part of it (the
+exploratory cpu-long protocols used it; their reports leave the validation cases out of test Dice).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from anatosynth.train.pretrain import RunPaths  # the run-folder names shared wi
 from anatosynth.train.stopping import StopOnSignal
 from anatosynth.transforms.preprocess import ClassMap, PreparedCase, PreprocessConfig, modality_kind, prepare_cases
 
-__all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "finetune", "resume_config", "class_dice", "lateralised"]
+__all__ = ["FinetuneConfig", "FinetunePaths", "make_split", "reviewer_split", "finetune", "resume_config", "class_dice",
+           "lateralised"]
 
 log = logging.getLogger("anatosynth.finetune")
 
@@ -75,6 +80,7 @@ class FinetuneConfig:
     steps: int = 1000
     train_cases: int | None = None
     val_cases: list[str] | None = None
+    split: str | None = None
     seed: int = 0
     spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
     modality: str | None = None
@@ -177,6 +183,34 @@ def make_split(cases: list[Case], train_cases: int | None, seed: int,
         raise ConfigError(f"--train-cases {k} but only {len(pool)} labelled cases remain after --val-cases")
     train = pool[:k]
     return {"seed": int(seed), "train": train, "eval": evaluation, "val": evaluation[:val_max_cases]}
+
+
+def reviewer_split(cases: list[Case], train_cases: int | None, seed: int, split_file: str | None = None,
+                   val_max_cases: int = 4) -> dict:
+    """The default split (see module docstring): test / validation / pool from ``split_file`` or from the case
+    names, and ``train_cases`` drawn from the pool by ``seed``.
+
+    Returns:
+        ``split.json``'s contents: ``train``, ``eval`` (= ``test``), ``val`` (the validation cases used),
+        ``test``, ``validation``, ``pool``, ``draw`` (group and number of groups) and ``scheme``.
+    """
+    from anatosynth.io.splits import draw_labelled, load_split
+    from anatosynth.io.splits import make_split as default_split
+
+    labelled = [c.name for c in cases if c.label is not None and c.image is not None]
+    sets = load_split(split_file, labelled) if split_file else default_split(labelled)
+    missing = [n for n in sets.test + sets.validation + sets.pool if n not in labelled]
+    if missing:
+        raise InputError(split_file, f"names {len(missing)} case(s) without an image and a label: {missing[0]}")
+    if train_cases is not None and train_cases > len(sets.pool):
+        raise ConfigError(f"--train-cases {train_cases}, but the training pool holds {len(sets.pool)} of the "
+                          f"{len(labelled)} labelled cases ({len(sets.test)} test, {len(sets.validation)} "
+                          f"validation); train on fewer, or give a --split file with a larger pool")
+    draw = draw_labelled(sets.pool, train_cases, seed)
+    return {"seed": int(seed), "train": draw["train"], "eval": list(sets.test), "val": sets.validation[:val_max_cases],
+            "test": list(sets.test), "validation": list(sets.validation), "pool": list(sets.pool),
+            "draw": {"group": draw["group"], "groups": draw["groups"]},
+            "scheme": f"split file {Path(split_file).name}" if split_file else sets.method}
 
 
 def class_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:
@@ -448,7 +482,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, resume: bool = False, s
     dataset, classes, pre = _dataset_and_classes(cfg)
     # a datalist's own "validation" list is the evaluation set unless --val-cases says otherwise
     listed = [c.name for c in dataset.cases if c.split == "validation" and c.label is not None]
-    split = make_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.val_cases or listed or None, cfg.val_max_cases)
+    if cfg.split and (cfg.val_cases or listed):
+        raise ConfigError("--split and " + ("--val-cases" if cfg.val_cases else "the datalist's validation list")
+                          + " both name the evaluation set; give one")
+    if cfg.val_cases or listed:  # an evaluation set named: the earlier split (validation inside evaluation)
+        split = make_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.val_cases or listed, cfg.val_max_cases)
+    else:
+        split = reviewer_split(dataset.cases, cfg.train_cases, cfg.seed, cfg.split, cfg.val_max_cases)
     by_name = {c.name: c for c in dataset.cases}
     train = prepare_cases([by_name[n] for n in split["train"]], pre, classes, "preprocessing train", progress)
     val = prepare_cases([by_name[n] for n in split["val"]], pre, classes, "preprocessing val", progress)

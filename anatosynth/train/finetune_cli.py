@@ -18,8 +18,8 @@ def parse_pair(text: str) -> tuple[float, float]:
 
 
 # options that describe what a run trains: fixed once the run exists (--resume refuses to change them)
-_TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "val_every",
-             "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup",
+_TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "split",
+             "val_every", "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup",
              "pretrained_lr_scale", "freeze_pretrained_steps", "crops",
              "overlap", "sw_batch", "checkpoint_every", "log_every", "overwrite")
 
@@ -33,7 +33,8 @@ def _config(args):
     return FinetuneConfig(
         data=args.data, out=args.out, init=args.init, model=args.model, feature_size=args.feature_size,
         patch=parse_patch(args.patch, what="--patch"), steps=args.steps, train_cases=args.train_cases,
-        val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, seed=args.seed,
+        val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, split=args.split,
+        seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, pretrained_lr_scale=args.pretrained_lr_scale,
         freeze_pretrained_steps=args.freeze_pretrained_steps, crops=args.crops, val_every=args.val_every,
@@ -90,7 +91,12 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--train-cases", type=int, default=None,
                    help="number of training cases drawn by --seed (default: all but ~20%% held out)")
-    p.add_argument("--val-cases", default=None, help="comma-separated case names forming the evaluation set")
+    p.add_argument("--split", default=None, metavar="FILE",
+                   help="split file: JSON with 'test', 'validation' and 'pool' lists of case names (default: made "
+                        "from the case names, 30%% test, 15%% validation; see docs/method.md 'Splits')")
+    p.add_argument("--val-cases", default=None,
+                   help="comma-separated case names forming the evaluation set, instead of --split (the earlier "
+                        "split: the first --val-max-cases of them also choose the checkpoint)")
     p.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
     p.add_argument("--val-max-cases", type=int, default=4, help="evaluation cases used for validation (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and crops")

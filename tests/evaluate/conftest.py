@@ -47,10 +47,10 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, synthetic_dataset) -> Path:
-    """A UNet (feature size 4) fine-tuned for 4 steps on two synthetic cases."""
+    """A UNet (feature size 4) fine-tuned for 4 steps on one of three synthetic cases (one test, one validation)."""
     from anatosynth.train.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = FinetuneConfig(data=str(synthetic_dataset), out=str(out), model="unet", feature_size=4, patch=(32, 32, 32),
-                         steps=4, train_cases=2, seed=1, spacing=(3.0, 3.0, 3.0), val_every=2, lr=1e-2)
+                         steps=4, train_cases=1, seed=1, spacing=(3.0, 3.0, 3.0), val_every=2, lr=1e-2)
     return finetune(cfg, progress=False)

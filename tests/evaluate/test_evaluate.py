@@ -86,9 +86,27 @@ def test_nnunet_layout_round_trip(synthetic_dataset, tmp_path):
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "ball": 200, "box": 500},
         "numTraining": 3, "file_ending": ".nii.gz"}))
     run = finetune(FinetuneConfig(data=str(root), out=str(tmp_path / "run"), model="unet", feature_size=4,
-                                  patch=(32, 32, 32), steps=1, train_cases=2, spacing=(3.0, 3.0, 3.0)), progress=False)
+                                  patch=(32, 32, 32), steps=1, train_cases=1, spacing=(3.0, 3.0, 3.0)), progress=False)
     summary = evaluate(root, run, tmp_path / "report", progress=False)
     assert summary["label_ids"] == {"ball": 200, "box": 500} and summary["n_cases"] == 1
     case = next(iter(summary["per_case"]))
     assert nib.load(tmp_path / "report" / "predictions" / f"{case}.nii.gz").shape == \
         nib.load(root / "labelsTr" / f"{case}.nii.gz").shape
+
+
+def test_cases_that_trained_or_validated_the_run_are_warned_about_marked_and_not_test_dice(
+        tiny_run, synthetic_dataset, tmp_path, capsys):
+    split = json.loads((tiny_run / "split.json").read_text())
+    (train,), (val,), (test,) = split["train"], split["val"], split["test"]
+    alone = evaluate(synthetic_dataset, tiny_run, tmp_path / "test", progress=False, save_predictions=False)
+    assert capsys.readouterr().err == ""  # the run's own test cases: no warning
+    assert alone["case_roles"] == {test: "test"} and alone["test_mean_dice"] == alone["mean_dice"]
+    every = evaluate(synthetic_dataset, tiny_run, tmp_path / "all", cases=[train, val, test], progress=False,
+                     save_predictions=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of 3 cases scored are not test cases" in err[0] and f"{train} (train)" in err[0]
+    assert every["case_roles"] == {train: "train", val: "validation", test: "test"}
+    assert every["n_test_cases"] == 1 and every["test_mean_dice"] == pytest.approx(alone["mean_dice"])
+    md = (tmp_path / "all" / "summary.md").read_text()
+    assert f"| {train} | *train* |" in md and f"| {val} | *validation* |" in md and f"| {test} | test |" in md
+    assert "**Test Dice:" in md and "not a test result" in md

@@ -316,3 +316,34 @@ def test_the_screen_protocol_reuses_the_grids_scratch_and_anatomy_jobs_and_the_p
     assert all(p.config.get("steps") == 2500 for p in screen.pretrains)  # the grid's budget, not a quarter of it
     pilot_runs = {p.key for p in pilots.pretrains}
     assert renders["shell"].key in pilot_runs and renders["fill"].key in pilot_runs
+
+
+def test_the_confirm_protocol_is_what_its_pre_registration_says():
+    """confirm.yaml (issue 32): the split files keep test, validation, pool and the head-and-neck bank apart; seeds
+    are new; the primary arms have 30 seeds with one labelled case, the others 10; the OpenKBP bank is its own
+    and every pre-trained arm of a dataset has one budget; CHAOS-T2 reuses the cpu-long releases."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    protocol = expand(load_protocol(root / "protocols" / "confirm.yaml"), "protocols/confirm.yaml")
+    kbp = json.loads((root / "protocols" / "splits" / "openkbp.json").read_text())
+    sets = [set(kbp[k]) for k in ("test", "validation", "pool", "bank")]
+    assert sum(map(len, sets)) == len(set().union(*sets)) == 203 and len(kbp["test"]) >= 60
+    (hn,) = [b for b in protocol.banks if b.cases]
+    assert hn.cases == kbp["bank"] and hn.source.endswith("openkbp")
+    seeds: dict[tuple, set[int]] = {}
+    for j in protocol.finetunes:
+        seeds.setdefault((j.dataset, j.train_cases, j.arm), set()).add(j.seed)
+        assert j.seed >= 100 and j.eval_cases is None and isinstance(j.split, str)
+    for (ds, k, arm), got in seeds.items():
+        want = 30 if k == 1 and arm in ("anatomy", "primitives") else 10
+        assert len(got) == want, (ds, k, arm)
+    assert len(protocol.finetunes) == 280
+    budgets = {(p.bank, p.arm): int(p.config.get("steps", 2500)) * 4 for p in protocol.pretrains}
+    assert set(budgets.values()) == {10000}
+    by_arm = {(j.dataset, j.arm): j.pretrain for j in protocol.finetunes}
+    weights = {p.key: p.weights for p in protocol.pretrains}
+    assert weights[by_arm["chaos-t2", "anatomy"]] == "weights/cpu-long-anatomy"
+    assert weights[by_arm["openkbp", "anatomy"]] == "weights/confirm-hn-anatomy"
+    assert by_arm["chaos-t2", "primitives"] == by_arm["openkbp", "primitives"]  # no bank: one release for both
+    assert [(q["dataset"], q["train_cases"]) for q in protocol.raw["primary"]] == [("chaos-t2", 1), ("openkbp", 1)]

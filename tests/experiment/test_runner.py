@@ -398,3 +398,39 @@ def test_an_unfinished_pre_training_moves_to_a_new_machine_through_its_resumable
     assert main(["experiment", str(path), "--out", str(tmp_path / "machine3"), "--quiet", "--arms", "anatomy"]) == 0
     straight = json.loads((tmp_path / "repo" / "weights" / "tiny-anatomy" / "card.json").read_text())
     assert resumed["weights_sha256"] == straight["weights_sha256"] and resumed["steps"] == straight["steps"] == 4
+
+
+def test_a_dataset_split_gives_each_fine_tune_a_split_file_and_the_report_describes_it(tmp_path, data_dir,
+                                                                                        monkeypatch):
+    """`split: {test, validation}` (instead of eval_cases): the runner writes the dataset's split once under
+    OUT/splits/, hands it to every fine-tune, and the report names its sizes and the seeds' labelled sets."""
+    import json
+
+    from anatosynth.experiment import runner as runner_mod
+    from anatosynth.experiment.protocol import expand, load_protocol
+
+    path = _protocol(tmp_path, data_dir)
+    raw = yaml.safe_load(path.read_text())
+    del raw["datasets"][0]["eval_cases"]
+    raw["datasets"][0]["split"] = {"test": 8, "validation": 3}
+    raw["seeds"] = [10, 11, 12]
+    path.write_text(yaml.safe_dump(raw))
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner_mod.Runner, "call", lambda self, args, where: calls.append(args))
+    monkeypatch.setattr(runner_mod, "read_report", lambda report, exclude=None: {"dice": 50.0, "per_class": {}})
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    tunes = [a for a in calls if a[0] == "finetune"]
+    files = {a[a.index("--split") + 1] for a in tunes}
+    assert len(tunes) == 6 and len(files) == 1 and all("--val-cases" not in a for a in tunes)
+    split = json.loads(open(files.pop()).read())
+    assert (len(split["test"]), len(split["validation"]), len(split["pool"])) == (8, 3, 9)
+    protocol = expand(load_protocol(path), str(path))
+    drawn = {j.seed: runner_mod.labelled_set(j) for j in protocol.finetunes}
+    assert len({tuple(v) for v in drawn.values()}) == 3 and all(v[0] in split["pool"] for v in drawn.values())
+    rows = [{"arm": j.arm, "dataset": j.dataset, "train_cases": 1, "seed": j.seed, "labelled": drawn[j.seed]}
+            for j in protocol.finetunes]
+    text = runner_mod.split_section(protocol, rows)
+    assert "test 8, validation 3, training pool 9 cases" in text and "3 distinct labelled sets (no repeats)" in text
+    raw["datasets"][0]["eval_cases"] = 4
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "o2"), "--dry-run"]) == 2  # not both

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from anatosynth.experiment.stats import bootstrap_ci, markdown_table, paired_differences, summarise
 
@@ -124,3 +125,58 @@ def test_scaling_points_are_compared_with_their_own_arm_on_the_main_grid():
     (c,) = scaling_differences(rows)  # the pool point has no main-grid partner (seed 9): no pairs, no row
     assert (c["a"], c["b"], c["n_pairs"], c["delta"], c["n_ahead"]) == ("anatomy (20 subjects)", "anatomy", 3, 2.0, 3)
     assert "| d | 1 | anatomy (20 subjects) − anatomy | 3 | 2.00 [2.00, 2.00] |" in compare_table([c])
+
+
+def test_case_seed_bootstrap_counts_a_repeated_labelled_set_once_and_resamples_test_cases():
+    from anatosynth.experiment.stats import case_seed_bootstrap
+
+    rng = np.random.default_rng(0)
+    cases = [f"c{i}" for i in range(8)]
+    effect = {c: float(v) for c, v in zip(cases, rng.normal(0, 3, 8))}  # case-to-case spread of the gain
+    diffs = {s: {c: 2.0 + s_shift + effect[c] for c in cases} for s, s_shift in enumerate(rng.normal(0, 1, 6))}
+    distinct = case_seed_bootstrap(diffs, {s: s for s in diffs})
+    assert distinct["n_sets"] == 6 and distinct["n_cases"] == 8
+    assert distinct["delta"] == pytest.approx(np.mean([list(d.values()) for d in diffs.values()]))
+    assert distinct["lo"] < distinct["delta"] < distinct["hi"]
+    # the same seeds with the cases' spread removed: only seeds vary, so the interval is much narrower
+    flat = {s: {c: v - effect[c] for c, v in d.items()} for s, d in diffs.items()}
+    narrow = case_seed_bootstrap(flat, {s: s for s in flat})
+    assert narrow["hi"] - narrow["lo"] < 0.5 * (distinct["hi"] - distinct["lo"])
+    # a seed that repeats seed 0's labelled cases (and result) adds no independent information
+    twice = {**diffs, 6: dict(diffs[0])}
+    repeated = case_seed_bootstrap(twice, {**{s: s for s in diffs}, 6: 0})
+    assert repeated["n_seeds"] == 7 and repeated["n_sets"] == 6
+    assert (repeated["delta"], repeated["lo"], repeated["hi"]) == pytest.approx(
+        (distinct["delta"], distinct["lo"], distinct["hi"]))
+    naive = case_seed_bootstrap(twice, {s: s for s in twice})  # counting it as new moves the estimate
+    assert naive["delta"] != pytest.approx(distinct["delta"])
+    one = case_seed_bootstrap({0: diffs[0], 1: diffs[1]}, {0: "a", 1: "a"})
+    assert one["n_sets"] == 1 and np.isnan(one["lo"])
+
+
+def test_case_level_comparisons_pair_seeds_and_cases_and_name_the_labelled_sets():
+    from anatosynth.experiment.stats import case_level_comparisons, case_level_table
+
+    def row(arm, seed, gain):
+        return {"arm": arm, "dataset": "d", "seed": seed, "train_cases": 1, "dice": 50.0,
+                "labelled": ["x"] if seed in (0, 2) else [f"y{seed}"],
+                "test_cases": {"t1": 50.0 + gain, "t2": 60.0 + gain, "t3": 40.0 + 2 * gain}}
+
+    rows = [row("scratch", s, 0) for s in range(4)] + [row("anatomy", s, 3.0) for s in range(4)]
+    (c,) = case_level_comparisons(rows, [], "scratch")
+    assert (c["a"], c["b"], c["n_seeds"], c["n_sets"], c["n_cases"]) == ("anatomy", "scratch", 4, 3, 3)
+    assert c["delta"] == pytest.approx(4.0) and c["per_case"]["t3"] == pytest.approx(6.0)
+    assert "| d | 1 | anatomy − scratch | 4 | 3 | 3 | 4.00 [" in case_level_table([c])
+
+
+def test_holm_and_the_primary_table_answer_the_pre_registered_questions():
+    from anatosynth.experiment.stats import holm, primary_table
+
+    assert holm([0.01, 0.04]) == pytest.approx([0.02, 0.04])
+    assert holm([0.03, 0.02]) == pytest.approx([0.04, 0.04])  # step-down keeps the order monotone
+    found = [{"a": "anatomy", "b": "primitives", "dataset": "x", "train_cases": 1, "delta": 2.0, "lo": 0.5,
+              "hi": 3.5, "p": 0.01, "n_seeds": 30, "n_sets": 10, "n_cases": 7}]
+    questions = [{"a": "anatomy", "b": "primitives", "dataset": "x", "train_cases": 1},
+                 {"a": "anatomy", "b": "primitives", "dataset": "y", "train_cases": 1}]
+    text, rows = primary_table(found, questions)
+    assert rows[0]["p_holm"] == pytest.approx(0.01) and "anatomy ahead" in text and "| open |" in text

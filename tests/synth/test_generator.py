@@ -39,6 +39,8 @@ def test_batch_contract(toy_bank, mode):
         assert {"placed", "dropped", "forbidden_overlap_voxels", "anchor_distance_mm"} <= set(log)
     if mode == "primitives":
         assert stream.class_names == list(PRIMITIVE_CLASS_NAMES) and stream.num_classes == 33
+    elif mode == "mixed":
+        assert stream.class_names == toy_bank.class_names + list(PRIMITIVE_CLASS_NAMES)[1:]
     else:
         assert stream.class_names == toy_bank.class_names
         assert int((out.label > 0).sum()) > 0
@@ -181,3 +183,31 @@ def test_clutter_changes_images_not_labels_and_keeps_every_byte_contract(toy_ban
         other = cluttered.apply(params, batched=batched)
         assert other.image[0].numpy().tobytes() == b.image[2].numpy().tobytes()
         assert other.image[1].numpy().tobytes() == b.image[0].numpy().tobytes()
+
+
+def test_mixed_stream_is_the_anatomy_and_primitives_streams_in_one_label_space():
+    """mode 'mixed': each sample's coin picks a part; the sample is that part's own sample of the same index,
+    primitive labels after the bank's organs, and its bytes do not depend on the batch."""
+    import torch
+
+    from anatosynth.bank import load_bank
+
+    bank = load_bank("builtin:phantom")
+    kw = dict(patch=(64, 64, 32), render="shell+fill")
+    mixed = SyntheticStream(bank, SynthConfig(mode="mixed", **kw), 3)
+    anatomy = SyntheticStream(bank, SynthConfig(mode="anatomy", **kw), 3)
+    shapes = SyntheticStream(None, SynthConfig(mode="primitives", **{**kw, "render": "contour"}), 3)
+    assert mixed.class_names == anatomy.class_names + shapes.class_names[1:]
+    batch = mixed.batch(range(10))
+    parts = [mixed.draw(i).part for i in range(10)]
+    assert 0 < sum(parts) < 10  # both parts at mix_fraction 0.5
+    for i, part in enumerate(parts):
+        ref = (shapes if part else anatomy).batch([i])
+        label = torch.where(ref.label[0] > 0, ref.label[0] + anatomy.num_classes - 1, 0) if part else ref.label[0]
+        assert torch.equal(batch.image[i], ref.image[0]) and torch.equal(batch.label[i], label)
+    assert torch.equal(mixed.batch([7]).label[0], batch.label[7])
+    assert [log["part"] for log in batch.logs] == [("anatomy", "primitives")[p] for p in parts]
+    only = SyntheticStream(bank, SynthConfig(mode="mixed", mix_fraction=0.0, **kw), 3)
+    assert all(only.draw(i).part == 0 for i in range(10))
+    with pytest.raises(ConfigError, match="needs a shape bank"):
+        SyntheticStream(None, SynthConfig(mode="mixed", **kw), 3)

@@ -48,7 +48,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _cfg(data: Path, out: Path, **kw) -> FinetuneConfig:
     base = dict(data=str(data), out=str(out), model="unet", feature_size=4, patch=(32, 32, 32), steps=3,
-                train_cases=2, seed=3, spacing=(3.0, 3.0, 3.0), val_every=2)
+                train_cases=1, seed=3, spacing=(3.0, 3.0, 3.0), val_every=2)
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -128,7 +128,7 @@ def test_existing_run_is_not_overwritten(dataset, tmp_path):
     assert code == 2 and (out / "model.pt").read_bytes() == b"x"
     (out / "model_best.pt").write_bytes(b"stale")
     (out / "checkpoint.pt").write_bytes(b"stale")
-    assert main(_cli(dataset, out, "--train-cases", "2", "--overwrite")) == 0  # the old run's files go first
+    assert main(_cli(dataset, out, "--train-cases", "1", "--overwrite")) == 0  # the old run's files go first
     assert torch.load(out / "model_best.pt", weights_only=True) and read_checkpoint(out / "checkpoint.pt")["step"] == 1
 
 
@@ -140,11 +140,14 @@ def _cli(dataset: Path, out: Path, *extra: str) -> list[str]:
 def test_cli_errors_are_one_line_and_write_nothing(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_cli(dataset, out, "--train-cases", "3")) == 2
-    assert "leaves no evaluation case" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--train-cases 3, but the training pool holds 1 of the 3 labelled cases" in err[0]
+    assert main(_cli(dataset, out, "--train-cases", "3", "--val-cases", "c0")) == 2  # the earlier split
+    assert "only 2 labelled cases remain after --val-cases" in capsys.readouterr().err
     from anatosynth.train.models import ModelSpec, build_model
 
     torch.save(build_model(ModelSpec("unet", 2, 3, 4, (32, 32, 32))).state_dict(), tmp_path / "two.pt")
-    assert main(_cli(dataset, out, "--train-cases", "2", "--init", str(tmp_path / "two.pt"))) == 2
+    assert main(_cli(dataset, out, "--train-cases", "1", "--init", str(tmp_path / "two.pt"))) == 2
     err = capsys.readouterr().err
     assert "two.pt: checkpoint was trained with 2 input channel(s) but the network has 1" in err
     bad = tmp_path / "bad"
@@ -154,7 +157,7 @@ def test_cli_errors_are_one_line_and_write_nothing(dataset, tmp_path, capsys):
     assert main(_cli(bad, out, "--val-cases", "c0", "--train-cases", "2")) == 2
     err = capsys.readouterr().err
     assert "c1.nii.gz: image shape" in err and "Traceback" not in err
-    assert main(_cli(dataset, out, "--train-cases", "2", "--modality", "PET")) == 2
+    assert main(_cli(dataset, out, "--train-cases", "1", "--modality", "PET")) == 2
     assert "unknown modality" in capsys.readouterr().err
     assert not out.exists()
 
@@ -318,3 +321,20 @@ def test_pretrained_lr_scale_zero_keeps_transferred_tensors(dataset, tmp_path):
 def test_pretrained_schedule_options_are_checked(dataset, tmp_path, kw, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(dataset, tmp_path / "x", **kw)
+
+
+def test_default_split_keeps_test_validation_and_training_apart_and_a_split_file_is_used(dataset, tmp_path):
+    run = finetune(_cfg(dataset, tmp_path / "a", steps=1), progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert split["eval"] == split["test"] and not set(split["test"]) & set(split["validation"])
+    assert not set(split["train"]) & (set(split["test"]) | set(split["validation"]))
+    assert set(split["val"]) <= set(split["validation"]) and split["draw"] == {"group": 0, "groups": 1}
+    assert split["scheme"] == "sha256-rank-v1"
+    file = tmp_path / "split.json"
+    file.write_text(json.dumps({"test": ["c2"], "validation": ["c0"], "pool": ["c1"]}))
+    other = finetune(_cfg(dataset, tmp_path / "b", steps=1, split=str(file)), progress=False)
+    chosen = json.loads((other / "split.json").read_text())
+    assert (chosen["train"], chosen["eval"], chosen["val"]) == (["c1"], ["c2"], ["c0"])
+    with pytest.raises(ConfigError, match="both name the evaluation set"):
+        finetune(_cfg(dataset, tmp_path / "c", split=str(file), val_cases=["c0"]), progress=False)
+    assert not (tmp_path / "c").exists()

@@ -227,3 +227,10 @@ def test_resume_without_a_checkpoint_fails_and_a_fresh_start_is_allowed(tmp_path
     assert not (run / "checkpoint.pt").exists()
     assert main(["pretrain", "--config", str(run / "config.yaml"), "--out", str(run)]) == 0
     assert read_checkpoint(run / "checkpoint.pt")["step"] == 1
+
+
+def test_a_mixed_stream_pre_trains_one_head_over_organs_and_primitives(tmp_path):
+    result = pretrain(_cfg(tmp_path / "run", mode="mixed", steps=2, image_every=0), echo=False)
+    meta = json.loads((result.out / "metadata.json").read_text())
+    assert meta["model"]["out_channels"] == len(meta["class_names"]) > 33
+    assert meta["class_names"][-1] == "nonagon_rhombus" and meta["mode"] == "mixed"

@@ -64,7 +64,7 @@ def test_finetune_init_from_a_release_folder(run, tmp_path):
     assert not report.head_reinitialised and len(report.transferred) == len(model.state_dict())
     data = _write_dataset(tmp_path / "data", n=3)
     code = main(["finetune", "--data", str(data), "--init", str(out), "--model", "unet", "--feature-size", "4",
-                 "--patch", "32", "--steps", "2", "--train-cases", "2", "--spacing", "3,3,3", "--val-every", "2",
+                 "--patch", "32", "--steps", "2", "--train-cases", "1", "--spacing", "3,3,3", "--val-every", "2",
                  "--device", "cpu", "--out", str(tmp_path / "ft"), "--quiet"])
     assert code == 0
     moved = json.loads((tmp_path / "ft" / "transfer.json").read_text())
