@@ -39,22 +39,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the verb (and sub-verb) the command line chose: its usage is the one to show."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """``--step`` must not silently mean ``--steps``: abbreviations are refused by every verb."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _no_abbreviations(sub)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is reported by the verb's own parser (its usage, not the top-level
+    one) with the closest option it has, e.g. ``--stpes``: "did you mean --steps?"."""
+    import difflib
+
+    _no_abbreviations(parser)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb = _chosen_parser(parser, args)
+        options = [o for a in verb._actions for o in a.option_strings]
+        word = extra[0].split("=", 1)[0]
+        close = difflib.get_close_matches(word, options, n=1, cutoff=0.6) if word.startswith("-") else []
+        hint = f"; did you mean {close[0]}?" if close else f" ({verb.prog} --help lists its options)"
+        what = f"option {word}" if word.startswith("-") else \
+            f"argument{'s' if len(extra) > 1 else ''} {' '.join(extra)}"
+        verb.error(f"unrecognised {what}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
+    verb = _chosen_parser(parser, args).prog  # e.g. "anatosynth bank build", not just "anatosynth bank"
     try:
         result = args.func(args)
     except AnatosynthError as err:
-        print(f"anatosynth {args.verb}: error: {err}", file=sys.stderr)
+        print(f"{verb}: error: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # e.g. `anatosynth check DATA | head`
         sys.stdout = open(os.devnull, "w")
         return 0
     except Interrupted as err:
-        print(f"anatosynth {args.verb}: {err}", file=sys.stderr)
+        print(f"{verb}: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print(f"anatosynth {args.verb}: interrupted", file=sys.stderr)
+        print(f"{verb}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
 

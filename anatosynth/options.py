@@ -9,7 +9,7 @@ from anatosynth.errors import ConfigError
 
 __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
            "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "MODELS", "resolve_device",
-           "check_path"]
+           "check_path", "counted"]
 
 #: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
 #: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
@@ -134,3 +134,8 @@ def apply_threads(threads: int | None) -> int:
     n = int(threads) if threads else default_threads()
     torch.set_num_threads(n)
     return n
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 subject``, ``5 subjects``, ``1 labelled case``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -12,7 +12,12 @@
 # pre-training it still needs (about 80 min of a core for 10,000 patches at 0.55 steps/s) and fills the rest
 # with fine-tunes. Done by 2026-12-01 01:45 UTC: the whole cpu-long grid (72 jobs), the budget protocol (24),
 # the screen's shell and 20-subject arms; the first lines of each chain re-read them. Left: the screen's
-# fill arm (its pre-training stopped at step 246; chain a resumes it, chain b waits on it, then both end).
+# fill arm (its pre-training stopped at step 246), and issue 31's 30k controls (2026-12-07 on): chain a
+# pre-trains cpu-long-budget's primitives-30k (7,500 steps at 0.134 steps/s on this machine: about 15.5 hours of
+# a core, so several sessions; before a session ends archive it with
+#   anatosynth experiment protocols/cpu-long-budget.yaml --out runs/cpu-long --save-resumable
+# and commit resume/), then its 18 fine-tunes; chain b runs anatomy-30k's fine-tunes in the two new settings.
+# The other core belongs to the confirm grid (benchmarks/run_confirm.sh) while that runs.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/cpu-long}
@@ -22,6 +27,7 @@ export OMP_NUM_THREADS=1
 run() { nice -n 5 "$ANATOSYNTH" experiment "protocols/$1.yaml" --out "$OUT" --jobs 1 --threads 1 "${@:2}" || exit 1; }
 case "${1:-}" in
   a)
+    run cpu-long-budget --arms primitives-30k                     # issue 31: pre-training, then its fine-tunes
     run cpu-long --arms primitives --seeds 0                      # done: these four are reused from results/
     run cpu-long-budget
     run cpu-long --arms primitives --datasets chaos-t2:1
@@ -32,6 +38,7 @@ case "${1:-}" in
     run cpu-long-screen
     ;;
   b)
+    run cpu-long-budget --arms anatomy-30k                        # issue 31: 30k anatomy in CHAOS-T2 x4, OpenKBP
     run cpu-long --arms scratch,anatomy                           # done: reused from results/
     run cpu-long --arms random --datasets chaos-t2:1             # done
     run cpu-long --arms random --datasets openkbp

@@ -76,3 +76,27 @@ def test_console_script_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("anatosynth check: error:")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, verb, suggestion", [
+    (["pretrain", "--stpes", "5"], "anatosynth pretrain", "did you mean --steps?"),
+    (["pretrain", "--step", "2"], "anatosynth pretrain", "did you mean --steps?"),  # no silent abbreviation
+    (["bank", "build", "x", "--subjets", "3", "--out", "y.bank"], "anatosynth bank build", "did you mean --subjects?"),
+    (["finetune", "--dta", "x"], "anatosynth finetune", "did you mean --data?"),
+])
+def test_a_typo_names_the_verb_and_the_closest_option(argv, verb, suggestion, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {verb} ") and f"{verb}: error: unrecognised option" in err and suggestion in err
+
+
+def test_errors_name_the_verb_and_counts_agree_with_their_nouns(tmp_path, capsys):
+    from anatosynth.options import counted
+
+    assert main(["bank", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b.bank")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anatosynth bank build: error:")
+    assert (counted(1, "subject"), counted(5, "subject"), counted(1, "labelled case")) == (
+        "1 subject", "5 subjects", "1 labelled case")

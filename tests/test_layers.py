@@ -167,3 +167,20 @@ def test_the_root_api_and_undocumented_units_are_caught(tmp_path):
     found = violations(import_edges(root), {"io": {"errors"}, "pkg": set()})
     assert any("io may not import pkg" in f for f in found)
     assert any("'extra' is not a documented layer" in f for f in found)
+
+
+def test_no_two_modules_import_each_other_even_inside_a_layer():
+    """Module by module (not only layer by layer), at any depth: no import circle, such as the one through
+    ``SampleParams`` between the stream and the rasteriser that ``synth/params.py`` cut."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        module = _module_name(path, PACKAGE_DIR)
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            # a package's __init__ re-exporting its modules is not a circle: only edges between modules count
+            edges |= {n for n in _imported(node, module, path.name == "__init__.py", PACKAGE_DIR)
+                      if n != module and not module.startswith(n + ".") and not path.name == "__init__.py"}
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"import circle: {' -> '.join(err.args[1])}")

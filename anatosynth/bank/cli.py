@@ -7,6 +7,7 @@ import sys
 
 from anatosynth.bank import check_cli
 from anatosynth.errors import ConfigError
+from anatosynth.options import counted
 
 __all__ = ["register"]
 
@@ -51,7 +52,8 @@ def _build(args) -> int:
                       seed=args.seed, cases=cases, salt=args.salt, progress=not args.quiet,
                       orientation=_policy(args))
     save_bank(bank, out)
-    print(f"wrote {out}: {len(bank.subjects)} subjects, {len(bank.organs)} organs, {len(bank.edges)} edges")
+    print(f"wrote {out}: {counted(len(bank.subjects), 'subject')}, {counted(len(bank.organs), 'organ')}, "
+          f"{counted(len(bank.edges), 'edge')}")
     return 0
 
 
@@ -64,7 +66,7 @@ def _merge(args) -> int:
     bank = merge_banks([load_bank(p) for p in args.banks], progress=not args.quiet, orientation=_policy(args),
                        names=args.banks)
     save_bank(bank, out)
-    print(f"wrote {out}: {len(bank.subjects)} subjects, {len(bank.organs)} organs "
+    print(f"wrote {out}: {counted(len(bank.subjects), 'subject')}, {counted(len(bank.organs), 'organ')} "
           f"({', '.join(o.name for o in bank.organs)})")
     return 0
 
@@ -88,7 +90,7 @@ def _inspect(args) -> int:
         print()
         return 0
     print(f"bank {args.bank}: format v{info['version']}, spacing {tuple(info['spacing'])} mm, "
-          f"{len(info['subjects'])} subjects")
+          f"{counted(len(info['subjects']), 'subject')}")
     print(f"{'label':>5}  {'organ':<22} {'subj':>4} {'volume ml':>14}  anchor mean (R, A, S) mm")
     for o in info["organs"]:
         vol = f"{o['volume_ml']['mean']:.1f}±{o['volume_ml']['std']:.1f}"

@@ -16,7 +16,7 @@ def _run(args) -> int:
     cases = [c for c in args.cases.split(",") if c] if args.cases else None
     summary = evaluate(args.data, args.model, args.out, cases=cases, overlap=args.overlap, sw_batch=args.sw_batch,
                        save_predictions=not args.no_predictions, progress=not args.quiet,
-                       device=args.device, postprocess=args.postprocess)
+                       device=args.device, postprocess=args.postprocess, overwrite=args.overwrite)
     mean = summary.get("mean_dice")
     print(f"evaluated {summary['n_cases']} case(s) ({summary['cases_from']}); mean Dice "
           f"{'n/a' if mean is None else f'{mean:.4f}'}; reports in {args.out} (summary.md, summary.json, per_case.csv)")
@@ -42,6 +42,9 @@ def register(sub) -> None:
                    help="sliding-window overlap (default 0.25, MONAI's default; the BTCV recipe uses 0.5)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--no-predictions", action="store_true", help="do not write prediction NIfTI files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear an existing, non-empty --out first (without it such a folder is refused, so no "
+                        "stale prediction sits beside a new summary)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

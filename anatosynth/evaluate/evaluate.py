@@ -14,11 +14,13 @@ Which cases: ``cases`` if given; otherwise the run's evaluation split (``split.j
 cases are in the dataset; otherwise every case with an image. Cases without a label map are predicted
 but not scored. Each scored case's role for the run (its ``split.json``: train, validation or test) is
 reported; a case that trained the run or chose its checkpoint is warned about, marked in ``summary.md``, and
-left out of the test Dice (``test_mean_dice``), the primary number.
+left out of the test Dice (``test_mean_dice``), the primary number. An existing, non-empty ``out`` is refused
+unless ``overwrite`` (then cleared once every input has been checked), so no stale file sits beside a new report.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -119,7 +121,8 @@ def _precheck(cases, names: dict[int, str]) -> None:
 
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
              overlap: float = 0.25, sw_batch: int = 1, save_predictions: bool = True,
-             progress: bool = True, device: str | None = "auto", postprocess: str = "auto") -> dict:
+             progress: bool = True, device: str | None = "auto", postprocess: str = "auto",
+             overwrite: bool = False) -> dict:
     """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
 
     Raises:
@@ -135,6 +138,10 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     if sw_batch < 1:
         raise ConfigError(f"--sw-batch must be at least 1, got {sw_batch}")
     check_output_dir(out)
+    held = Path(out).is_dir() and any(Path(out).iterdir())
+    if held and not overwrite:
+        raise InputError(out, "exists and is not empty (an earlier report?); choose another --out, or pass "
+                              "--overwrite to clear it")
     run = load_run(run_path, device)
     plan = postprocessing_plan(run, postprocess)
     largest = [run.classes.names.index(n) for n in plan["keep_largest"]]
@@ -147,6 +154,8 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     if missing_image:
         raise InputError(data, f"cases without an image: {', '.join(missing_image)}")
     _precheck(chosen, dict(dataset.labels))
+    if held:  # every input checked: only now is the earlier report cleared
+        shutil.rmtree(out)
     roles = scored_roles(run, [c.name for c in chosen])
     used = [f"{n} ({r})" for n, r in roles.items() if r in ("train", "validation")]
     if used:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from anatosynth.experiment import demo
+from anatosynth.options import counted
 
 
 def run_experiment(args) -> int:
@@ -27,8 +28,9 @@ def run_experiment(args) -> int:
         said = Runner(out, protocol).save_resumable()
         print("\n".join(said) if said else f"no unfinished pre-training with a checkpoint under {out}")
         return 0
-    print(f"protocol {protocol.name}: {len(protocol.banks)} banks, {len(protocol.pretrains)} pre-training runs, "
-          f"{len(protocol.finetunes)} fine-tune+evaluate runs -> {out}")
+    print(f"protocol {protocol.name}: {counted(len(protocol.banks), 'bank')}, "
+          f"{counted(len(protocol.pretrains), 'pre-training run')}, "
+          f"{counted(len(protocol.finetunes), 'fine-tune+evaluate run')} -> {out}")
     rows = run_protocol(protocol, out, dry_run=args.dry_run, progress=not args.quiet, threads=args.threads,
                         jobs=args.jobs, report_only=args.report_only)
     if args.dry_run:

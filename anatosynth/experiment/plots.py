@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from anatosynth.experiment.stats import case_level_comparisons, compare_arms, main_grid
+from anatosynth.options import counted
 
 __all__ = ["plot_all"]
 
@@ -88,7 +89,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
             ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, s=10, color="k", zorder=3)
         ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right")
         ax.set_ylabel("mean foreground Dice (%)")
-        ax.set_title(f"{ds}, {k} labelled cases")
+        ax.set_title(f"{ds}, {counted(k, 'labelled case')}" if k is not None else ds)
         lo = min((r["dice"] for r in main), default=0)
         ax.set_ylim(max(0, lo - 10), None)
     fig.tight_layout()
@@ -164,7 +165,7 @@ def plot_all(rows: list[dict], out: Path, baseline: str = "scratch", bank_subjec
                     ax.set_xticks(xs, [str(x) for x in xs[:-1]] + ["endless"])
             ax.set_xlabel(xlabel)
             ax.set_ylabel("mean foreground Dice (%)")
-            ax.set_title(f"{ds}, {k} labelled cases")
+            ax.set_title(f"{ds}, {counted(k, 'labelled case')}")
             ax.legend(fontsize=7)
         fig.tight_layout()
         paths[key] = out / name

@@ -20,7 +20,6 @@ per-voxel bitmask of painted organs makes the forbidden-overlap count exact at p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from anatosynth.bank.model import ShapeBank
 from anatosynth.errors import ConfigError
 from anatosynth.options import resolve_device
 from anatosynth.synth.config import SynthConfig
+from anatosynth.synth.params import SampleParams, SynthBatch
 from anatosynth.synth.placement import BodyModel, Layout, OrganPlacement
 
 if TYPE_CHECKING:
@@ -40,51 +40,6 @@ MIX_KEY = 1 << 34  # mixed mode: third SeedSequence entry of a sample's anatomy-
 
 # resolve_device stays importable from here for older call sites; its one definition is anatosynth.options
 __all__ = ["SynthConfig", "SynthBatch", "SampleParams", "SyntheticStream", "resolve_device"]
-
-
-@dataclass
-class SampleParams:
-    """All random decisions of one sample (picklable, so data-loader workers can draw them).
-
-    Attributes:
-        index: sample index in the stream.
-        origin_mm: body-frame position (mm) of the centre of patch voxel ``[0, 0, 0]``.
-        placed: organs laid out in the body, in placement order (anatomy and random modes).
-        dropped: organs the layout could not place, with reasons.
-        render: the render helper's parameters for this sample.
-        primitives: primitives mode: the primitive helper's parameters.
-        part: mixed mode: 0 for an anatomy sample, 1 for a primitives sample (always 0 otherwise).
-    """
-
-    index: int
-    origin_mm: np.ndarray
-    placed: list[OrganPlacement] = field(default_factory=list)
-    dropped: list[dict] = field(default_factory=list)
-    render: Any = None
-    primitives: Any = None
-    part: int = 0
-
-
-class SynthBatch:
-    """A batch of synthetic patches.
-
-    Attributes:
-        image: float32 [B, 1, X, Y, Z] in [0, 1].
-        label: int64 [B, X, Y, Z]; 0 background, 1..C bank organs (or primitive classes).
-        logs: one JSON-serialisable placement log per sample. Built on first access from counts kept on
-            the device (one read back per batch), so a training step that never looks costs no sync.
-    """
-
-    def __init__(self, image: torch.Tensor, label: torch.Tensor, logs: list[dict] | Callable[[], list[dict]]):
-        self.image = image
-        self.label = label
-        self._logs = logs
-
-    @property
-    def logs(self) -> list[dict]:
-        if callable(self._logs):
-            self._logs = self._logs()
-        return self._logs
 
 
 class SyntheticStream:

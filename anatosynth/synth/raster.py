@@ -444,7 +444,7 @@ class Rasteriser:
 
     def organ_mask(self, p, pl, dev: torch.device) -> tuple[tuple[slice, ...], torch.Tensor] | None:
         """One placed organ of one sample on its own: (patch window, bool mask) or None outside the patch."""
-        from anatosynth.synth.generator import SampleParams
+        from anatosynth.synth.params import SampleParams
 
         one = SampleParams(p.index, p.origin_mm, [pl])
         rows, boxes = self.pack([one])

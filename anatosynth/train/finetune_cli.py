@@ -17,6 +17,8 @@ def parse_pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+DEFAULT_MODEL, DEFAULT_WIDTH, DEFAULT_PATCH = "swinunetr", 48, "96"  # without --init metadata
+
 # options that describe what a run trains: fixed once the run exists (--resume refuses to change them)
 _TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "split",
              "val_every", "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup",
@@ -30,9 +32,10 @@ def _config(args):
 
     if not args.data or not args.out:
         raise ConfigError("finetune needs --data and --out (or --resume RUN to continue a run)")
+    model, feature_size, patch = _network(args)
     return FinetuneConfig(
-        data=args.data, out=args.out, init=args.init, model=args.model, feature_size=args.feature_size,
-        patch=parse_patch(args.patch, what="--patch"), steps=args.steps, train_cases=args.train_cases,
+        data=args.data, out=args.out, init=args.init, model=model, feature_size=feature_size,
+        patch=parse_patch(patch, what="--patch"), steps=args.steps, train_cases=args.train_cases,
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, split=args.split,
         seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
@@ -41,6 +44,24 @@ def _config(args):
         val_max_cases=args.val_max_cases, overlap=args.overlap, sw_batch=args.sw_batch,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, device=args.device,
         overwrite=args.overwrite)
+
+
+def _network(args) -> tuple[str, int, object]:
+    """``--model``, ``--feature-size`` and ``--patch``, each taken from the ``--init`` weights' metadata when not
+    given (anatosynth runs and releases record their network), else the defaults; a given value that
+    contradicts the weights is refused here, before any preprocessing."""
+    from anatosynth.train.transfer import init_network
+
+    saved = init_network(args.init) or {}
+    for flag, given, have in (("--model", args.model, saved.get("name")),
+                              ("--feature-size", args.feature_size, saved.get("feature_size"))):
+        if given is not None and have is not None and given != have:
+            raise ConfigError(f"{flag} {given}, but --init {args.init} holds a {saved.get('name')} of feature size "
+                              f"{saved.get('feature_size')}; drop {flag} to use the network the weights were made for")
+    model = args.model or saved.get("name") or DEFAULT_MODEL
+    width = args.feature_size or saved.get("feature_size") or DEFAULT_WIDTH
+    patch = args.patch or saved.get("patch") or DEFAULT_PATCH
+    return model, int(width), patch
 
 
 def _resume_config(args, parser):
@@ -85,9 +106,11 @@ def register(sub) -> None:
                    help="'none' (from scratch), an anatosynth RUN/model.pt, a released folder (anatosynth release; "
                         "the project ships weights/NAME), or a MONAI/SwinUNETR checkpoint "
                         "(incl. SSL model_swinvit.pt / ssl_pretrained_weights.pth)")
-    p.add_argument("--model", default="swinunetr", choices=MODELS, help="MONAI network (default swinunetr)")
-    p.add_argument("--feature-size", type=int, default=48, help="network width (default 48)")
-    add_patch_argument(p, "96", "training/inference patch")
+    p.add_argument("--model", default=None, choices=MODELS,
+                   help=f"MONAI network (default: the one --init names, else {DEFAULT_MODEL})")
+    p.add_argument("--feature-size", type=int, default=None,
+                   help=f"network width (default: that of --init, else {DEFAULT_WIDTH})")
+    add_patch_argument(p, None, f"training/inference patch (default: that of --init, else {DEFAULT_PATCH})")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000)")
     p.add_argument("--train-cases", type=int, default=None,
                    help="number of training cases drawn by --seed (default: all but ~20%% held out)")

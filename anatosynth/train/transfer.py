@@ -72,6 +72,22 @@ class TransferReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
 
+def init_network(path: str | Path) -> dict | None:
+    """The network an ``--init`` names in its ``metadata.json`` (a release folder, a run folder or a weights
+    file beside one): ``{"name", "feature_size", "patch", ...}``, or None when there is no metadata (a MONAI
+    or SSL checkpoint), without reading any tensor."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_path = folder / "metadata.json"
+    if str(path).lower() == "none" or not meta_path.is_file():
+        return None
+    try:
+        model = json.loads(meta_path.read_text(encoding="utf-8")).get("model")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise InputError(meta_path, "invalid JSON") from None
+    return model if isinstance(model, dict) and model.get("name") else None
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Read a checkpoint's tensors (unwrapping common containers) and ``metadata.json`` beside it.
 

@@ -110,3 +110,19 @@ def test_cases_that_trained_or_validated_the_run_are_warned_about_marked_and_not
     md = (tmp_path / "all" / "summary.md").read_text()
     assert f"| {train} | *train* |" in md and f"| {val} | *validation* |" in md and f"| {test} | test |" in md
     assert "**Test Dice:" in md and "not a test result" in md
+
+
+def test_an_existing_report_folder_is_refused_unless_overwrite_clears_it(tiny_run, synthetic_dataset, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "predictions").mkdir()
+    (out / "predictions" / "stale.nii.gz").write_bytes(b"old")
+    argv = ["evaluate", "--data", str(synthetic_dataset), "--model", str(tiny_run), "--out", str(out), "--quiet",
+            "--no-predictions", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not empty" in err[0] and "--overwrite" in err[0]
+    assert (out / "predictions" / "stale.nii.gz").exists()
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (out / "predictions").exists() and (out / "summary.md").is_file()

@@ -338,3 +338,26 @@ def test_default_split_keeps_test_validation_and_training_apart_and_a_split_file
     with pytest.raises(ConfigError, match="both name the evaluation set"):
         finetune(_cfg(dataset, tmp_path / "c", split=str(file), val_cases=["c0"]), progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_init_weights_name_the_network_and_a_contradiction_is_refused_before_preprocessing(dataset, tmp_path,
+                                                                                          capsys):
+    """`finetune --init DIR` without --model builds the network DIR's metadata names; --model that contradicts
+    it is one line, exit 2, nothing written (no preprocessing first)."""
+    import yaml
+
+    from anatosynth.train.finetune_cli import DEFAULT_MODEL, DEFAULT_PATCH, DEFAULT_WIDTH
+
+    assert (DEFAULT_MODEL, DEFAULT_WIDTH, (int(DEFAULT_PATCH),) * 3) == (
+        FinetuneConfig.model, FinetuneConfig.feature_size, FinetuneConfig.patch)  # one definition of the defaults
+    source = finetune(_cfg(dataset, tmp_path / "source", steps=1), progress=False)  # a unet f4 at 32^3
+    out = tmp_path / "run"
+    base = ["finetune", "--data", str(dataset), "--out", str(out), "--init", str(source), "--steps", "1",
+            "--train-cases", "1", "--spacing", "3,3,3", "--quiet", "--device", "cpu"]
+    assert main([*base, "--model", "swinunetr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model swinunetr, but --init" in err[0] and "unet of feature size 4" in err[0]
+    assert not out.exists()
+    assert main(base) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["model"], cfg["feature_size"], cfg["patch"]) == ("unet", 4, [32, 32, 32])
