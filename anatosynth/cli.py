@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 # stage modules, in pipeline order; each registers the verbs named beside it
 STAGES = [
+    ("anatosynth.io.cli", "dataset"),
     ("anatosynth.bank.cli", "check, bank"),
     ("anatosynth.synth.cli", "synth"),
     ("anatosynth.train.cli", "pretrain, finetune, release"),

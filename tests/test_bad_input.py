@@ -369,3 +369,35 @@ def test_out_is_checked_before_any_work(corpus, fake_run, work, capsys):
                  ["pretrain", "--bank", work / "no.bank", "--out", out],
                  ["demo", "--bank", work / "no.bank", "--out", out]):
         _fails_cleanly(argv, capsys, work, "afile")
+
+
+# ------------------------------------------------------------------------- issue 28: a first try with own data
+def test_an_image_among_label_maps_is_found_whichever_subjects_the_seed_picks(corpus, work, capsys):
+    """bank build screens every file of the folder (its first slice), not only the sampled subjects: the stray
+    MR image fails a 1-subject build too, in one short line."""
+    maps = work / "maps"
+    maps.mkdir()
+    for name in CHAOS_CASES:
+        shutil.copy(corpus / "labelsTr" / f"{name}.nii.gz", maps / f"{name}.nii.gz")
+    shutil.copy(corpus / "imagesTr" / "chaos_03.nii.gz", maps / "zz_image.nii.gz")
+    (maps / "labels.json").write_text(json.dumps(LABELS))
+    for k in ("1", "3"):
+        line = _fails_cleanly(["bank", "build", maps, "--subjects", k, "--spacing", "3,3,6", "--out", work / "b.bank",
+                               "--quiet"], capsys, work, "zz_image.nii.gz", "intensity image")
+        assert len(line.replace(str(maps), "")) <= 200
+
+
+def test_a_nested_labels_json_is_summarised_not_printed(corpus, work, capsys):
+    nested = work / "classmap.json"
+    nested.write_text(json.dumps({"total": {str(i): f"organ_{i}" for i in range(1, 118)}}))
+    line = _fails_cleanly(["bank", "build", corpus, "--labels", nested, "--out", work / "b.bank", "--quiet"], capsys,
+                          work, "classmap.json", "117 entries", "nested")
+    assert len(line.replace(str(nested), "")) <= 200
+
+
+def test_unknown_label_ids_are_counted_not_listed(tmp_path):
+    from anatosynth.io.volume import unknown_ids_message
+
+    assert unknown_ids_message([5, 6]) == "label ids 5, 6 are not in the label names"
+    many = unknown_ids_message(list(range(5, 856)))
+    assert "851 values" in many and "intensity image" in many and len(many) <= 200

@@ -78,6 +78,7 @@ def canonical_ids(labels: dict[int, str], source: Path) -> dict[int, str]:
 def collect_cases(sources: Sequence[str | Path], labels: str | Path | None = None) -> list[SourceCase]:
     """All labelled cases of the given sources (files, folders, dataset folders or JSON files)."""
     from anatosynth.io import read_dataset
+    from anatosynth.io.volume import screen_label_map
 
     cases: list[SourceCase] = []
     for src in sources:
@@ -86,6 +87,8 @@ def collect_cases(sources: Sequence[str | Path], labels: str | Path | None = Non
         found = [SourceCase(c.name, Path(c.label), organs, ds.labels) for c in ds.cases if c.label is not None]
         if not found:
             raise InputError(src, "no label maps found")
+        for case in found:  # every file, not only those the seed picks: a stray image fails every build alike
+            screen_label_map(case.path)
         cases += found
     return cases
 
@@ -203,6 +206,7 @@ def build_bank(sources: str | Path | Sequence[str | Path], labels: str | Path | 
         raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
     sources, sp = _check_build_args(sources, subjects, spacing)
     chosen = pick_cases(collect_cases(sources, labels), subjects, seed, cases)
+    _warn_unknown(sorted({raw for c in chosen for ident, raw in c.label_names.items() if ident}), notify)
     shapes: dict[str, dict[str, OrganShape]] = {}
     frames: dict[str, str] = {}
     records: dict[str, dict] = {}
@@ -239,8 +243,20 @@ def build_bank(sources: str | Path | Sequence[str | Path], labels: str | Path | 
     return assemble_bank(sp, shapes, meta, progress=progress)
 
 
+def _warn_unknown(names: Sequence[str], notify) -> None:
+    """One warning line naming the organs that match no canonical name (no invariant or merge applies)."""
+    from anatosynth.bank.names import unknown_organs
+
+    unknown = unknown_organs(names)
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (f" and {len(unknown) - 6} more" if len(unknown) > 6 else "")
+        notify(f"warning: {len(unknown)} organ name(s) match no canonical organ ({shown}): no anatomical "
+               "invariant checks them and a merge joins them with nothing; rename them in labels.json if they "
+               "are known organs in another language or spelling")
+
+
 def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation: str = "check",
-                names: Sequence[str] | None = None, notify=_notify) -> ShapeBank:
+                names: Sequence[str] | None = None, notify=_notify, allow_disjoint: bool = False) -> ShapeBank:
     """One bank holding every subject of ``banks``; organs joined by canonical name, graph recomputed.
 
     Every subject is checked like in :func:`build_bank` (``orientation`` is the same policy; a fix
@@ -249,12 +265,22 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation:
 
     Args:
         names: how to call each bank in messages (its file), default ``bank 1``, ``bank 2``, ...
+        allow_disjoint: merge banks that share no organ (refused by default: usually one label scheme's names
+            did not map to the canonical ones, e.g. ``Leber`` beside ``liver``).
     """
     if not banks:
         raise ConfigError("nothing to merge")
+    names = list(names) if names else [f"bank {i + 1}" for i in range(len(banks))]
+    _warn_unknown(sorted({o.name for b in banks for o in b.organs}), notify)
+    for i in [*range(1, len(banks)), 0]:  # the banks added to the first one are the usual culprits
+        b, name = banks[i], names[i]
+        shared = {o.name for o in b.organs} & {o.name for j, other in enumerate(banks) if j != i for o in other.organs}
+        if len(banks) > 1 and not shared and not allow_disjoint:
+            raise ConfigError(f"{name} shares no organ with the other banks ({', '.join(o.name for o in b.organs[:4])}"
+                              f"{' …' if len(b.organs) > 4 else ''}); rename its labels to canonical organ names, or "
+                              "pass --allow-disjoint to merge them side by side")
     if orientation not in POLICIES:
         raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
-    names = list(names) if names else [f"bank {i + 1}" for i in range(len(banks))]
     sp = banks[0].spacing
     for b in banks[1:]:
         if not np.allclose(b.spacing, sp, rtol=1e-6):

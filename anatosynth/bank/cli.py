@@ -64,7 +64,7 @@ def _merge(args) -> int:
 
     out = _output(args.out)
     bank = merge_banks([load_bank(p) for p in args.banks], progress=not args.quiet, orientation=_policy(args),
-                       names=args.banks)
+                       names=args.banks, allow_disjoint=args.allow_disjoint)
     save_bank(bank, out)
     print(f"wrote {out}: {counted(len(bank.subjects), 'subject')}, {counted(len(bank.organs), 'organ')} "
           f"({', '.join(o.name for o in bank.organs)})")
@@ -152,6 +152,9 @@ def register(sub) -> None:
     m.add_argument("banks", nargs="+", metavar="BANK")
     m.add_argument("--out", required=True, metavar="BANK")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.add_argument("--allow-disjoint", action="store_true",
+                   help="merge banks that share no organ name (refused by default: usually a label scheme whose "
+                        "names did not map to canonical organs)")
     _orientation_flags(m)
     m.set_defaults(func=_merge)
 

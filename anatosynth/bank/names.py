@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["VOCABULARY", "canonical_name", "organ_sort_key", "normalise"]
+__all__ = ["VOCABULARY", "canonical_name", "organ_sort_key", "normalise", "is_known_organ", "unknown_organs"]
 
 # canonical order: FLARE22 ids 1..13 first, then the other common abdominal / pelvic / thoracic structures
 VOCABULARY: tuple[str, ...] = (
@@ -111,3 +111,17 @@ def organ_sort_key(name: str) -> tuple[int, str]:
         return (VOCABULARY.index(name), "")
     except ValueError:
         return (len(VOCABULARY), name)
+
+
+def is_known_organ(name: str) -> bool:
+    """Whether ``name`` (a label name or a canonical name) is an organ of the synonym table: only such organs
+    get anatomical invariants and merge with other label schemes by name."""
+    canon = canonical_name(name)
+    known = set(VOCABULARY) | set(_FUSED.values()) | set(_BASE.values())
+    known |= {f"{base}_{side}" for base in _SIDED for side in ("right", "left")}
+    return canon in known
+
+
+def unknown_organs(names) -> list[str]:
+    """The names among ``names`` that match no organ of the synonym table (background left out)."""
+    return [n for n in names if n != "background" and not is_known_organ(n)]

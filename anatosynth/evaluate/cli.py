@@ -16,7 +16,8 @@ def _run(args) -> int:
     cases = [c for c in args.cases.split(",") if c] if args.cases else None
     summary = evaluate(args.data, args.model, args.out, cases=cases, overlap=args.overlap, sw_batch=args.sw_batch,
                        save_predictions=not args.no_predictions, progress=not args.quiet,
-                       device=args.device, postprocess=args.postprocess, overwrite=args.overwrite)
+                       device=args.device, postprocess=args.postprocess, overwrite=args.overwrite,
+                       labels=args.labels)
     mean = summary.get("mean_dice")
     print(f"evaluated {summary['n_cases']} case(s) ({summary['cases_from']}); mean Dice "
           f"{'n/a' if mean is None else f'{mean:.4f}'}; reports in {args.out} (summary.md, summary.json, per_case.csv)")
@@ -29,6 +30,8 @@ def register(sub) -> None:
         description="Predict a dataset's cases with a fine-tuned run (predictions in each case's original "
                     "geometry and label ids) and report per-class Dice and HD95.")
     p.add_argument("--data", required=True, help="dataset folder, dataset.json or datalist JSON")
+    p.add_argument("--labels", default=None,
+                   help="labels.json (id→name) overriding the dataset's label names, as in bank build")
     p.add_argument("--model", required=True,
                    help="fine-tuned run folder (its best-on-validation model_best.pt) or a weights file in it "
                         "(RUN/model.pt: the final weights)")

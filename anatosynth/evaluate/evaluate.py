@@ -122,7 +122,7 @@ def _precheck(cases, names: dict[int, str]) -> None:
 def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: list[str] | None = None,
              overlap: float = 0.25, sw_batch: int = 1, save_predictions: bool = True,
              progress: bool = True, device: str | None = "auto", postprocess: str = "auto",
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, labels: str | Path | None = None) -> dict:
     """Evaluate a fine-tuned run on a dataset and write the reports; returns the summary dict.
 
     Raises:
@@ -145,7 +145,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     run = load_run(run_path, device)
     plan = postprocessing_plan(run, postprocess)
     largest = [run.classes.names.index(n) for n in plan["keep_largest"]]
-    dataset = read_dataset(data).require_images("evaluate")
+    dataset = read_dataset(data, labels).require_images("evaluate")
     classes = dataset_classes(run, dataset, data)
     chosen, why = choose_cases(dataset, run, cases)
     if not chosen:

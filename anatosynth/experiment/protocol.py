@@ -55,7 +55,7 @@ RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "qu
                      "val_cases", "checkpoint_every", "log_every")
 # options added after jobs were run, with the value that reproduces the earlier behaviour: left out of a key
 # at that value, so adding the option does not orphan finished jobs; any other value enters the key
-NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0, "split": None}
+NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0, "split": None, "labels": None}
 NEUTRAL_SYNTH = {"clutter": 0.0, "mix_fraction": 0.5, "mix_render": "contour"}  # the same, for synthesis options
 
 

@@ -56,9 +56,12 @@ class Dataset:
     def require_images(self, verb: str) -> Dataset:
         """Raise one clear line when no case has an image (e.g. a folder of label maps given to ``verb``)."""
         if not any(c.image is not None for c in self.cases):
-            what = "this folder has label maps but no images" if self.layout == "labels" else "no case has an image"
-            raise InputError(self.root, f"{what}; {verb} needs scans with labels (an MSD, nnU-Net or datalist "
-                                        "dataset)")
+            if self.layout == "labels":
+                raise InputError(self.root, f"read as a folder of label maps only; {verb} needs images paired with "
+                                            f"them: anatosynth dataset init {self.root} pairs them (rules: "
+                                            "anatosynth dataset init --help)")
+            raise InputError(self.root, f"no case has an image; {verb} needs scans with labels (an MSD, nnU-Net "
+                                        "or datalist dataset)")
         return self
 
     def select(self, names: list[str]) -> Dataset:
@@ -125,7 +128,9 @@ def _id_to_name(labels: dict, source: Path) -> dict[int, str]:
                 raise InputError(source, f"region-based label {k!r} (a list of ids) is not supported")
             ident, name = v, k
         if not isinstance(name, str) or not isinstance(ident, int) or isinstance(ident, bool) or ident < 0:
-            raise InputError(source, f"invalid label entry {k!r}: {v!r}")
+            shown = f"a mapping of {len(v)} entries" if isinstance(v, (dict, list)) else repr(v)[:40]
+            nested = " (a nested mapping: use the inner one as labels.json)" if isinstance(v, dict) else ""
+            raise InputError(source, f"invalid label entry {str(k)[:40]!r}: {shown}; expected id → name{nested}")
         if ident in out:
             raise InputError(source, f"label id {ident} is named twice")
         out[ident] = name
@@ -224,8 +229,8 @@ def _read_label_folder(path: Path, labels_override: dict[int, str] | None) -> Da
     root = path.parent if path.is_file() else path
     if not files:
         if path.is_dir() and any((path / sub).is_dir() for sub in ("imagesTr", "labelsTr")):
-            raise InputError(path / "dataset.json", "not found: a dataset folder with imagesTr/ and labelsTr/ "
-                                                    "needs its dataset.json (MSD or nnU-Net raw) naming the labels")
+            raise InputError(path / "dataset.json", f"not found: write it with anatosynth dataset init {path} "
+                                                    "(pairs imagesTr/ with labelsTr/, names the labels)")
         raise InputError(path, "no NIfTI label maps (.nii/.nii.gz) found")
     if labels_override is not None:
         labels = labels_override

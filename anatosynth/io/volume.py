@@ -20,7 +20,7 @@ import numpy as np
 from anatosynth.errors import InputError
 
 __all__ = ["Volume", "load_image", "load_label", "save_volume", "check_same_geometry", "check_pair",
-           "looks_like_label_map", "NIFTI_SUFFIXES", "check_output_file", "check_output_dir",
+           "screen_label_map", "looks_like_label_map", "NIFTI_SUFFIXES", "check_output_file", "check_output_dir",
            "atomic_write_bytes", "atomic_write_text", "ensure_writable_dir"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -143,8 +143,43 @@ def load_label(path: str | Path, *, require_foreground: bool = False,
     if names is not None:
         unknown = sorted(set(np.unique(labels).tolist()) - set(names) - {0})
         if unknown:
-            raise InputError(path, f"label ids {unknown} are not in the label names")
+            raise InputError(path, unknown_ids_message(unknown))
     return Volume(labels, affine)
+
+
+def screen_label_map(path: str | Path) -> None:
+    """A cheap look at a label map's first slice (all that a gzip stream must decompress to reach it): negative
+    or non-integer values, or more than 255 distinct ones, mean an intensity image among the label maps.
+
+    Raises:
+        InputError: the file is unreadable or looks like an image (one line, naming it).
+    """
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise InputError(path, f"not a NIfTI image ({type(img).__name__})")
+        first = np.asarray(img.dataobj[..., :1] if len(img.shape) >= 3 else img.dataobj)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds; all mean "not a usable NIfTI"
+        raise InputError(path, f"cannot read it as NIfTI ({err.__class__.__name__})") from None
+    values = np.unique(first)
+    if values.size and not np.array_equal(values, np.rint(values)) and values.size <= 255:
+        raise InputError(path, "label map holds non-integer values in its first slice; labels must be whole numbers")
+    if values.size and (values.min() < 0 or not np.array_equal(values, np.rint(values)) or values.size > 255):
+        raise InputError(path, f"looks like an intensity image, not a label map ({values.size} distinct values, "
+                               f"{values.min():g} to {values.max():g}, in its first slice); remove it from the "
+                               "label maps")
+
+
+def unknown_ids_message(unknown: list[int]) -> str:
+    """One short line for label ids the label names lack: the count and the first few; many distinct values
+    mean the file is probably an image among the label maps."""
+    shown = ", ".join(map(str, unknown[:5])) + (f", … ({len(unknown)} in all)" if len(unknown) > 5 else "")
+    if len(unknown) > 50:
+        return (f"{len(unknown)} values the label names lack ({shown}): an intensity image, not a label map? "
+                "Remove it from the folder of label maps")
+    return f"label ids {shown} are not in the label names"
 
 
 def check_same_geometry(image: Volume, label: Volume, path: str | Path, *, atol_mm: float = 1e-3) -> None:

@@ -81,6 +81,7 @@ class FinetuneConfig:
     train_cases: int | None = None
     val_cases: list[str] | None = None
     split: str | None = None
+    labels: str | None = None
     seed: int = 0
     spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
     modality: str | None = None
@@ -446,7 +447,7 @@ def _attach_log(out: Path) -> logging.Handler:
 
 
 def _dataset_and_classes(cfg: FinetuneConfig) -> tuple[Dataset, ClassMap, PreprocessConfig]:
-    dataset = read_dataset(cfg.data).require_images("finetune")
+    dataset = read_dataset(cfg.data, cfg.labels).require_images("finetune")
     classes = ClassMap.from_labels(dataset.labels)
     pre = PreprocessConfig(modality_kind(cfg.modality or dataset.modality), cfg.spacing, cfg.window)
     return dataset, classes, pre

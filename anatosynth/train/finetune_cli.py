@@ -21,8 +21,8 @@ DEFAULT_MODEL, DEFAULT_WIDTH, DEFAULT_PATCH = "swinunetr", 48, "96"  # without -
 
 # options that describe what a run trains: fixed once the run exists (--resume refuses to change them)
 _TRAINING = ("data", "out", "init", "model", "feature_size", "patch", "steps", "train_cases", "val_cases", "split",
-             "val_every", "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay", "warmup",
-             "pretrained_lr_scale", "freeze_pretrained_steps", "crops",
+             "labels", "val_every", "val_max_cases", "seed", "spacing", "modality", "window", "lr", "weight_decay",
+             "warmup", "pretrained_lr_scale", "freeze_pretrained_steps", "crops",
              "overlap", "sw_batch", "checkpoint_every", "log_every", "overwrite")
 
 
@@ -37,6 +37,7 @@ def _config(args):
         data=args.data, out=args.out, init=args.init, model=model, feature_size=feature_size,
         patch=parse_patch(patch, what="--patch"), steps=args.steps, train_cases=args.train_cases,
         val_cases=[c for c in args.val_cases.split(",") if c] if args.val_cases else None, split=args.split,
+        labels=args.labels,
         seed=args.seed,
         spacing=parse_spacing(args.spacing), modality=args.modality, window=parse_pair(args.window), lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, pretrained_lr_scale=args.pretrained_lr_scale,
@@ -100,6 +101,8 @@ def register(sub) -> None:
                     "validation), model.pt (final), postprocessing.json and progress.png.")
     p.add_argument("--data", default=None, help="dataset folder, dataset.json or datalist JSON (required)")
     p.add_argument("--out", default=None, help="run folder to create (required)")
+    p.add_argument("--labels", default=None,
+                   help="labels.json (id→name) overriding the dataset's label names, as in bank build")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue the run in RUN from its checkpoint.pt, with its saved config.yaml")
     p.add_argument("--init", default="none",

@@ -147,3 +147,28 @@ def test_cli_bad_input_exits_2_without_output(folder, tmp_path, capsys, argv, ex
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0]
     assert not out.exists() and not any(tmp_path.glob(".never*"))
+
+
+def test_organ_names_that_match_no_canonical_organ_are_named_and_a_disjoint_merge_is_refused(folder, tmp_path,
+                                                                                           capsys):
+    """German names build (they are organs the user knows) with a warning that names them; merging such a bank
+    with an English one is refused unless --allow-disjoint (it would hold liver and leber side by side)."""
+    german = tmp_path / "german"
+    for i in range(2):
+        _write(german, f"p{i}", _map(i), {"0": "background", "1": "Leber", "2": "Milz", "3": "Niere rechts",
+                                          "4": "Niere links"} if i == 0 else None)
+    assert main(["bank", "build", str(german), "--subjects", "2", "--spacing", "4,4,6", "--out",
+                 str(tmp_path / "de.bank"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 4 organ name(s) match no canonical organ (Leber, Milz, Niere links, Niere rechts)" in err
+    assert main(["bank", "build", str(folder), "--subjects", "2", "--spacing", "4,4,6", "--out",
+                 str(tmp_path / "en.bank"), "--quiet"]) == 0
+    assert "match no canonical organ" not in capsys.readouterr().err
+    merge = ["bank", "merge", str(tmp_path / "en.bank"), str(tmp_path / "de.bank"), "--out", str(tmp_path / "m.bank"),
+             "--quiet", "--ignore-orientation"]
+    assert main(merge) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "de.bank shares no organ" in err[1] and "--allow-disjoint" in err[1]
+    assert not (tmp_path / "m.bank").exists()
+    assert main([*merge, "--allow-disjoint"]) == 0
+    assert len(load_bank(tmp_path / "m.bank").organs) == 8

@@ -126,3 +126,12 @@ def test_an_existing_report_folder_is_refused_unless_overwrite_clears_it(tiny_ru
     assert (out / "predictions" / "stale.nii.gz").exists()
     assert main([*argv, "--overwrite"]) == 0
     assert not (out / "predictions").exists() and (out / "summary.md").is_file()
+
+
+def test_labels_json_renames_the_dataset_classes_for_evaluate(tiny_run, synthetic_dataset, tmp_path, capsys):
+    names = tmp_path / "labels.json"
+    names.write_text(json.dumps({"200": "sphere", "500": "box"}))
+    assert main(["evaluate", "--data", str(synthetic_dataset), "--model", str(tiny_run), "--out", str(tmp_path / "r"),
+                 "--labels", str(names), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err  # the run predicts 'ball': a renamed class is found out, with the option it has
+    assert "class names differ" in err and "sphere" in err

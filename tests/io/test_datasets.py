@@ -135,7 +135,7 @@ def test_dataset_folder_without_dataset_json_says_what_is_missing(tmp_path):
     """imagesTr/ and labelsTr/ full of NIfTI but no dataset.json: name the missing file, not 'no label maps'."""
     root = _msd(tmp_path / "ds")
     (root / "dataset.json").unlink()
-    with pytest.raises(InputError, match=r"dataset\.json: not found: a dataset folder with imagesTr/ and labelsTr/"):
+    with pytest.raises(InputError, match=r"dataset\.json: not found: write it with anatosynth dataset init"):
         read_dataset(root)
 
 
@@ -153,10 +153,10 @@ def test_label_maps_without_images_for_a_verb_that_needs_images(tmp_path, tiny_l
 
     write_nifti(tmp_path / "s1.nii.gz", tiny_label)
     (tmp_path / "labels.json").write_text(json.dumps({"0": "background", "1": "liver", "2": "spleen"}))
-    with pytest.raises(InputError, match="this folder has label maps but no images; finetune needs"):
+    with pytest.raises(InputError, match="read as a folder of label maps only; finetune needs images paired"):
         read_dataset(tmp_path).require_images("finetune")
     assert main(["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "ft"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("this folder has label maps but no images; finetune needs scans with labels "
-                        "(an MSD, nnU-Net or datalist dataset)") and len(err.splitlines()) == 1
+    assert err.endswith(f"anatosynth dataset init {tmp_path} pairs them (rules: anatosynth dataset init --help)")
+    assert len(err.splitlines()) == 1
     assert not (tmp_path / "ft").exists()
