@@ -15,7 +15,8 @@ command -v "$ANATOSYNTH" >/dev/null || ANATOSYNTH=.venv/bin/anatosynth
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 run() { nice -n 5 "$ANATOSYNTH" experiment protocols/confirm.yaml --out "$OUT" --jobs 1 --threads 1 --quiet "$@" || exit 1; }
-run --arms anatomy,primitives --datasets chaos-t2:1     # primary (a): released weights, no pre-training
+# primary (a): released weights, no pre-training; seed by seed, so that every finished pair is an answer so far
+for seed in $(seq 100 129); do run --arms anatomy,primitives --datasets chaos-t2:1 --seeds "$seed"; done
 run --arms anatomy,primitives --datasets openkbp:1      # primary (b): the head-and-neck anatomy pre-training first
 run --datasets chaos-t2:1,openkbp:1                     # secondary arms, one labelled case
 run                                                     # four labelled cases

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anatosynth.options import THREADS_HELP
+from anatosynth.options import THREADS_HELP, counted
 from anatosynth.transforms.postprocess import POSTPROCESS_MODES
 
 __all__ = ["register"]
@@ -19,8 +19,9 @@ def _run(args) -> int:
                        device=args.device, postprocess=args.postprocess, overwrite=args.overwrite,
                        labels=args.labels)
     mean = summary.get("mean_dice")
-    print(f"evaluated {summary['n_cases']} case(s) ({summary['cases_from']}); mean Dice "
-          f"{'n/a' if mean is None else f'{mean:.4f}'}; reports in {args.out} (summary.md, summary.json, per_case.csv)")
+    print(f"evaluated {counted(summary['n_cases'], 'case')} ({summary['cases_from']}); mean Dice "
+          f"{'n/a' if mean is None else f'{100 * mean:.1f} %'}; reports in {args.out} (summary.md, summary.json "
+          "with Dice in [0, 1], per_case.csv)")
     return 0
 
 

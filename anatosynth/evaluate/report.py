@@ -93,6 +93,15 @@ def _cell(v: float | None, digits: int) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _pct(v: float | None) -> str:
+    """A Dice in [0, 1] as a percentage with one decimal, as the experiment reports give it."""
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _fmt_pct(stats: dict) -> str:
+    return "n/a" if stats["mean"] is None else f"{_pct(stats['mean'])} ± {_pct(stats['std'])}"
+
+
 def markdown_table(summary: dict, title: str = "Evaluation") -> str:
     """Per-class table (Dice and HD95 mean ± std with n) and a per-case Dice table."""
     lines = [f"# {title}", ""]
@@ -107,33 +116,34 @@ def markdown_table(summary: dict, title: str = "Evaluation") -> str:
     roles = summary.get("case_roles") or {}
     test = summary.get("test_mean_dice")
     if roles and any(r in ("train", "validation") for r in roles.values()):
-        lines += [f"**Test Dice: {_cell(test, 3)}** over the {summary.get('n_test_cases')} test cases. The tables "
+        lines += [f"**Test Dice: {_pct(test)} %** over the {summary.get('n_test_cases')} test cases. The tables "
                   "below include cases marked *train* or *validation*: they trained the run or chose its "
                   "checkpoint, so their Dice is not a test result.", ""]
     elif roles:
-        lines += [f"**Test Dice: {_cell(test, 3)}** (all {summary.get('n_test_cases')} scored cases are test cases "
+        lines += [f"**Test Dice: {_pct(test)} %** (all {summary.get('n_test_cases')} scored cases are test cases "
                   "of the run)" if all(r == "test" for r in roles.values()) else
-                  f"**Dice: {_cell(test, 3)}** (the run records no split: the cases' roles are unknown)", ""]
-    lines += ["| class | Dice (mean ± std) | n | HD95 mm (mean ± std) | n | absent in both | missed | false positive |",
+                  f"**Dice: {_pct(test)} %** (the run records no split: the cases' roles are unknown)", ""]
+    lines += ["| class | Dice % (mean ± std) | n | HD95 mm (mean ± std) | n | absent in both | missed "
+              "| false positive |",
               "|---|---|---|---|---|---|---|---|"]
     for name, c in summary["classes"].items():
-        lines.append(f"| {name} | {_fmt(c['dice'], 3)} | {c['dice']['n']} | {_fmt(c['hd95'], 1)} | {c['hd95']['n']} | "
+        lines.append(f"| {name} | {_fmt_pct(c['dice'])} | {c['dice']['n']} | {_fmt(c['hd95'], 1)} | {c['hd95']['n']} | "
                      f"{c['n_absent']} | {c['n_missed']} | {c['n_false_positive']} |")
     md, mh = summary.get("mean_dice"), summary.get("mean_hd95")
-    lines.append(f"| **mean of classes** | **{_cell(md, 3)}** | | **{_cell(mh, 1)}** | | | | |")
+    lines.append(f"| **mean of classes** | **{_pct(md)}** | | **{_cell(mh, 1)}** | | | | |")
     lines += ["", "Dice 0 when a class is missed or predicted where the reference has none; HD95 is then undefined. "
               "A class absent from both reference and prediction is n/a and left out of the means "
               "(std is the population std over the n defined values).", ""]
     names = list(summary["classes"])
     if summary["per_case"] and len(summary["per_case"]) <= 200:
-        lines += ["## Dice per case", "", "| case | role | " + " | ".join(names) + " | mean |",
+        lines += ["## Dice per case (%)", "", "| case | role | " + " | ".join(names) + " | mean |",
                   "|---|---|" + "---|" * (len(names) + 1)]
         for case, per in summary["per_case"].items():
-            cells = [_cell(per[n]["dice"], 3) for n in names]
+            cells = [_pct(per[n]["dice"]) for n in names]
             role = roles.get(case, "unknown")
             role = role if role in ("test", "unknown") else f"*{role}*"
             lines.append(f"| {case} | {role} | " + " | ".join(cells) +
-                         f" | {_cell(summary['case_mean_dice'][case], 3)} |")
+                         f" | {_pct(summary['case_mean_dice'][case])} |")
     return "\n".join(lines) + "\n"
 
 

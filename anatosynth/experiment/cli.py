@@ -28,6 +28,7 @@ def run_experiment(args) -> int:
         said = Runner(out, protocol).save_resumable()
         print("\n".join(said) if said else f"no unfinished pre-training with a checkpoint under {out}")
         return 0
+    _sigterm_stops()
     print(f"protocol {protocol.name}: {counted(len(protocol.banks), 'bank')}, "
           f"{counted(len(protocol.pretrains), 'pre-training run')}, "
           f"{counted(len(protocol.finetunes), 'fine-tune+evaluate run')} -> {out}")
@@ -44,6 +45,17 @@ def run_experiment(args) -> int:
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
+
+
+def _sigterm_stops() -> None:
+    """SIGTERM (a scheduler, the end of a session) stops the grid as Ctrl-C does: the running jobs are told
+    to checkpoint and stop, and the same command later continues them."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _names(text: str | None) -> list[str] | None:

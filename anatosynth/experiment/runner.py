@@ -86,6 +86,7 @@ class Runner:
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # set when the run fails or is interrupted: waiting jobs give up
         self.lock_poll_s = 5.0
+        self.running: set[subprocess.Popen] = set()  # job processes now running (signalled when the run stops)
 
     def _say(self, text: str) -> None:
         if self.dry_run:  # a dry run writes nothing at all: the commands go to stdout
@@ -104,10 +105,31 @@ class Runner:
         folder.parent.mkdir(parents=True, exist_ok=True)
         log = folder.parent / f"{folder.name}.log"
         with open(log, "w") as f:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env)
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env)
+            with self.lock:
+                self.running.add(proc)
+            try:
+                proc.wait()
+            finally:
+                with self.lock:
+                    self.running.discard(proc)
+        if self.stopping.is_set() and proc.returncode != 0:
+            raise AnatosynthError(f"job {folder.name}: stopped with the experiment (exit {proc.returncode}); the "
+                                  "same command continues it")
         if proc.returncode != 0:
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise AnatosynthError(f"job {folder.name} failed (exit {proc.returncode}): {tail[0]} — see {log}")
+
+    def stop_jobs(self) -> None:
+        """Ask every running job to stop (SIGTERM): pre-training and fine-tuning finish their step, write a
+        checkpoint and exit, so the next run of the same command continues them."""
+        import signal
+
+        self.stopping.set()
+        with self.lock:
+            for proc in self.running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
     @staticmethod
     def done(folder: Path) -> bool:
@@ -554,7 +576,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
             for future in futures:
                 future.result()  # re-raises the first failure
         except BaseException:
-            runner.stopping.set()  # jobs waiting for another process's lock give up
+            runner.stop_jobs()  # running jobs checkpoint and stop; jobs waiting for another process's lock give up
             pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end; start no new ones
             raise
         pool.shutdown()

@@ -766,6 +766,7 @@ class _Loop:
             log.info("left/right classes present: no flips along the left-right axis")
         self.model.train()
         start, start_step, saved = time.time(), self.step, self.step
+        said_eta = False
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="fine-tuning", unit="step", disable=not progress)
         with StopOnSignal("finetune") as stopper:
@@ -782,6 +783,14 @@ class _Loop:
                         self._validate(writer, loss)
                     elif loss is not None:
                         log.info("step %d loss %.4f", self.step, loss)
+                    if loss is not None and not said_eta and self.step < cfg.steps:  # once, at the first log
+                        from anatosynth.train.progress import estimate_line
+
+                        said_eta = True
+                        line, _ = estimate_line("finetune", self.step - start_step, cfg.steps - start_step,
+                                                time.time() - start, self.device.type)
+                        log.info("%s", line)
+                        tqdm.write(line, file=sys.stderr)
                     if self.step % cfg.checkpoint_every == 0 or self.step == stop or stopper.requested:
                         self.save_checkpoint()
                         saved = self.step

@@ -184,6 +184,17 @@ class _Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.resumed_from = self.step
 
+    def _say_estimate(self, done: int, seconds: float) -> None:
+        """Log (and print, on rank 0) the estimated time left, with a warning for a long CPU run."""
+        from tqdm import tqdm
+
+        from anatosynth.train.progress import estimate_line
+
+        line, _ = estimate_line("pretrain", done, self.cfg.steps - (self.step - done), seconds, self.device.type)
+        self.log.info("%s", line)
+        if self.ctx.is_main and not self.echo:
+            tqdm.write(line, file=sys.stderr)
+
     def _write_static_files(self) -> None:
         """config.yaml and metadata.json (rank 0), before the first step; this session joins the run's list
         of sessions (start step, commit), which a model card reports as the code that trained the weights."""
@@ -294,6 +305,7 @@ class _Trainer:
         n_sum = 0
         last_loss, rate = float("nan"), 0.0
         last_ckpt = self.step
+        said_eta = False
         with self.stopper:
             try:
                 while self.step < stop:
@@ -318,6 +330,9 @@ class _Trainer:
                             [[self.step, last_loss, lr, rate]], dtype=torch.float64)])
                         self.log.info("step %d/%d loss %.4f lr %.3g %.3f steps/s", self.step, cfg.steps,
                                       last_loss, lr, rate)
+                        if not said_eta and self.step < cfg.steps:
+                            said_eta = True  # once, after the first logged steps of this session
+                            self._say_estimate(self.step - start_step, now - t0)
                         if self.writer is not None:
                             self.writer.add_scalar("train/loss", last_loss, self.step)
                             self.writer.add_scalar("train/lr", lr, self.step)

@@ -14,7 +14,9 @@ import numpy as np
 
 from anatosynth.io.volume import atomic_write_bytes
 
-__all__ = ["progress_figure", "write_progress_png"]
+__all__ = ["progress_figure", "write_progress_png", "estimate_line", "CPU_WARN_HOURS"]
+
+CPU_WARN_HOURS = 1.0  # a run estimated longer than this on the CPU gets a warning with the way to a short one
 
 _MARKERS_BELOW = 30  # points per curve under which each point gets a marker
 
@@ -66,3 +68,21 @@ def write_progress_png(path: str | Path, history, title: str, validation=None) -
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def estimate_line(verb: str, done: int, total: int, seconds: float, device_type: str) -> tuple[str, bool]:
+    """The estimated time left of a run from its first ``done`` steps in ``seconds``, and whether to warn
+    (CPU, more than :data:`CPU_WARN_HOURS`): ``"pretrain: about 2 h 05 min left for 2,400 steps (…)"``."""
+    per_step = seconds / max(done, 1)
+    left = per_step * max(total - done, 0)
+    line = f"{verb}: about {_duration(left)} left for {total - done:,} more steps ({per_step:.2f} s per step so far)"
+    warn = device_type == "cpu" and left > CPU_WARN_HOURS * 3600
+    if warn:
+        line = (f"{line}; warning: over {CPU_WARN_HOURS:g} h on the CPU — the README's CPU quick start gives sizes "
+                "that finish in minutes, or run it on a GPU")
+    return line, warn

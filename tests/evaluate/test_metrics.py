@@ -80,7 +80,7 @@ def test_summary_excludes_absent_and_reports_consistently(cube, tmp_path):
     assert summary["per_case"]["c"]["small"]["dice"] is None
     paths = write_reports(summary, tmp_path)
     table = paths["md"].read_text()
-    assert "| small | 0.500 ± 0.500 | 2 |" in table and "n/a" in table
+    assert "| small | 50.0 ± 50.0 | 2 |" in table and "n/a" in table
     rows = list(csv.DictReader(paths["csv"].open()))
     row_c = next(r for r in rows if r["case"] == "c" and r["class"] == "small")
     assert row_c["dice"] == "" and row_c["status"] == "absent"

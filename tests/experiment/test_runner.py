@@ -434,3 +434,32 @@ def test_a_dataset_split_gives_each_fine_tune_a_split_file_and_the_report_descri
     raw["datasets"][0]["eval_cases"] = 4
     path.write_text(yaml.safe_dump(raw))
     assert main(["experiment", str(path), "--out", str(tmp_path / "o2"), "--dry-run"]) == 2  # not both
+
+
+def test_sigterm_stops_the_grid_and_its_running_job_with_a_checkpoint(tmp_path, data_dir):
+    """A session's end (SIGTERM to `experiment`) reaches the running pre-training: it writes a checkpoint and
+    stops, rather than running on as an orphan; the same command continues it later."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _protocol(tmp_path, data_dir)
+    raw = yaml.safe_load(path.read_text())
+    raw["pretrain"].update(steps=100000, checkpoint_every=2, threads=1)
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "anatosynth", "experiment", str(path), "--out", str(out),
+                             "--quiet", "--arms", "anatomy"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not list(out.glob("pretrain/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(1)
+    (run,) = [p.parent for p in out.glob("pretrain/*/checkpoint.pt")]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    time.sleep(2)
+    log = (run / "train.log").read_text()
+    assert proc.returncode != 0 and "stopped by SIGTERM" in log
+    mtime = (run / "checkpoint.pt").stat().st_mtime
+    time.sleep(3)
+    assert (run / "checkpoint.pt").stat().st_mtime == mtime  # nothing trains on after the stop

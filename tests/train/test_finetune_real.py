@@ -54,7 +54,7 @@ def test_chaos_t2_unet_finetune_and_evaluate(tmp_path, capsys):
     assert meta["class_names"] == ["background", "liver", "right_kidney", "left_kidney", "spleen"]
     assert main(["evaluate", "--data", str(data), "--model", str(run), "--out", str(report), "--overlap", "0.25",
                  "--quiet"]) == 0
-    assert "evaluated 1 case(s) (the run's evaluation split" in capsys.readouterr().out
+    assert "evaluated 1 case (the run's evaluation split" in capsys.readouterr().out
     _check_report(report, ["liver", "right_kidney", "left_kidney", "spleen"], ["chaos_01"])
     _same_geometry(report / "predictions" / "chaos_01.nii.gz", data / "labelsTr" / "chaos_01.nii.gz")
 

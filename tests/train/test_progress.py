@@ -47,3 +47,24 @@ def test_nothing_logged_writes_nothing(tmp_path):
     assert write_progress_png(tmp_path / "p.png", np.zeros((0, 3)), "x") is None
     assert not (tmp_path / "p.png").exists()
     assert write_progress_png(tmp_path / "p.png", [[1, 1.0, 1e-4]], "x").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_estimate_says_the_time_left_and_warns_for_a_long_cpu_run():
+    from anatosynth.train.progress import estimate_line
+
+    line, warn = estimate_line("pretrain", 10, 1000, 20.0, "cpu")  # 2 s a step, 990 left: 33 min
+    assert line.startswith("pretrain: about 33 min left for 990 more steps") and not warn
+    line, warn = estimate_line("pretrain", 10, 20000, 20.0, "cpu")  # 11 h
+    assert "about 11 h 06 min left" in line and warn and "CPU quick start" in line
+    assert not estimate_line("finetune", 10, 20000, 20.0, "cuda")[1]  # no warning on a GPU
+
+
+def test_pretrain_and_finetune_print_their_estimate_after_the_first_logged_steps(tmp_path, capsys):
+    from anatosynth.cli import main
+
+    assert main(["pretrain", "--bank", "builtin:phantom", "--model", "unet", "--feature-size", "4", "--patch", "32",
+                 "--batch", "1", "--steps", "3", "--log-every", "1", "--image-every", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "pretrain: about" in err and "left for 2 more steps" in err
+    assert "pretrain: about" in (tmp_path / "run" / "train.log").read_text()
