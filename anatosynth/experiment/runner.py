@@ -239,8 +239,11 @@ class Runner:
         else:
             self.fresh(folder)
             cfg_path = self.out / "pretrain" / f"{job.key}.yaml"
-            if not self.dry_run:
-                atomic_write_text(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
+            text = yaml.safe_dump(cfg, sort_keys=False)
+            if self.dry_run:  # the config the command reads, as a command too: the listing pastes into a shell
+                self._say(f"$ mkdir -p {cfg_path.parent} && cat > {cfg_path} <<'EOF'\n{text}EOF")
+            else:
+                atomic_write_text(cfg_path, text)
             self.call(["pretrain", "--config", str(cfg_path), "--out", str(folder)], folder)
         if not self.dry_run:
             self.mark_done(folder, {"key": job.key})

@@ -363,7 +363,7 @@ class _Trainer:
                     name = self.stopper.signal_name
                     message = (f"stopped by {name} at step {self.step}: checkpoint and model.pt saved; continue "
                                f"with anatosynth pretrain --resume {self.paths.root}")
-                    self.log.info("%s", message)
+                    self.log.info("%s", message, extra={"file_only": True})  # the CLI prints it once
                     close_logger(self.log)
                     raise self.stopper.interrupted(message)
             except Interrupted:

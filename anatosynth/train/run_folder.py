@@ -205,6 +205,7 @@ def setup_logger(paths: RunPaths, ctx: DistContext, echo: bool) -> logging.Logge
         if echo:
             sh = logging.StreamHandler(sys.stderr)
             sh.setFormatter(logging.Formatter("pretrain: %(message)s"))
+            sh.addFilter(lambda record: not getattr(record, "file_only", False))  # lines the CLI prints itself
             log.addHandler(sh)
     else:
         log.addHandler(logging.NullHandler())

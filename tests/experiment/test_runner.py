@@ -463,3 +463,22 @@ def test_sigterm_stops_the_grid_and_its_running_job_with_a_checkpoint(tmp_path, 
     mtime = (run / "checkpoint.pt").stat().st_mtime
     time.sleep(3)
     assert (run / "checkpoint.pt").stat().st_mtime == mtime  # nothing trains on after the stop
+
+
+def test_a_dry_run_listing_pastes_into_a_shell(tmp_path, data_dir, capsys):
+    """`experiment --dry-run` writes nothing, and what it prints runs as a script: the pre-training config it
+    names is written by the listing itself (a here-document) before the command that reads it."""
+    import subprocess
+
+    path = _protocol(tmp_path, data_dir)
+    out = tmp_path / "dry"
+    assert main(["experiment", str(path), "--out", str(out), "--dry-run", "--quiet", "--arms", "anatomy",
+                 "--seeds", "0"]) == 0
+    assert not out.exists()
+    listing = capsys.readouterr().out
+    script = "\n".join(line[2:] if line.startswith("$ ") else line for line in listing.splitlines()
+                       if line.startswith("$ ") or not line.startswith(("protocol ", "dry run")))
+    cut = script.index("anatosynth pretrain")  # run up to the pre-training: the config must be there
+    subprocess.run(["bash", "-e", "-c", script[:cut]], check=True, cwd=tmp_path)
+    (cfg,) = out.glob("pretrain/*.yaml")
+    assert yaml.safe_load(cfg.read_text())["mode"] == "anatomy" and f"--config {cfg}" in script

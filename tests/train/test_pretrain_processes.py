@@ -123,6 +123,8 @@ def test_a_signal_saves_a_checkpoint_and_says_so(tmp_path, sig):
     last = err.strip().splitlines()[-1]
     assert last == (f"anatosynth pretrain: stopped by {signal.Signals(sig).name} at step {step}: checkpoint and "
                     f"model.pt saved; continue with anatosynth pretrain --resume {run}")
+    assert err.count("stopped by") == 1  # said once, by the command line (the log file has it too)
+    assert "stopped by" in (run / "train.log").read_text()
     if sig == signal.SIGINT:
         resumed = _pretrain("--resume", str(run), "--steps", str(step + 1))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
