@@ -42,7 +42,9 @@ def main() -> None:
     import torch
 
     from anatosynth.io import read_dataset
-    from anatosynth.train.finetune import FinetuneConfig, FinetunePaths, _batch, _Loop
+    from anatosynth.train.finetune import FinetuneConfig, FinetunePaths
+    from anatosynth.train.finetune_data import _batch
+    from anatosynth.train.finetune_loop import _Loop
     from anatosynth.train.models import ModelSpec, build_model
     from anatosynth.transforms.preprocess import ClassMap, PreprocessConfig, prepare_cases
 

@@ -188,7 +188,7 @@ def test_crops_from_precomputed_indices_equal_a_scan_of_the_label_at_every_step(
     from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
 
     from anatosynth.io import read_dataset
-    from anatosynth.train.finetune import _augmentations, _batch, _crop_source
+    from anatosynth.train.finetune_data import _augmentations, _batch, _crop_source
     from anatosynth.transforms.preprocess import ClassMap, PreprocessConfig, prepare_cases
 
     cfg = _cfg(dataset, dataset / "unused", crops=3)
