@@ -100,3 +100,19 @@ def test_errors_name_the_verb_and_counts_agree_with_their_nouns(tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("anatosynth bank build: error:")
     assert (counted(1, "subject"), counted(5, "subject"), counted(1, "labelled case")) == (
         "1 subject", "5 subjects", "1 labelled case")
+
+
+@pytest.mark.parametrize("argv", [
+    ["pretrain", "--device", "cuda:7", "--steps", "1"],
+    ["synth", "preview", "--device", "cuda:7"],
+    ["synth", "bench", "--device", "cuda:7"],
+])
+def test_every_verb_words_a_missing_gpu_the_same_way(argv, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main([*argv, "--out", str(tmp_path / "o.png")] if argv[0] == "synth" and argv[1] == "preview" else
+                [*argv, "--out", str(tmp_path / "o")] if argv[0] == "pretrain" else argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("device 'cuda:7' requested but no CUDA GPU is available (use --device cpu)")

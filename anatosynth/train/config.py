@@ -189,7 +189,7 @@ class PretrainConfig:
             bad(f"minutes must be a positive number, got {self.minutes!r}")
         self.synth = self.nested_synth(source)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            bad(f"unknown device {self.device!r} (use auto, cpu, cuda or cuda:N)")  # resolve_device's wording
 
 
 def parse_patch(value, source: str = "config") -> tuple[int, int, int]:

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from anatosynth.errors import ConfigError
-
 __all__ = ["DistContext", "init_distributed", "wrap_model", "unwrap_model", "barrier", "all_mean",
            "broadcast_flag", "shutdown", "pick_device"]
 
@@ -36,14 +34,12 @@ class DistContext:
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → this rank's CUDA device when CUDA is present, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
+    from anatosynth.options import resolve_device
+
+    device = resolve_device(name)  # the one check and wording of every verb's --device
+    if device.type == "cuda" and name in ("auto", "cuda"):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistContext:
