@@ -401,3 +401,23 @@ def test_unknown_label_ids_are_counted_not_listed(tmp_path):
     assert unknown_ids_message([5, 6]) == "label ids 5, 6 are not in the label names"
     many = unknown_ids_message(list(range(5, 856)))
     assert "851 values" in many and "intensity image" in many and len(many) <= 200
+
+
+def test_first_try_errors_are_one_line_and_write_nothing(corpus, fake_run, work, capsys):
+    """The error cases issue 28 added, each through _fails_cleanly: exit 2, one line naming the problem,
+    the working folder unchanged."""
+    flat = work / "flat"
+    flat.mkdir()
+    shutil.copy(corpus / "imagesTr" / "chaos_01.nii.gz", flat / "img_01.nii.gz")
+    shutil.copy(corpus / "labelsTr" / "chaos_01.nii.gz", flat / "label_01.nii.gz")
+    shutil.copy(corpus / "imagesTr" / "chaos_02.nii.gz", flat / "img_02.nii.gz")
+    _fails_cleanly(["dataset", "init", flat], capsys, work, "img_02.nii.gz", "no label map pairs with it")
+    _fails_cleanly(["dataset", "init", corpus], capsys, work, "dataset.json", "exists already")
+    _fails_cleanly(["finetune", "--data", flat, "--out", work / "ft"], capsys, work, "anatosynth dataset init")
+    _fails_cleanly(["finetune", "--data", corpus, "--init", fake_run, "--model", "swinunetr", "--out", work / "ft"],
+                   capsys, work, "--model swinunetr, but --init")
+    report = work / "report"
+    report.mkdir()
+    (report / "old.txt").write_text("an earlier report")
+    _fails_cleanly(["evaluate", "--data", corpus, "--model", fake_run, "--out", report, "--device", "cpu"], capsys,
+                   work, "report", "not empty", "--overwrite")

@@ -271,7 +271,6 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation:
     if not banks:
         raise ConfigError("nothing to merge")
     names = list(names) if names else [f"bank {i + 1}" for i in range(len(banks))]
-    _warn_unknown(sorted({o.name for b in banks for o in b.organs}), notify)
     for i in [*range(1, len(banks)), 0]:  # the banks added to the first one are the usual culprits
         b, name = banks[i], names[i]
         shared = {o.name for o in b.organs} & {o.name for j, other in enumerate(banks) if j != i for o in other.organs}
@@ -279,6 +278,7 @@ def merge_banks(banks: Sequence[ShapeBank], progress: bool = False, orientation:
             raise ConfigError(f"{name} shares no organ with the other banks ({', '.join(o.name for o in b.organs[:4])}"
                               f"{' …' if len(b.organs) > 4 else ''}); rename its labels to canonical organ names, or "
                               "pass --allow-disjoint to merge them side by side")
+    _warn_unknown(sorted({o.name for b in banks for o in b.organs}), notify)  # a merge that goes ahead says so
     if orientation not in POLICIES:
         raise ConfigError(f"orientation policy must be one of {', '.join(POLICIES)}, got {orientation!r}")
     sp = banks[0].spacing

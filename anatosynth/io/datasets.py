@@ -237,7 +237,8 @@ def _read_label_folder(path: Path, labels_override: dict[int, str] | None) -> Da
     elif (root / "labels.json").exists():
         labels = read_labels_json(root / "labels.json")
     else:
-        raise InputError(path, "no label names: pass --labels labels.json or put labels.json beside the maps")
+        raise InputError(path, f"no dataset.json and no label names: scans with label maps? anatosynth dataset init "
+                               f"{path} pairs them; label maps only: pass --labels labels.json")
     cases = [Case(case_name(f), None, f.resolve()) for f in files]
     return Dataset(root, cases, labels, None, "labels", root.name)
 
