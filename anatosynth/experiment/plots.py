@@ -34,6 +34,15 @@ PLOTS = {
 }
 
 
+def _save(plt, fig, out: Path, key: str) -> Path:
+    """Lay out, write ``out/<the plot's file>`` and close the figure; returns the path."""
+    fig.tight_layout()
+    path = out / PLOTS[key][0]
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots_section(paths: dict[str, Path]) -> str:
     """The report's list of plots: what each drawn one shows, and what each missing one waits for."""
     lines = ["## Plots", ""]
@@ -216,11 +225,7 @@ def plot_case_level(plt, comparisons: list[dict], out: Path) -> Path | None:
         left.set_title(f"{c['a']} − {c['b']}, {c['dataset']}, {c['train_cases']} labelled: "
                        f"{c['delta']:+.2f} [{c['lo']:.2f}, {c['hi']:.2f}] (two-level bootstrap)",
                        fontsize=8, loc="left")
-    fig.tight_layout()
-    path = out / PLOTS["case_level"][0]
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out, "case_level")
 
 
 def difference_lines(rows: list[dict], baseline: str, pairs: list) -> tuple[list[str], list[tuple[str, dict]]]:
@@ -280,11 +285,7 @@ def _plot_differences(plt, rows: list[dict], out: Path, baseline: str, pairs: li
     axes[0][0].set_ylim(len(lines) - 0.4, -0.6)  # the first comparison on top (the panels share the axis)
     axes[0][0].set_title("paired differences (dots: seeds; 95 % CI of the mean: thick bootstrap, thin t)",
                          fontsize=9, loc="left")
-    fig.tight_layout()
-    path = out / PLOTS["differences"][0]
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out, "differences")
 
 
 def budget_lines(rows: list[dict], baseline: str) -> dict[tuple[str, int], dict[str, list[tuple[int, dict]]]]:
@@ -346,11 +347,7 @@ def _plot_budget(plt, rows: list[dict], out: Path, baseline: str) -> Path | None
         ax.set_ylabel(f"Δ Dice vs {baseline}, evaluation cases (points)")
         ax.set_title(f"{ds}, {k} labelled (mean, 95 % CI; dots: seeds)", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / PLOTS["budget"][0]
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out, "budget")
 
 
 def _plot_curves(plt, rows: list[dict], out: Path, arms: list[str], baseline: str) -> Path | None:
@@ -379,8 +376,4 @@ def _plot_curves(plt, rows: list[dict], out: Path, arms: list[str], baseline: st
         ax.set_title(f"{ds}, {k} labelled cases")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = out / PLOTS["curves"][0]
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out, "curves")
