@@ -668,10 +668,13 @@ def collect_results(path: Path) -> list[dict]:
     return rows
 
 
-def split_section(protocol: Protocol, rows: list[dict]) -> str:
+def split_section(protocol: Protocol, rows: list[dict], reports: Path | None = None) -> str:
     """How each dataset was split and how distinct the seeds' labelled cases are, in words a reviewer checks:
     test / validation / pool sizes (or the earlier evaluation set with validation inside it), and per setting
-    the seeds run, the distinct labelled sets among them, and which seeds repeat a set."""
+    the seeds run, the distinct labelled sets among them, and which seeds repeat a set. With ``reports``, each
+    dataset's split is also written there as ``splits/<dataset>.json`` (the case lists themselves)."""
+    from anatosynth.io.splits import write_split
+
     lines = ["## Splits", ""]
     for ds in dict.fromkeys(j.dataset for j in protocol.finetunes):
         job = next(j for j in protocol.finetunes if j.dataset == ds)
@@ -685,7 +688,10 @@ def split_section(protocol: Protocol, rows: list[dict]) -> str:
             try:
                 split = dataset_split(job)
                 lines.append(f"- **{ds}**: test {len(split.test)}, validation {len(split.validation)}, training "
-                             f"pool {len(split.pool)} cases ({split.method}); no choice used the test cases.")
+                             f"pool {len(split.pool)} cases ({split.method}); no choice used the test cases "
+                             f"(case lists: `splits/{ds}.json`).")
+                if reports is not None:
+                    write_split(split, reports / "splits" / f"{ds}.json")
             except AnatosynthError as err:
                 lines.append(f"- **{ds}**: split not readable here ({err})")
         for k in dict.fromkeys(j.train_cases for j in protocol.finetunes if j.dataset == ds):
@@ -756,7 +762,7 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
         section, answered = primary_table(case_level, primary)
         text = text.replace("\n\n", f"\n\n{section}", 1)  # the answers right under the progress line
     text += f"{case_level_table(case_level)}\n" if case_level else ""
-    text += split_section(protocol, rows)
+    text += split_section(protocol, rows, reports)
     # where a gain comes from: each class's Dice over the evaluation cases
     by_class = per_class_summary(rows, protocol.baseline)
     table = per_class_table(by_class, protocol.baseline)

@@ -429,8 +429,9 @@ def test_a_dataset_split_gives_each_fine_tune_a_split_file_and_the_report_descri
     assert len({tuple(v) for v in drawn.values()}) == 3 and all(v[0] in split["pool"] for v in drawn.values())
     rows = [{"arm": j.arm, "dataset": j.dataset, "train_cases": 1, "seed": j.seed, "labelled": drawn[j.seed]}
             for j in protocol.finetunes]
-    text = runner_mod.split_section(protocol, rows)
+    text = runner_mod.split_section(protocol, rows, tmp_path / "report")
     assert "test 8, validation 3, training pool 9 cases" in text and "3 distinct labelled sets (no repeats)" in text
+    assert json.loads((tmp_path / "report" / "splits" / "chaos.json").read_text())["test"] == split["test"]
     raw["datasets"][0]["eval_cases"] = 4
     path.write_text(yaml.safe_dump(raw))
     assert main(["experiment", str(path), "--out", str(tmp_path / "o2"), "--dry-run"]) == 2  # not both
