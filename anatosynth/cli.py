@@ -59,12 +59,39 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(sub)
 
 
+def _typos_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped verb or option is named (with the closest one) before argparse reports what is missing:
+    ``evaluate --modle x`` is about ``--modle``, not about the ``--model`` it then lacks."""
+    import difflib
+
+    tokens = iter(argv)
+    for token in tokens:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and not token.startswith("-"):
+            if token not in subs[0].choices:
+                close = difflib.get_close_matches(token, list(subs[0].choices), n=1, cutoff=0.6)
+                if close:
+                    what = str(subs[0].metavar or "verb").lower()
+                    parser.error(f"unknown {what} {token!r}; did you mean {close[0]}?")
+                return  # argparse's own message lists the choices
+            parser = subs[0].choices[token]
+            continue
+        if token.startswith("--") and not subs:
+            word = token.split("=", 1)[0]
+            options = [o for a in parser._actions for o in a.option_strings]
+            if word not in options:
+                close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else f" ({parser.prog} --help lists its options)"
+                parser.error(f"unrecognised option {word}{hint}")
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; an unknown option is reported by the verb's own parser (its usage, not the top-level
     one) with the closest option it has, e.g. ``--stpes``: "did you mean --steps?"."""
     import difflib
 
     _no_abbreviations(parser)
+    _typos_first(parser, sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         verb = _chosen_parser(parser, args)

@@ -116,3 +116,14 @@ def test_every_verb_words_a_missing_gpu_the_same_way(argv, tmp_path, capsys):
                 [*argv, "--out", str(tmp_path / "o")] if argv[0] == "pretrain" else argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("device 'cuda:7' requested but no CUDA GPU is available (use --device cpu)")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["evaluate", "--modle", "x", "--data", "y", "--out", "z"], "unrecognised option --modle; did you mean --model?"),
+    (["pretrian", "--steps", "3"], "unknown verb 'pretrian'; did you mean pretrain?"),
+    (["bank", "biuld", "x", "--out", "y"], "unknown action 'biuld'; did you mean build?"),
+])
+def test_a_typo_is_named_before_what_it_leaves_missing(argv, words, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and words in capsys.readouterr().err

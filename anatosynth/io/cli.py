@@ -32,7 +32,8 @@ def register(sub) -> None:
     i.add_argument("folder", help="imagesTr/ + labelsTr/ folder, or a flat folder of paired files")
     i.add_argument("--labels", help="labels.json (id→name) naming the label ids (default: FOLDER/labels.json, "
                                     "else label_N for each id present)")
-    i.add_argument("--modality", choices=("CT", "MR"), help="imaging modality written to dataset.json")
+    i.add_argument("--modality", choices=("CT", "MR"), type=str.upper,
+                   help="imaging modality written to dataset.json (ct and mr are read as CT and MR)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing dataset.json")
     i.set_defaults(func=_init)
     p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -72,8 +72,9 @@ def pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path]], str]:
                 raise InputError(lab, f"no image for it in imagesTr/ (expected {name}.nii.gz or {name}_0000.nii.gz)")
             pairs.append((name, images.pop(name), lab))
         if images:
-            extra = sorted(images.values())[0]
-            raise InputError(extra, f"no label map for it in labelsTr/ ({len(images)} image(s) unpaired)")
+            extra = sorted(images.values())
+            more = f"; {len(extra) - 1} more: {', '.join(p.name for p in extra[1:3])}{' …' if len(extra) > 3 else ''}"
+            raise InputError(extra[0], f"no label map for it in labelsTr/{more if len(extra) > 1 else ''}")
         if not pairs:
             raise InputError(labels_dir, "no NIfTI label maps (.nii/.nii.gz)")
         return pairs, "imagesTr/labelsTr"
@@ -87,12 +88,15 @@ def pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path]], str]:
             raise InputError(path, f"a second {kind} for case {case!r} (also {slot[kind].name}); a case needs one "
                                    "image and one label map")
         slot[kind] = path
-    for case, slot in sorted(found.items()):
-        if set(slot) != {"image", "label"}:
-            have = next(iter(slot.values()))
-            need = "label map" if "image" in slot else "image"
-            raise InputError(have, f"no {need} pairs with it (case {case!r}); pairing rules: anatosynth dataset "
-                                   "init --help")
+    unpaired = [(case, slot) for case, slot in sorted(found.items()) if set(slot) != {"image", "label"}]
+    if unpaired:
+        case, slot = unpaired[0]
+        have = next(iter(slot.values()))
+        need = "label map" if "image" in slot else "image"
+        others = [next(iter(s.values())).name for _, s in unpaired[1:]]
+        more = (f"; {len(others)} more unpaired: {', '.join(others[:2])}{' …' if len(others) > 2 else ''}"
+                if others else "")
+        raise InputError(have, f"no {need} pairs with it (case {case!r}){more}; rules: anatosynth dataset init --help")
     if not found:
         raise InputError(folder, "no NIfTI files (.nii/.nii.gz) and no imagesTr/ + labelsTr/ folders")
     return [(case, slot["image"], slot["label"]) for case, slot in sorted(found.items())], "flat"
@@ -128,6 +132,11 @@ def init_dataset(folder: str | Path, labels: str | Path | None = None, modality:
     if labels is not None:
         names = read_labels_json(labels)
         source = f"labels from {Path(labels).name}"
+        missing = [i for i in _ids_present([lab for _, _, lab in pairs]) if i not in names]
+        if missing:
+            from anatosynth.io.volume import unknown_ids_message
+
+            raise InputError(labels, unknown_ids_message(missing) + " (the label maps hold them)")
     else:
         names = {0: "background", **{i: f"label_{i}" for i in _ids_present([lab for _, _, lab in pairs])}}
         source = "labels named by the ids present (label_N): rename them in dataset.json or pass --labels"

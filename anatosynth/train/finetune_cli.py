@@ -62,6 +62,10 @@ def _network(args) -> tuple[str, int, object]:
     model = args.model or saved.get("name") or DEFAULT_MODEL
     width = args.feature_size or saved.get("feature_size") or DEFAULT_WIDTH
     patch = args.patch or saved.get("patch") or DEFAULT_PATCH
+    if saved and not (args.model and args.feature_size and args.patch):
+        shown = "x".join(str(p) for p in patch) if isinstance(patch, (list, tuple)) else patch
+        print(f"finetune: network {model} f{width}, patch {shown} (what --init {args.init} was made with, where "
+              "not given)")
     return model, int(width), patch
 
 

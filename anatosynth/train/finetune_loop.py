@@ -287,10 +287,10 @@ class _Loop:
                         from anatosynth.train.progress import estimate_line
 
                         said_eta = True
-                        line, _ = estimate_line("finetune", self.step - start_step, cfg.steps - start_step,
+                        line, _ = estimate_line(self.step - start_step, cfg.steps - start_step,
                                                 time.time() - start, self.device.type)
                         log.info("%s", line)
-                        tqdm.write(line, file=sys.stderr)
+                        tqdm.write(f"finetune: {line}", file=sys.stderr)
                     if self.step % cfg.checkpoint_every == 0 or self.step == stop or stopper.requested:
                         self.save_checkpoint()
                         saved = self.step

@@ -190,10 +190,10 @@ class _Trainer:
 
         from anatosynth.train.progress import estimate_line
 
-        line, _ = estimate_line("pretrain", done, self.cfg.steps - (self.step - done), seconds, self.device.type)
-        self.log.info("%s", line)
+        line, _ = estimate_line(done, self.cfg.steps - (self.step - done), seconds, self.device.type)
+        self.log.info("%s", line)  # echoed as "pretrain: ..." when the log goes to the console
         if self.ctx.is_main and not self.echo:
-            tqdm.write(line, file=sys.stderr)
+            tqdm.write(f"pretrain: {line}", file=sys.stderr)
 
     def _write_static_files(self) -> None:
         """config.yaml and metadata.json (rank 0), before the first step; this session joins the run's list

@@ -71,16 +71,19 @@ def write_progress_png(path: str | Path, history, title: str, validation=None) -
 
 
 def _duration(seconds: float) -> str:
-    minutes = max(1, round(seconds / 60))
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def estimate_line(verb: str, done: int, total: int, seconds: float, device_type: str) -> tuple[str, bool]:
+def estimate_line(done: int, total: int, seconds: float, device_type: str) -> tuple[str, bool]:
     """The estimated time left of a run from its first ``done`` steps in ``seconds``, and whether to warn
-    (CPU, more than :data:`CPU_WARN_HOURS`): ``"pretrain: about 2 h 05 min left for 2,400 steps (…)"``."""
+    (CPU, more than :data:`CPU_WARN_HOURS`): ``"about 2 h 05 min left for 2,400 more steps (…)"`` (the caller
+    names the verb where it prints it)."""
     per_step = seconds / max(done, 1)
     left = per_step * max(total - done, 0)
-    line = f"{verb}: about {_duration(left)} left for {total - done:,} more steps ({per_step:.2f} s per step so far)"
+    line = f"about {_duration(left)} left for {total - done:,} more steps ({per_step:.2f} s per step so far)"
     warn = device_type == "cpu" and left > CPU_WARN_HOURS * 3600
     if warn:
         line = (f"{line}; warning: over {CPU_WARN_HOURS:g} h on the CPU — the README's CPU quick start gives sizes "

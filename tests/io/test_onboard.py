@@ -78,3 +78,21 @@ def test_label_maps_without_images_point_finetune_to_dataset_init_and_labels_is_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"anatosynth dataset init {folder} pairs them" in err[0] and "--labels" not in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_labels_json_must_name_every_id_the_maps_hold_and_modality_case_is_free(tmp_path, capsys):
+    folder = _flat(tmp_path / "f", ["img_1.nii.gz", "label_1.nii.gz"])
+    names = tmp_path / "labels.json"
+    names.write_text(json.dumps({"1": "liver"}))  # the maps also hold id 3
+    assert main(["dataset", "init", str(folder), "--labels", str(names)]) == 2
+    assert "label ids 3 are not in the label names" in capsys.readouterr().err
+    assert not (folder / "dataset.json").exists()
+    assert main(["dataset", "init", str(folder), "--modality", "mr"]) == 0
+    assert read_dataset(folder).modality == "MR"
+
+
+def test_every_unpaired_file_is_counted_in_the_one_line(tmp_path, capsys):
+    folder = _flat(tmp_path / "g", ["img_1.nii.gz", "label_1.nii.gz", "img_4.nii.gz", "img_5.nii.gz"])
+    assert main(["dataset", "init", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "img_4.nii.gz: no label map pairs with it" in err and "1 more unpaired: img_5.nii.gz" in err

@@ -359,6 +359,7 @@ def test_init_weights_name_the_network_and_a_contradiction_is_refused_before_pre
     assert len(err) == 1 and "--model swinunetr, but --init" in err[0] and "unet of feature size 4" in err[0]
     assert not out.exists()
     assert main(base) == 0
+    assert "finetune: network unet f4, patch 32x32x32 (what --init" in capsys.readouterr().out
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["model"], cfg["feature_size"], cfg["patch"]) == ("unet", 4, [32, 32, 32])
 
@@ -366,4 +367,4 @@ def test_init_weights_name_the_network_and_a_contradiction_is_refused_before_pre
 def test_finetune_logs_its_time_estimate_once(dataset, tmp_path):
     run = finetune(_cfg(dataset, tmp_path / "eta", steps=3, log_every=1), progress=False)
     log = (run / "train.log").read_text()
-    assert log.count("finetune: about") == 1 and "left for 2 more steps" in log
+    assert log.count("left for 2 more steps") == 1

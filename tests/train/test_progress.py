@@ -52,11 +52,12 @@ def test_nothing_logged_writes_nothing(tmp_path):
 def test_the_estimate_says_the_time_left_and_warns_for_a_long_cpu_run():
     from anatosynth.train.progress import estimate_line
 
-    line, warn = estimate_line("pretrain", 10, 1000, 20.0, "cpu")  # 2 s a step, 990 left: 33 min
-    assert line.startswith("pretrain: about 33 min left for 990 more steps") and not warn
-    line, warn = estimate_line("pretrain", 10, 20000, 20.0, "cpu")  # 11 h
+    line, warn = estimate_line(10, 1000, 20.0, "cpu")  # 2 s a step, 990 left: 33 min
+    assert line.startswith("about 33 min left for 990 more steps") and not warn
+    assert estimate_line(10, 20, 4.0, "cpu")[0].startswith("about 4 s left for 10 more steps")
+    line, warn = estimate_line(10, 20000, 20.0, "cpu")  # 11 h
     assert "about 11 h 06 min left" in line and warn and "CPU quick start" in line
-    assert not estimate_line("finetune", 10, 20000, 20.0, "cuda")[1]  # no warning on a GPU
+    assert not estimate_line(10, 20000, 20.0, "cuda")[1]  # no warning on a GPU
 
 
 def test_pretrain_and_finetune_print_their_estimate_after_the_first_logged_steps(tmp_path, capsys):
@@ -66,5 +67,5 @@ def test_pretrain_and_finetune_print_their_estimate_after_the_first_logged_steps
                  "--batch", "1", "--steps", "3", "--log-every", "1", "--image-every", "0", "--device", "cpu",
                  "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
-    assert "pretrain: about" in err and "left for 2 more steps" in err
-    assert "pretrain: about" in (tmp_path / "run" / "train.log").read_text()
+    assert "pretrain: about" in err and "left for 2 more steps" in err and "pretrain: pretrain:" not in err
+    assert "about" in (tmp_path / "run" / "train.log").read_text()
