@@ -30,7 +30,7 @@ def _check_report(report: Path, names: list[str], cases: list[str]) -> dict:
     table = (report / "summary.md").read_text()
     for name in names:
         assert f"| {name} |" in table
-    assert "| class | Dice (mean ± std) | n | HD95 mm (mean ± std) |" in table
+    assert "| class | Dice % (mean ± std) | n | HD95 mm (mean ± std) |" in table
     header = (report / "per_case.csv").read_text().splitlines()[0]
     assert header == "case,class,dice,hd95_mm,status,ref_voxels,pred_voxels"
     return summary

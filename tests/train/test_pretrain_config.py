@@ -36,7 +36,7 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     ({"patch": [96, 96]}, "patch must be one or three"),
     ({"lr": "fast"}, "lr must be a number"),
     ({"samples": -3}, "samples must be a positive integer"),
-    ({"device": "tpu"}, "device must be"),
+    ({"device": "tpu"}, r"unknown device .tpu. \(use auto, cpu, cuda or cuda:N\)"),
     ({"mode": "anatomy", "bank": None}, "mode .anatomy. needs a bank"),
 ])
 def test_bad_options_name_the_file_and_the_problem(tmp_path, d, msg):
