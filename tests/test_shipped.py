@@ -20,8 +20,10 @@ LOCAL_PATH = re.compile(r"""(^|[\s='"])(/|~/|[A-Za-z]:[\\/])""")  # an absolute 
 
 
 def test_weights_folder_fits_its_budget():
+    """weights/ holds at most 50 MB (the developers' guide; the confirm protocol's four releases and the 30k
+    primitives fit beside the cpu-long ones: about 49 MB at 5.4–5.5 MB each)."""
     total = sum(f.stat().st_size for f in (ROOT / "weights").rglob("*") if f.is_file())
-    assert RELEASES and total <= 25 * 2**20
+    assert RELEASES and total <= 50 * 10**6
 
 
 def _strings(value) -> list[str]:
