@@ -759,7 +759,10 @@ def write_reports(rows: list[dict], out: Path, protocol: Protocol) -> dict[str, 
     case_level = case_level_comparisons(rows, pairs, protocol.baseline)
     primary = protocol.raw.get("primary") or []
     if primary:
-        section, answered = primary_table(case_level, primary)
+        planned = {(q["a"], q["b"], q["dataset"], int(q["train_cases"])):
+                   len({j.seed for j in protocol.finetunes if j.arm == q["a"] and j.dataset == q["dataset"]
+                        and j.train_cases == int(q["train_cases"])}) for q in primary}
+        section, answered = primary_table(case_level, primary, planned=planned)
         text = text.replace("\n\n", f"\n\n{section}", 1)  # the answers right under the progress line
     text += f"{case_level_table(case_level)}\n" if case_level else ""
     text += split_section(protocol, rows, reports)

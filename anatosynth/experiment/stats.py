@@ -345,18 +345,22 @@ def case_level_table(comparisons: list[dict], label: str = "Δ test Dice %") -> 
     return "\n".join(lines) + "\n"
 
 
-def primary_table(comparisons: list[dict], primary: Sequence[dict], alpha: float = 0.05) -> tuple[str, list[dict]]:
+def primary_table(comparisons: list[dict], primary: Sequence[dict], alpha: float = 0.05,
+                  planned: Mapping[tuple, int] | None = None) -> tuple[str, list[dict]]:
     """The protocol's pre-registered primary questions (``{a, b, dataset, train_cases}`` each) from
-    :func:`case_level_comparisons`, with Holm-adjusted bootstrap p-values over the family; a question without
-    finished pairs is reported as open. Returns the Markdown and the rows."""
+    :func:`case_level_comparisons`, with Holm-adjusted bootstrap p-values over the whole family (a question not
+    answered yet counts as p = 1, so an early reading is never less strict than the final one). ``planned``:
+    the seeds each question will have; a question short of them reads "interim". Returns the Markdown and rows."""
     rows = []
     for q in primary:
-        found = next((c for c in comparisons if (c["a"], c["b"], c["dataset"], c["train_cases"]) ==
-                      (q["a"], q["b"], q["dataset"], int(q["train_cases"]))), None)
-        rows.append({**q, "found": found})
-    done = [r for r in rows if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan")))]
-    for r, adj in zip(done, holm([r["found"]["p"] for r in done])):
-        r["p_holm"] = adj
+        key = (q["a"], q["b"], q["dataset"], int(q["train_cases"]))
+        found = next((c for c in comparisons if (c["a"], c["b"], c["dataset"], c["train_cases"]) == key), None)
+        rows.append({**q, "found": found, "planned": (planned or {}).get(key)})
+    p = [r["found"]["p"] if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan"))) else 1.0
+         for r in rows]
+    for r, adj in zip(rows, holm(p)):
+        if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan"))):
+            r["p_holm"] = adj
     lines = [f"## Primary questions (pre-registered; Holm over {len(primary)}, α {alpha})", "",
              "| question | seeds | distinct labelled sets | test cases | Δ test Dice % [two-level bootstrap 95% CI] "
              "| bootstrap p | Holm p | reading |", "|---|---|---|---|---|---|---|---|"]
@@ -370,6 +374,8 @@ def primary_table(comparisons: list[dict], primary: Sequence[dict], alpha: float
             reading = f"{r['a']} {'ahead' if c['delta'] > 0 else 'behind'}"
         else:
             reading = "no difference shown"
+        if r["planned"] and c["n_seeds"] < r["planned"]:
+            reading = f"interim ({c['n_seeds']} of {r['planned']} seeds): {reading}"
         lines.append(f"| {name} | {c['n_seeds']} | {c['n_sets']} | {c['n_cases']} | {_fmt(c['delta'])} "
                      f"[{_fmt(c['lo'])}, {_fmt(c['hi'])}] | {_fmt(c['p'], 4)} | {_fmt(r['p_holm'], 4)} | {reading} |")
     return "\n".join(lines) + "\n\n", rows

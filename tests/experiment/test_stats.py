@@ -179,4 +179,6 @@ def test_holm_and_the_primary_table_answer_the_pre_registered_questions():
     questions = [{"a": "anatomy", "b": "primitives", "dataset": "x", "train_cases": 1},
                  {"a": "anatomy", "b": "primitives", "dataset": "y", "train_cases": 1}]
     text, rows = primary_table(found, questions)
-    assert rows[0]["p_holm"] == pytest.approx(0.01) and "anatomy ahead" in text and "| open |" in text
+    assert rows[0]["p_holm"] == pytest.approx(0.02) and "anatomy ahead" in text and "| open |" in text  # open = p 1
+    text, rows = primary_table(found, questions, planned={("anatomy", "primitives", "x", 1): 40})
+    assert "interim (30 of 40 seeds): anatomy ahead" in text
