@@ -59,13 +59,21 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(sub)
 
 
+def _closest_option(parser: argparse.ArgumentParser, word: str) -> str:
+    """``; did you mean --steps?`` for a mistyped option of ``parser`` (or where its options are listed)."""
+    import difflib
+
+    options = [o for a in parser._actions for o in a.option_strings]
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6) if word.startswith("-") else []
+    return f"; did you mean {close[0]}?" if close else f" ({parser.prog} --help lists its options)"
+
+
 def _typos_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """A mistyped verb or option is named (with the closest one) before argparse reports what is missing:
     ``evaluate --modle x`` is about ``--modle``, not about the ``--model`` it then lacks."""
     import difflib
 
-    tokens = iter(argv)
-    for token in tokens:
+    for token in argv:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if subs and not token.startswith("-"):
             if token not in subs[0].choices:
@@ -76,32 +84,23 @@ def _typos_first(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                 return  # argparse's own message lists the choices
             parser = subs[0].choices[token]
             continue
-        if token.startswith("--") and not subs:
-            word = token.split("=", 1)[0]
-            options = [o for a in parser._actions for o in a.option_strings]
-            if word not in options:
-                close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]}?" if close else f" ({parser.prog} --help lists its options)"
-                parser.error(f"unrecognised option {word}{hint}")
+        word = token.split("=", 1)[0]
+        if token.startswith("--") and not subs and word not in parser._option_string_actions:
+            parser.error(f"unrecognised option {word}{_closest_option(parser, word)}")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; an unknown option is reported by the verb's own parser (its usage, not the top-level
     one) with the closest option it has, e.g. ``--stpes``: "did you mean --steps?"."""
-    import difflib
-
     _no_abbreviations(parser)
     _typos_first(parser, sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)
-    if extra:
+    if extra:  # what the first pass leaves: stray positional words, single-dash options
         verb = _chosen_parser(parser, args)
-        options = [o for a in verb._actions for o in a.option_strings]
         word = extra[0].split("=", 1)[0]
-        close = difflib.get_close_matches(word, options, n=1, cutoff=0.6) if word.startswith("-") else []
-        hint = f"; did you mean {close[0]}?" if close else f" ({verb.prog} --help lists its options)"
         what = f"option {word}" if word.startswith("-") else \
             f"argument{'s' if len(extra) > 1 else ''} {' '.join(extra)}"
-        verb.error(f"unrecognised {what}{hint}")
+        verb.error(f"unrecognised {what}{_closest_option(verb, word)}")
     return args
 
 

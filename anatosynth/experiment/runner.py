@@ -15,6 +15,7 @@ used as its pre-trained model when present, and written (``anatosynth release``)
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -39,6 +40,7 @@ from anatosynth.experiment.protocol import (
     Protocol,
     _digest,
     pick_eval_cases,
+    resolved_finetune,
     resolved_pretrain,
 )
 from anatosynth.io.splits import SPLIT_METHOD
@@ -372,16 +374,20 @@ class Runner:
         return str(path)
 
     def eval_cases(self, job: FinetuneJob) -> list[str] | None:
-        from anatosynth.io.datasets import read_dataset
+        return pick_eval_cases(labelled_names(job.data), job.eval_cases)
 
-        names = [c.name for c in read_dataset(job.data).cases if c.image is not None and c.label is not None]
-        return pick_eval_cases(names, job.eval_cases)
+
+@functools.lru_cache(maxsize=16)
+def _dataset_cases(data: str) -> tuple:
+    """A dataset's cases, read once per process: a report asks for every job's split and labelled cases."""
+    from anatosynth.io.datasets import read_dataset
+
+    return tuple(read_dataset(data).cases)
 
 
 def labelled_names(data: str) -> list[str]:
-    from anatosynth.io.datasets import read_dataset
-
-    return [c.name for c in read_dataset(data).cases if c.image is not None and c.label is not None]
+    """The names of the cases with an image and a label map, the ones a fine-tune splits."""
+    return [c.name for c in _dataset_cases(data) if c.image is not None and c.label is not None]
 
 
 def dataset_split(job: FinetuneJob):
@@ -397,8 +403,6 @@ def dataset_split(job: FinetuneJob):
 def labelled_set(job: FinetuneJob, folder: Path | None = None) -> list[str]:
     """The cases fine-tune ``job`` trained on: from its run folder's ``split.json`` when there, else made
     again as the fine-tune makes them (both splits are deterministic functions of the case names and seed)."""
-    from anatosynth.io.datasets import read_dataset
-
     split = folder / "split.json" if folder is not None else None
     if split is not None and split.is_file():
         return list(json.loads(split.read_text(encoding="utf-8"))["train"])
@@ -408,9 +412,8 @@ def labelled_set(job: FinetuneJob, folder: Path | None = None) -> list[str]:
         return draw_labelled(dataset_split(job).pool, job.train_cases, job.seed)["train"]
     from anatosynth.train.finetune import make_split
 
-    cases = read_dataset(job.data).cases
-    names = [c.name for c in cases if c.image is not None and c.label is not None]
-    return make_split(cases, job.train_cases, job.seed, pick_eval_cases(names, job.eval_cases))["train"]
+    evaluation = pick_eval_cases(labelled_names(job.data), job.eval_cases)
+    return make_split(list(_dataset_cases(job.data)), job.train_cases, job.seed, evaluation)["train"]
 
 
 def validation_cases(folder: Path) -> list[str] | None:
@@ -680,7 +683,7 @@ def split_section(protocol: Protocol, rows: list[dict], reports: Path | None = N
         job = next(j for j in protocol.finetunes if j.dataset == ds)
         if job.eval_cases is not None:
             n = job.eval_cases if isinstance(job.eval_cases, int) else len(job.eval_cases)
-            val = (protocol.raw.get("finetune") or {}).get("val_max_cases", 4)
+            val = resolved_finetune(job.options)["val_max_cases"]
             lines.append(f"- **{ds}**: the earlier split (exploratory): one evaluation set of {n} cases whose first "
                          f"{val} also chose each run's checkpoint (validation inside evaluation); test Dice leaves "
                          "those out. Labelled cases drawn per seed from the rest, repeats allowed.")
