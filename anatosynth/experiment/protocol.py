@@ -57,6 +57,7 @@ RUN_ONLY_FINETUNE = ("data", "out", "init", "overwrite", "extra", "threads", "qu
 # at that value, so adding the option does not orphan finished jobs; any other value enters the key
 NEUTRAL_FINETUNE = {"pretrained_lr_scale": 1.0, "freeze_pretrained_steps": 0, "split": None, "labels": None}
 NEUTRAL_SYNTH = {"clutter": 0.0, "mix_fraction": 0.5, "mix_render": "contour"}  # the same, for synthesis options
+NEUTRAL_PRETRAIN = {"nnunet": None}  # the same, for pre-training options
 
 
 def result_versions() -> dict[str, int]:
@@ -142,6 +143,9 @@ def resolved_pretrain(cfg: dict) -> dict:
         full["patch"] = [full["patch"]] * 3
     for k in RUN_ONLY_PRETRAIN:
         full.pop(k, None)
+    for k, neutral in NEUTRAL_PRETRAIN.items():
+        if full.get(k, neutral) == neutral:
+            full.pop(k, None)
     synth = full.get("synth")
     if isinstance(synth, dict):
         for k, neutral in NEUTRAL_SYNTH.items():

@@ -1,4 +1,5 @@
-"""CLI verb of the io stage: ``anatosynth dataset init`` (onboarding a folder of scans and label maps)."""
+"""CLI verbs of the io stage: ``anatosynth dataset init`` (onboarding a folder of scans and label maps) and
+``anatosynth dataset nnunet`` (writing a dataset as nnU-Net v2 raw data)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ def _init(args) -> int:
     return 0
 
 
+def _nnunet(args) -> int:
+    from anatosynth.io.datasets import read_dataset
+    from anatosynth.io.nnunet import export_nnunet_raw
+    from anatosynth.io.splits import load_split
+
+    dataset = read_dataset(args.data, labels=args.labels).require_images("dataset nnunet")
+    split = load_split(args.split, [c.name for c in dataset.cases]) if args.split else None
+    folder = export_nnunet_raw(dataset, args.out, args.id, args.name, split, progress=not args.quiet)
+    n_test = len(split.test) if split is not None else 0
+    print(f"wrote {folder}: {len(dataset.cases) - n_test} training case(s) in imagesTr"
+          + (f", {n_test} test case(s) in imagesTs" if n_test else "")
+          + f"; next: nnUNetv2_plan_and_preprocess -d {args.id} -c 3d_fullres (with nnUNet_raw={args.out})")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("dataset", help="onboard a dataset: write its dataset.json from the files",
                        description="Datasets for finetune, evaluate, check and bank build.")
@@ -36,4 +52,16 @@ def register(sub) -> None:
                    help="imaging modality written to dataset.json (ct and mr are read as CT and MR)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing dataset.json")
     i.set_defaults(func=_init)
+    n = verbs.add_parser("nnunet", help="write a dataset as nnU-Net v2 raw data (DatasetXXX_Name)",
+                         description="Write a dataset as nnU-Net v2 raw data: OUT/DatasetXXX_Name with imagesTr "
+                                     "({case}_0000.nii.gz, float32), labelsTr (unsigned integers) and dataset.json. "
+                                     "With --split, the split's test cases go to imagesTs/labelsTs.")
+    n.add_argument("data", help="dataset folder (MSD or nnU-Net layout) or dataset.json")
+    n.add_argument("--out", required=True, help="the nnUNet_raw folder to write into")
+    n.add_argument("--id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+    n.add_argument("--name", help="dataset name after the id (default: the dataset's own, letters and digits)")
+    n.add_argument("--split", help="split file (test/validation/pool): test cases go to imagesTs, never trained on")
+    n.add_argument("--labels", help="labels.json (id→name) overriding the dataset's label names")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=_nnunet)
     p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -14,7 +14,7 @@ from anatosynth.errors import ConfigError, InputError
 from anatosynth.options import RENDERS, SYNTH_MODES, reject_unknown_keys
 from anatosynth.options import parse_patch as _parse_patch
 from anatosynth.synth.config import SynthConfig
-from anatosynth.train.models import MODELS, ModelSpec
+from anatosynth.train.models import MODELS, NNUNET, ModelSpec
 
 __all__ = ["PretrainConfig", "load_yaml", "resolve_config", "RESUME_MUTABLE", "RUN_SYNTH_FIELDS"]
 
@@ -57,6 +57,9 @@ class PretrainConfig:
         synth: the synthesis options, a :class:`~anatosynth.synth.config.SynthConfig` (a mapping of its
             fields in YAML, e.g. ``synth: {anchors: false}``; fields left out take their defaults). Its
             ``mode``, ``render`` and ``patch`` are always this config's: set those at the top level.
+        nnunet: the nnU-Net plans configuration this run pre-trains for (set by ``--nnunet-plans``; an
+            :class:`~anatosynth.io.nnunet.NnUNetPlan` as a mapping, kept whole so that a resume needs no
+            plans file); with it ``model`` is ``nnunet`` and ``patch`` covers the plans' patch.
         out: run folder.
     """
 
@@ -84,6 +87,7 @@ class PretrainConfig:
     deterministic: bool = False
     trace_indices: bool = False
     synth: SynthConfig = field(default_factory=SynthConfig)
+    nnunet: dict | None = None
     out: str = "runs/pretrain"
 
     def __post_init__(self) -> None:
@@ -122,7 +126,7 @@ class PretrainConfig:
     def model_spec(self, num_classes: int) -> ModelSpec:
         """The network this run trains, given the synthetic stream's class count."""
         return ModelSpec(name=self.model, in_channels=1, out_channels=int(num_classes),
-                         feature_size=int(self.feature_size), patch=parse_patch(self.patch))
+                         feature_size=int(self.feature_size), patch=parse_patch(self.patch), nnunet=self.nnunet)
 
     @property
     def warmup_steps(self) -> int:
@@ -157,7 +161,9 @@ class PretrainConfig:
             bad(f"mode must be one of {', '.join(SYNTH_MODES)}, got {self.mode!r}")
         if self.render not in RENDERS:
             bad(f"render must be one of {', '.join(RENDERS)}, got {self.render!r}")
-        if self.model not in MODELS:
+        if self.model == NNUNET or self.nnunet is not None:
+            self._validate_nnunet(source)
+        elif self.model not in MODELS:
             bad(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.mode != "primitives" and not self.bank:
             bad(f"mode {self.mode!r} needs a bank (a path or builtin:phantom)")
@@ -190,6 +196,25 @@ class PretrainConfig:
         self.synth = self.nested_synth(source)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             bad(f"unknown device {self.device!r} (use auto, cpu, cuda or cuda:N)")  # resolve_device's wording
+
+
+    def _validate_nnunet(self, source: str) -> None:
+        """``model: nnunet`` with its plans configuration, a patch that covers the plans' patch."""
+        from anatosynth.io.nnunet import NnUNetPlan
+        from anatosynth.train.nnunet import check_plan
+
+        if self.model != NNUNET or not isinstance(self.nnunet, dict):
+            raise ConfigError(f"{source}: model nnunet and the nnunet plans go together (set both with "
+                              "pretrain --nnunet-plans PLANS --configuration NAME)")
+        try:
+            plan = NnUNetPlan.from_dict(self.nnunet)
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"{source}: nnunet is not a plans configuration anatosynth wrote") from None
+        check_plan(plan, source)
+        patch = parse_patch(self.patch, source)
+        if any(s < p for s, p in zip(patch, plan.anatosynth_patch())):
+            raise ConfigError(f"{source}: patch {list(patch)} does not cover the plans' patch "
+                              f"{list(plan.anatosynth_patch())} (x, y, z)")
 
 
 def parse_patch(value, source: str = "config") -> tuple[int, int, int]:

@@ -54,6 +54,10 @@ def _network(args) -> tuple[str, int, object]:
     from anatosynth.train.transfer import init_network
 
     saved = init_network(args.init) or {}
+    if saved.get("name") == "nnunet":
+        raise ConfigError(f"--init {args.init} holds weights pre-trained for nnU-Net; fine-tune them with nnU-Net: "
+                          "anatosynth release RUN --format nnunet, then nnUNetv2_train ... -pretrained_weights "
+                          "OUT/nnunet_pretrained.pth")
     for flag, given, have in (("--model", args.model, saved.get("name")),
                               ("--feature-size", args.feature_size, saved.get("feature_size"))):
         if given is not None and have is not None and given != have:

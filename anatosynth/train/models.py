@@ -1,7 +1,8 @@
-"""Networks from MONAI, built from a small spec that is saved with every run.
+"""Networks from MONAI (or nnU-Net's, from a plans file), built from a small spec saved with every run.
 
 ``model.pt`` files hold a plain state_dict of the MONAI network, so a SwinUNETR checkpoint loads into
-``monai.networks.nets.SwinUNETR(in_channels, out_channels, feature_size=F)`` with ``strict=True``.
+``monai.networks.nets.SwinUNETR(in_channels, out_channels, feature_size=F)`` with ``strict=True``. A spec
+named ``nnunet`` carries the plans configuration it was built from (:mod:`anatosynth.train.nnunet`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,28 @@ import torch
 from anatosynth.errors import ConfigError
 from anatosynth.options import MODELS
 
-__all__ = ["ModelSpec", "build_model", "place_model", "MODELS"]
+__all__ = ["ModelSpec", "build_model", "place_model", "MODELS", "NNUNET"]
+
+NNUNET = "nnunet"  # the spec name of a network built from an nnU-Net plans configuration
 
 
 @dataclass
 class ModelSpec:
-    """What is needed to rebuild a network: architecture, channels, width and (UNETR only) patch size."""
+    """What is needed to rebuild a network: architecture, channels, width and (UNETR only) patch size; for
+    ``name="nnunet"``, ``nnunet`` holds the plans configuration (:class:`~anatosynth.io.nnunet.NnUNetPlan`)."""
 
     name: str = "swinunetr"
     in_channels: int = 1
     out_channels: int = 2
     feature_size: int = 48
     patch: tuple[int, int, int] = (96, 96, 96)
+    nnunet: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["patch"] = list(self.patch)
+        if d["nnunet"] is None:  # MONAI specs read as they always did
+            del d["nnunet"]
         return d
 
     @classmethod
@@ -42,6 +49,13 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     """Build a MONAI network from ``spec``, checking MONAI 1.6's size constraints with clear errors."""
     from monai.networks import nets
 
+    if spec.name == NNUNET:
+        from anatosynth.io.nnunet import NnUNetPlan
+        from anatosynth.train.nnunet import build_network
+
+        if not spec.nnunet:
+            raise ConfigError("an nnunet network needs its plans configuration (pretrain --nnunet-plans)")
+        return build_network(NnUNetPlan.from_dict(spec.nnunet), spec.out_channels)
     if spec.name not in MODELS:
         raise ConfigError(f"unknown model {spec.name!r}; choose one of {', '.join(MODELS)}")
     patch = tuple(int(p) for p in spec.patch)

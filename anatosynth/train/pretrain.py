@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from anatosynth.errors import ConfigError, InputError, Interrupted
+from anatosynth.io.nnunet import NnUNetPlan
 from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
 from anatosynth.synth.ahead import RenderAhead
 from anatosynth.train.checkpoint import (
@@ -47,6 +48,7 @@ from anatosynth.train.distributed import (
     wrap_model,
 )
 from anatosynth.train.models import build_model, place_model
+from anatosynth.train.nnunet import DeepSupervisionLoss, network_input
 from anatosynth.train.progress import write_progress_png
 from anatosynth.train.run_folder import (
     RunPaths,
@@ -120,6 +122,7 @@ class _Trainer:
         self.stream = stream
         self.class_names = list(stream.class_names)
         self.spec = cfg.model_spec(int(stream.num_classes))
+        self.plan = NnUNetPlan.from_dict(cfg.nnunet) if cfg.nnunet else None  # pre-training for nnU-Net
         torch.manual_seed(cfg.seed)
         model = place_model(build_model(self.spec), self.device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -142,7 +145,9 @@ class _Trainer:
         self.writer: Any = None  # TensorBoard SummaryWriter on rank 0, during run()
         from monai.losses import DiceCELoss
 
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss_fn: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True)
+        if self.plan is not None:  # nnU-Net's networks return one output per decoder stage
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.workers = auto_workers(cfg, self.device, self.ctx.world_size)
         self.batches: RenderAhead | None = None  # drawn and rendered batches, during run()
@@ -195,6 +200,16 @@ class _Trainer:
         if self.ctx.is_main and not self.echo:
             tqdm.write(f"pretrain: {line}", file=sys.stderr)
 
+    def _check_spacing(self) -> None:
+        """Warn when the stream's voxels differ from the plans' target spacing by more than a quarter."""
+        assert self.plan is not None
+        have = [float(v) for v in getattr(self.stream, "spacing", ())]
+        want = self.plan.anatosynth_spacing()
+        if have and any(abs(h - w) > 0.25 * w for h, w in zip(have, want)):
+            self.log.warning("the synthetic patches have %s mm voxels, the plans %s mm (x, y, z): organs will span "
+                             "other voxel counts than in the target's data; build the bank with --spacing %s",
+                             tuple(have), want, ",".join(f"{w:g}" for w in want))
+
     def _write_static_files(self) -> None:
         """config.yaml and metadata.json (rank 0), before the first step; this session joins the run's list
         of sessions (start step, commit), which a model card reports as the code that trained the weights."""
@@ -215,6 +230,7 @@ class _Trainer:
             "synth": self.synth_cfg.to_dict() if self.synth_cfg is not None else None,
             "bank": self.cfg.bank if self.cfg.mode != "primitives" else None,
             "bank_sha256": bank_hash(self.bank, self.cfg.bank),
+            "spacing_mm": [float(v) for v in getattr(self.stream, "spacing", ())] or None,
             "seed": self.cfg.seed,
             "samples": self.cfg.samples,
             "steps_done": int(self.step),
@@ -262,9 +278,16 @@ class _Trainer:
         # the training device: on CUDA by RenderAhead's thread on a side stream while the last step ran
         params, batch = next(self.batches)
         idx = [p.index for p in params]
+        image, label = batch.image, batch.label
+        if self.plan is not None:  # nnU-Net's axis order, patch and intensity normalisation
+            image, label = network_input(image, label, self.plan)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(batch.image)
-        loss = self.loss_fn(logits.float(), batch.label.unsqueeze(1))
+            logits = self.model(image)
+        if self.plan is not None:
+            loss = self.loss_fn(logits, label)
+            logits = logits[0] if isinstance(logits, (list, tuple)) else logits  # full resolution, for images
+        else:
+            loss = self.loss_fn(logits.float(), label.unsqueeze(1))
         self.lr_used = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,7 +295,7 @@ class _Trainer:
         self.scheduler.step()
         self.step += 1
         self.next_index += self.ctx.world_size * cfg.batch
-        return idx, batch, logits, loss
+        return idx, (image, label), logits, loss
 
     def run(self, stop_at: int | None = None) -> PretrainResult:
         from tqdm.auto import tqdm
@@ -284,13 +307,20 @@ class _Trainer:
 
             self.writer = SummaryWriter(str(self.paths.tensorboard), purge_step=self.step or None)
         barrier(ctx)
+        if self.plan is not None:
+            self._check_spacing()
         start_step = self.step
         self.log.info(f"resumed at step {self.step} (sample {self.next_index})" if self.resumed_from
                       is not None else "start at step 0")
-        self.log.info("%s f%d patch %s batch %d x %d process(es) on %s (%d CPU threads), %d classes, %d steps, "
-                      "mode %s render %s, %d draw worker(s)", cfg.model, cfg.feature_size,
-                      "x".join(map(str, cfg.patch)), cfg.batch, ctx.world_size, self.device, self.threads,
-                      len(self.class_names), cfg.steps, cfg.mode, cfg.render, self.workers)
+        network = (f"nnU-Net {self.plan.network_class.rpartition('.')[2]} of {self.plan.plans_name} "
+                   f"{self.plan.configuration} ({self.plan.normalization[0]})" if self.plan is not None
+                   else f"{cfg.model} f{cfg.feature_size}")
+        patch = "x".join(map(str, cfg.patch))
+        if self.plan is not None:
+            patch += " cropped to " + "x".join(map(str, self.plan.patch_size)) + " (nnU-Net axes)"
+        self.log.info("%s patch %s batch %d x %d process(es) on %s (%d CPU threads), %d classes, %d steps, "
+                      "mode %s render %s, %d draw worker(s)", network, patch, cfg.batch, ctx.world_size, self.device,
+                      self.threads, len(self.class_names), cfg.steps, cfg.mode, cfg.render, self.workers)
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         sampler = StepBatches(self.next_index, ctx.rank, ctx.world_size, cfg.batch, stop - self.step,
                               cfg.samples, cfg.seed)
@@ -309,7 +339,7 @@ class _Trainer:
         with self.stopper:
             try:
                 while self.step < stop:
-                    idx, batch, logits, loss = self._one_step()
+                    idx, (image, label), logits, loss = self._one_step()
                     loss_sum += loss.detach()
                     n_sum += 1
                     if trace is not None:
@@ -344,7 +374,7 @@ class _Trainer:
                     if (self.writer is not None and cfg.image_every
                             and (self.step % cfg.image_every == 0 or self.step == start_step + 1)):
                         for name, img in zip(("image", "label", "prediction"),
-                                             _slice_images(batch.image, batch.label, logits, len(self.class_names))):
+                                             _slice_images(image, label, logits, len(self.class_names))):
                             self.writer.add_image(f"sample/{name}", img, self.step)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_checkpoint()

@@ -9,6 +9,8 @@ Examples::
     anatosynth release runs/swin48 --resumable --out resume/swin48.resume   # before a machine change ...
     anatosynth pretrain --resume resume/swin48.resume --out runs/swin48     # ... continued on the next one
     torchrun --nproc_per_node 4 -m anatosynth pretrain --config run.yaml
+    anatosynth pretrain --bank bank.npz --nnunet-plans nnUNet_preprocessed/Dataset501_X/nnUNetPlans.json \
+        --configuration 3d_fullres --steps 2000 --out runs/nnunet   # the network nnU-Net will build
 """
 
 from __future__ import annotations
@@ -43,7 +45,27 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     patch = over.get("patch")
     if patch is not None:
         over["patch"] = list(patch)
+    if getattr(args, "nnunet_plans", None):
+        over.update(_nnunet_overrides(args, over))
+    elif getattr(args, "configuration", None):
+        from anatosynth.errors import ConfigError
+
+        raise ConfigError("--configuration names a configuration of --nnunet-plans; give the plans file too")
     return over
+
+
+def _nnunet_overrides(args: argparse.Namespace, over: dict) -> dict:
+    """``--nnunet-plans``/``--configuration``: the plans configuration, model ``nnunet`` and the stream's patch."""
+    from anatosynth.errors import ConfigError
+    from anatosynth.io.nnunet import read_plans
+    from anatosynth.train.nnunet import check_plan, synth_patch
+
+    for flag, key in (("--model", "model"), ("--feature-size", "feature_size"), ("--patch", "patch")):
+        if over.get(key) is not None:
+            raise ConfigError(f"{flag} and --nnunet-plans exclude each other: the plans choose the network and patch")
+    plan = read_plans(args.nnunet_plans, args.configuration or "3d_fullres")
+    check_plan(plan, str(args.nnunet_plans))
+    return {"model": "nnunet", "feature_size": None, "patch": list(synth_patch(plan)), "nnunet": plan.to_dict()}
 
 
 def _archived_out(archive: str) -> str:
@@ -113,6 +135,10 @@ def register(sub) -> None:
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=MODELS, help="(default swinunetr)")
     g.add_argument("--feature-size", type=int, dest="feature_size", help="network width (default 48)")
+    g.add_argument("--nnunet-plans", dest="nnunet_plans", metavar="PLANS",
+                   help="pre-train the network nnU-Net v2 builds from this plans file (nnUNetPlans.json): its "
+                        "architecture, patch, axis order and intensity normalisation (needs 'make nnunet')")
+    g.add_argument("--configuration", help="the plans configuration (default 3d_fullres)")
     g.add_argument("--batch", type=int, help="patches per step and per process (default 4)")
     g.add_argument("--steps", type=int, help="optimiser steps to reach (default 1000)")
     g.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint and model.pt written)")

@@ -47,11 +47,15 @@ def _final_loss(run: Path) -> dict:
 
 
 def release(run: str | Path, out: str | Path, command: str | None = None, name: str | None = None,
-            job_key: str | None = None) -> Path:
+            job_key: str | None = None, nnunet: bool = False) -> Path:
     """Write the released form of pre-training run ``run`` (its ``model.pt`` and ``metadata.json``) to ``out``.
 
+    With ``nnunet``, also ``out/nnunet_pretrained.pth`` (float32 ``network_weights``) for
+    ``nnUNetv2_train -pretrained_weights``, and the plans facts on the card (a run of ``--nnunet-plans`` only).
+
     Raises:
-        InputError: ``run`` is not a finished pre-training run, or ``out`` exists and is not a release.
+        InputError: ``run`` is not a finished pre-training run (or, with ``nnunet``, not one for nnU-Net), or
+            ``out`` exists and is not a release.
     """
     from safetensors.torch import save_file
 
@@ -66,6 +70,10 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     if out.exists() and not (out / CARD_FILE).is_file():
         raise InputError(out, "exists and is not a released-weights folder; choose another --out")
     state = load_weights_only(model_path, "model")
+    plan = (meta.get("model") or {}).get("nnunet")
+    if nnunet and not plan:
+        raise InputError(run, "not pre-trained for nnU-Net (pretrain --nnunet-plans PLANS); --format nnunet needs "
+                              "the network nnU-Net builds")
     half = {k: v.detach().to(torch.float16).contiguous() if v.is_floating_point() else v.contiguous()
             for k, v in state.items()}
     config: dict = {}
@@ -91,7 +99,10 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
         "job_key": job_key,  # the experiment job that made it, when an experiment released it
         "dtype": "float16",
         "weights_file": WEIGHTS_FILE,
+        "spacing_mm": meta.get("spacing_mm"),
     }
+    if plan:
+        card["nnunet"] = nnunet_card(plan, card, meta)
     card_meta = {k: v for k, v in meta.items() if k in ("model", "class_names", "mode", "render", "bank_sha256",
                                                         "versions")}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +113,12 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
         save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         card["weights_sha256"] = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
         card["weights_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
+        if nnunet:
+            from anatosynth.train.nnunet import NNUNET_WEIGHTS, save_nnunet_checkpoint
+
+            save_nnunet_checkpoint(state, {k: v for k, v in card.items() if k != "loss_curve"}, tmp / NNUNET_WEIGHTS)
+            card["nnunet"]["weights_file"] = NNUNET_WEIGHTS
+            card["nnunet"]["weights_sha256"] = hashlib.sha256((tmp / NNUNET_WEIGHTS).read_bytes()).hexdigest()
         atomic_write_text(tmp / "metadata.json", json.dumps(card_meta, indent=1) + "\n")
         atomic_write_text(tmp / CARD_FILE, json.dumps(card, indent=1) + "\n")
         atomic_write_text(tmp / "README.md", _card_markdown(card, out))
@@ -111,6 +128,26 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def nnunet_card(plan: dict, card: dict, meta: dict) -> dict:
+    """What an nnU-Net user must know: the plans the weights fit, and how the synthetic images were scaled."""
+    scheme = (plan.get("normalization") or ["?"])[0]
+    how = {"ZScoreNormalization": "z-scored per patch (nnU-Net z-scores each image)",
+           "CTNormalization": "foreground standardised per patch to mean 0, std 1, clipped at the plans' 0.5/99.5 "
+                              "foreground percentiles in those units (what CTNormalization gives a CT's foreground)",
+           "RescaleTo01Normalization": "rescaled per patch to [0, 1]",
+           "NoNormalization": "left as rendered (intensities in [0, 1]), as nnU-Net leaves the target's"}
+    return {
+        "plans_name": plan.get("plans_name"), "configuration": plan.get("configuration"),
+        "dataset_name": plan.get("dataset_name"), "plans_sha256": plan.get("sha256"),
+        "network_class": plan.get("network_class"), "patch_size": plan.get("patch_size"),
+        "spacing_mm": plan.get("spacing"), "normalization": scheme,
+        "synthetic_images": f"rendered `{card.get('render')}` in [0, 1], then {how.get(scheme, scheme)}",
+        "synthetic_spacing_mm_xyz": meta.get("spacing_mm"),
+        "loaded_by": "nnUNetv2_train DATASET CONFIGURATION FOLD -p PLANS -pretrained_weights nnunet_pretrained.pth "
+                     "(every key but .seg_layers., which nnU-Net re-initialises)",
+    }
 
 
 def read_card(folder: str | Path) -> dict | None:
@@ -164,6 +201,8 @@ def _card_markdown(card: dict, out: Path) -> str:
     patch = "×".join(str(p) for p in arch.get("patch", []))
     classes = [c for c in (card.get("class_names") or []) if c != "background"]
     versions = ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
+    if card.get("nnunet"):
+        return _nnunet_card_markdown(card, out)
     lines = [
         f"# {card['name']}: anatosynth pre-trained weights",
         "",
@@ -189,6 +228,38 @@ def _card_markdown(card: dict, out: Path) -> str:
         "fine-tune as the protocol in **Command** did, add its `finetune:` settings (spacing, lr, steps, crops,",
         "`freeze_pretrained_steps`): anatosynth's README, \"Pre-trained weights and kept results\", gives the",
         "cpu-long grid's whole command. Synthesis settings: `card.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _nnunet_card_markdown(card: dict, out: Path) -> str:
+    nn = card["nnunet"]
+    classes = [c for c in (card.get("class_names") or []) if c != "background"]
+    weights = nn.get("weights_file")
+    lines = [
+        f"# {card['name']}: anatosynth pre-trained weights for nnU-Net v2",
+        "",
+        f"- **Network:** `{nn.get('network_class')}` of plans `{nn.get('plans_name')}`, configuration "
+        f"`{nn.get('configuration')}` (dataset `{nn.get('dataset_name')}`, plans sha256 `{nn.get('plans_sha256')}`), "
+        f"patch {nn.get('patch_size')} at {nn.get('spacing_mm')} mm in nnU-Net's axis order.",
+        f"- **Intensities:** the plans normalise with `{nn.get('normalization')}`; the synthetic images were "
+        f"{nn.get('synthetic_images')}. Synthetic voxels: {nn.get('synthetic_spacing_mm_xyz')} mm (x, y, z).",
+        f"- **Pre-training task:** synthetic segmentation, mode `{card.get('mode')}`, render `{card.get('render')}`; "
+        f"{len(classes)} foreground classes; deep supervision on every output nnU-Net trains (weights 1/2^i, the "
+        "lowest 0).",
+        f"- **Budget:** {card.get('steps')} steps of batch {card.get('batch')} ({card.get('samples_seen')} synthetic "
+        f"patches), lr {card.get('lr')}, seed {card.get('seed')}; final loss {card.get('final_loss')}.",
+        ("- **Shape bank:** none (primitives)." if card.get("bank_sha256") is None
+         else f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`."),
+        f"- **Weights:** `{weights}` (float32, for nnU-Net; sha256 `{nn.get('weights_sha256')}`) and "
+        f"`{card['weights_file']}` (float16). Made with {_made_with(card)}.",
+        f"- **Command:** `{card.get('command')}`",
+        "",
+        "Fine-tune with nnU-Net (the same plans; nnU-Net re-initialises the output layers for your classes):",
+        "",
+        f"    nnUNetv2_train {nn.get('dataset_name') or 'DATASET'} {nn.get('configuration')} 0 -p "
+        f"{nn.get('plans_name')} -pretrained_weights {(out / str(weights)).as_posix()}",
         "",
     ]
     return "\n".join(lines)

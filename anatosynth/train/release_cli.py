@@ -20,10 +20,15 @@ def _run(args) -> int:
               f"--out RUN)")
         return 0
     command = args.command or "anatosynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = release(args.run, args.out, command=command, name=args.name, job_key=args.job_key)
+    out = release(args.run, args.out, command=command, name=args.name, job_key=args.job_key,
+                  nnunet=args.format == "nnunet")
     info = read_card(out) or {}
     print(f"released {args.run} -> {out} ({info['weights_bytes'] / 1e6:.1f} MB float16, "
           f"sha256 {info['weights_sha256'][:12]}; model card {out / 'README.md'})")
+    if args.format == "nnunet":
+        nn = info["nnunet"]
+        print(f"for nnU-Net: nnUNetv2_train {nn['dataset_name'] or 'DATASET'} {nn['configuration']} FOLD -p "
+              f"{nn['plans_name']} -pretrained_weights {out / nn['weights_file']}")
     return 0
 
 
@@ -41,6 +46,9 @@ def register(sub) -> None:
                    help="archive an unfinished run instead (checkpoint, optimiser, RNG state, config, log; one "
                         "compact file, replaced by the next archive of the run) for 'pretrain --resume FILE' "
                         "on another machine")
+    p.add_argument("--format", choices=("anatosynth", "nnunet"), default="anatosynth",
+                   help="nnunet: also write nnunet_pretrained.pth for 'nnUNetv2_train -pretrained_weights' (a run "
+                        "of 'pretrain --nnunet-plans')")
     p.add_argument("--name", default=None, help="name on the model card (default: the folder's name)")
     p.add_argument("--command", default=None,
                    help="the pre-training command to record on the card (default: this release command)")

@@ -1,0 +1,187 @@
+"""Pre-training the network nnU-Net v2 will build, and weights in the form ``nnUNetv2_train`` loads.
+
+``anatosynth pretrain --nnunet-plans nnUNetPlans.json --configuration 3d_fullres`` trains exactly the network
+of that plans configuration (class, kwargs, input channels: :func:`build_network`, through nnunetv2's own
+``get_network_from_plans`` when it is installed) on the synthetic stream. Three things make the synthetic
+batch look like nnU-Net's preprocessed training batch (:func:`network_input`):
+
+- **axes**: the batch is permuted into nnU-Net's axis order (SimpleITK's z, y, x, then ``transpose_forward``),
+  so that anisotropic kernels (``[1, 3, 3]``) meet the axis they were planned for;
+- **patch**: the stream renders at a multiple of 32 that covers the plans' patch (the synthesiser's grid);
+  the centre is cropped to the plans' patch exactly;
+- **intensities**: normalised per patch with the plans' scheme, as nnU-Net normalises each image
+  (:func:`normalise`): z-score; CT percentiles by making the patch's foreground mean 0 and standard
+  deviation 1, then clipping at the plans' 0.5 / 99.5 foreground percentiles in the same units (the
+  values a target CT's foreground takes after ``CTNormalization``); min-max for ``RescaleTo01Normalization``.
+
+Deep supervision as nnU-Net trains it (:class:`DeepSupervisionLoss`): the loss on every decoder output,
+weights ``1/2^i`` from full resolution down, the lowest output weighted 0, labels nearest-downsampled.
+
+``anatosynth release RUN --format nnunet`` adds ``nnunet_pretrained.pth``: ``{"network_weights": ...}``
+in float32 with the card's facts, which ``nnUNetv2_train DATASET CONFIG FOLD -pretrained_weights FILE``
+loads (every key but ``.seg_layers.``, which nnU-Net re-initialises for the target's classes).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from anatosynth.errors import ConfigError
+from anatosynth.io.nnunet import NnUNetPlan
+
+__all__ = ["build_network", "network_input", "normalise", "DeepSupervisionLoss", "synth_patch",
+           "check_plan", "NORMALISATIONS", "NNUNET_WEIGHTS", "EXTRA_HINT", "save_nnunet_checkpoint"]
+
+NNUNET_WEIGHTS = "nnunet_pretrained.pth"  # the file release --format nnunet writes for -pretrained_weights
+EXTRA_HINT = "install the nnU-Net extra with 'make nnunet' (it keeps the CPU torch)"
+# nnU-Net's intensity schemes anatosynth reproduces on synthetic patches (the others it refuses by name)
+NORMALISATIONS = ("ZScoreNormalization", "CTNormalization", "RescaleTo01Normalization", "NoNormalization")
+
+
+def synth_patch(plan: NnUNetPlan) -> tuple[int, int, int]:
+    """The stream's patch (x, y, z): each axis of the plans' patch rounded up to a multiple of 32."""
+    px, py, pz = (-(-p // 32) * 32 for p in plan.anatosynth_patch())
+    return (px, py, pz)
+
+
+def check_plan(plan: NnUNetPlan, source: str = "plans") -> None:
+    """One line for a plan anatosynth cannot pre-train for: several input channels, an unknown scheme."""
+    if plan.in_channels != 1:
+        raise ConfigError(f"{source}: the plans expect {plan.in_channels} input channels; synthetic images have "
+                          "one (pre-train for a one-channel configuration)")
+    if plan.normalization[0] not in NORMALISATIONS:
+        raise ConfigError(f"{source}: normalisation {plan.normalization[0]!r} is not one anatosynth reproduces "
+                          f"({', '.join(NORMALISATIONS)})")
+    if plan.normalization[0] == "CTNormalization":
+        props = plan.intensity_properties.get("0", {})
+        missing = [k for k in ("mean", "std", "percentile_00_5", "percentile_99_5") if k not in props]
+        if missing:
+            raise ConfigError(f"{source}: CTNormalization needs foreground_intensity_properties_per_channel['0'] "
+                              f"with {', '.join(missing)}")
+
+
+def _locate(name: str):
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        hint = f"; {EXTRA_HINT}" if module.startswith("dynamic_network_architectures") else ""
+        raise ConfigError(f"cannot import {name} named by the nnU-Net plans ({err.__class__.__name__}){hint}") from None
+
+
+def build_network(plan: NnUNetPlan, out_channels: int, deep_supervision: bool = True) -> torch.nn.Module:
+    """The network nnU-Net builds for ``plan``, with ``out_channels`` outputs and He initialisation.
+
+    Uses ``nnunetv2.utilities.get_network_from_plans`` when nnunetv2 is installed, else the same steps
+    (import the class and the kwargs that name classes, build, ``network.apply(network.initialize)``).
+    """
+    try:
+        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    except ImportError:
+        get_network_from_plans = None
+    if get_network_from_plans is not None:
+        return get_network_from_plans(plan.network_class, dict(plan.network_kwargs), plan.network_kwargs_import,
+                                      plan.in_channels, out_channels, allow_init=True,
+                                      deep_supervision=deep_supervision)
+    try:
+        importlib.import_module("dynamic_network_architectures")
+    except ImportError:
+        raise ConfigError(f"pre-training for nnU-Net needs dynamic-network-architectures: {EXTRA_HINT}") from None
+    kwargs = dict(plan.network_kwargs)
+    for key in plan.network_kwargs_import:
+        if kwargs.get(key) is not None:
+            kwargs[key] = _locate(kwargs[key])
+    network = _locate(plan.network_class)(input_channels=plan.in_channels, num_classes=out_channels,
+                                          deep_supervision=deep_supervision, **kwargs)
+    if hasattr(network, "initialize"):
+        network.apply(network.initialize)
+    return network
+
+
+def _centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    starts = [(s - p) // 2 for s, p in zip(x.shape[-3:], size)]
+    return x[..., starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1], starts[2]:starts[2] + size[2]]
+
+
+def _masked_stats(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean and (population) std of ``x`` [B, 1, ...] over ``mask``; the whole patch where empty."""
+    mask = mask.to(x.dtype)
+    empty = mask.flatten(1).sum(1) == 0
+    mask = torch.where(empty.view(-1, 1, 1, 1, 1), torch.ones_like(mask), mask)
+    n = mask.flatten(1).sum(1).view(-1, 1, 1, 1, 1)
+    mean = (x * mask).flatten(1).sum(1).view(-1, 1, 1, 1, 1) / n
+    var = (((x - mean) ** 2) * mask).flatten(1).sum(1).view(-1, 1, 1, 1, 1) / n
+    return mean, var.sqrt()
+
+
+def normalise(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) -> torch.Tensor:
+    """Synthetic ``image`` [B, 1, ...] in the units nnU-Net's preprocessing gives the target's images."""
+    scheme = plan.normalization[0]
+    x = image.float()
+    if scheme == "ZScoreNormalization":
+        mean, std = _masked_stats(x, torch.ones_like(x))
+        return (x - mean) / std.clamp_min(1e-8)
+    if scheme == "CTNormalization":
+        p = plan.intensity_properties["0"]
+        mean, std = _masked_stats(x, (label > 0).unsqueeze(1))
+        sd = max(float(p["std"]), 1e-8)
+        lo, hi = ((float(p[k]) - float(p["mean"])) / sd for k in ("percentile_00_5", "percentile_99_5"))
+        return ((x - mean) / std.clamp_min(1e-8)).clamp(lo, hi)
+    if scheme == "RescaleTo01Normalization":
+        low = x.flatten(1).amin(1).view(-1, 1, 1, 1, 1)
+        high = x.flatten(1).amax(1).view(-1, 1, 1, 1, 1)
+        return (x - low) / (high - low).clamp_min(1e-8)
+    return x  # NoNormalization
+
+
+def network_input(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic batch (image [B, 1, X, Y, Z], label [B, X, Y, Z]) in nnU-Net's axes, patch and intensities."""
+    image = image.permute(0, 1, *(2 + a for a in plan.axes))
+    label = label.permute(0, *(1 + a for a in plan.axes))
+    image, label = _centre_crop(image, plan.patch_size), _centre_crop(label, plan.patch_size)
+    return normalise(image, label, plan).contiguous(), label.contiguous()
+
+
+class DeepSupervisionLoss(torch.nn.Module):
+    """``base`` on every output nnU-Net trains: weights 1/2^i (full resolution first), the last 0, sum 1."""
+
+    def __init__(self, base: torch.nn.Module):
+        super().__init__()
+        self.base = base
+
+    @staticmethod
+    def weights(n: int) -> list[float]:
+        if n == 1:
+            return [1.0]
+        w = [1 / 2 ** i for i in range(n)]
+        w[-1] = 0.0
+        return [v / sum(w) for v in w]
+
+    def forward(self, outputs, label: torch.Tensor) -> torch.Tensor:
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        total = outputs[0].new_zeros((), dtype=torch.float32)
+        for w, out in zip(self.weights(len(outputs)), outputs):
+            if w == 0:
+                continue
+            target = label[:, None].float()
+            if tuple(out.shape[2:]) != tuple(label.shape[1:]):
+                target = F.interpolate(target, size=out.shape[2:], mode="nearest-exact")
+            total = total + w * self.base(out.float(), target)
+        return total
+
+
+def save_nnunet_checkpoint(state: dict[str, torch.Tensor], info: dict, path: str | Path) -> Path:
+    """Write ``{"network_weights": float32 state, "anatosynth": info}``, what ``-pretrained_weights`` reads.
+
+    Only tensors and plain Python values: it loads with ``torch.load(..., weights_only=True)`` too.
+    """
+    from anatosynth.io.volume import atomic_write_bytes
+
+    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state.items()}
+    payload = {"network_weights": weights, "trainer_name": "anatosynth", "anatosynth": info}
+    return atomic_write_bytes(path, lambda tmp: torch.save(payload, tmp))
