@@ -83,6 +83,30 @@ def test_ct_normalisation_matches_a_ct_foreground_after_nnunet():
     assert fg.mean(1).abs().max() < 0.05 and (fg.std(1) - 1).abs().max() < 0.1
 
 
+def test_normalisation_agrees_with_nnunets_own_classes(data_dir):
+    """Our z-score is nnU-Net's ZScoreNormalization; our CT range is what CTNormalization gives a real CT."""
+    _needs("nnunetv2")
+    import nibabel as nib
+    import numpy as np
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
+        CTNormalization,
+        ZScoreNormalization,
+    )
+
+    image = torch.rand(1, 1, 12, 10, 8) * 7 + 3
+    ours = normalise(image, torch.zeros(1, 12, 10, 8, dtype=torch.long), _plan())
+    theirs = ZScoreNormalization(use_mask_for_norm=False, intensityproperties={}).run(image[0].numpy().copy())
+    np.testing.assert_allclose(ours[0].numpy(), theirs, atol=1e-5)
+
+    ct = np.asarray(nib.load(data_dir / "openkbp" / "imagesTr" / "openkbp_001.nii.gz").dataobj, dtype=np.float32)
+    props = {"mean": 30.0, "std": 180.0, "percentile_00_5": -160.0, "percentile_99_5": 1200.0}  # a soft-tissue CT
+    normalised = CTNormalization(intensityproperties=props).run(ct[None].copy())
+    synthetic = normalise(torch.rand(1, 1, 16, 16, 16), torch.ones(1, 16, 16, 16, dtype=torch.long),
+                          _plan(normalization=["CTNormalization"], intensity_properties={"0": props}))
+    assert synthetic.min() >= normalised.min() - 1e-5 and synthetic.max() <= normalised.max() + 1e-5
+    assert normalised.min() == pytest.approx((-160 - 30) / 180) and normalised.max() == pytest.approx((1200 - 30) / 180)
+
+
 def test_rescale_and_no_normalisation():
     image = torch.rand(2, 1, 4, 4, 4) * 3 + 1
     label = torch.zeros(2, 4, 4, 4, dtype=torch.long)
