@@ -6,10 +6,11 @@ nnU-Net (Isensee et al. 2021) reads ``nnUNet_raw/DatasetXXX_Name/`` with ``image
 (``nnUNetPlans.json``) says, per configuration, the network it will build and the patch, spacing and
 normalisation of the data that network sees; :func:`read_plans` reads that without importing nnunetv2.
 
-Axis order: nnU-Net reads NIfTI with SimpleITK by default, whose arrays are (z, y, x), the reverse of
-nibabel's (and anatosynth's) (x, y, z); the plans then permute them by ``transpose_forward``. Network axis
-``i`` is therefore anatosynth axis ``2 - transpose_forward[i]`` for SimpleITK readers and
-``transpose_forward[i]`` for nibabel ones (:attr:`NnUNetPlan.axes`).
+Axis order: every nnU-Net reader hands over arrays in SimpleITK's order, the reverse of the file's voxel axes
+(its nibabel readers transpose to match), and the plans then permute them by ``transpose_forward``. Network
+axis ``i`` is therefore voxel axis ``2 - transpose_forward[i]`` of the raw files (:attr:`NnUNetPlan.axes`).
+anatosynth's synthetic patches are RAS (x, y, z), so the mapping holds for raw data stored in RAS voxel order,
+which :func:`export_nnunet_raw` writes (``NibabelIOWithReorient`` reorients any file to it).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from anatosynth.errors import InputError
+from anatosynth.io.canonical import to_ras
 from anatosynth.io.datasets import Dataset
 from anatosynth.io.splits import Split
 from anatosynth.io.volume import atomic_write_text, ensure_writable_dir, load_image, load_label, save_volume
 
-__all__ = ["NnUNetPlan", "read_plans", "export_nnunet_raw", "NIBABEL_READERS"]
-
-# readers whose arrays keep nibabel's voxel axis order; every other reader (SimpleITKIO, the default) reverses it
-NIBABEL_READERS = ("NibabelIO", "NibabelIOWithReorient")
+__all__ = ["NnUNetPlan", "read_plans", "export_nnunet_raw"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,14 @@ class NnUNetPlan:
         network_kwargs_import: the kwargs that name classes to import (``conv_op``, ``norm_op``...).
         patch_size: the training patch in network axis order.
         spacing: the target spacing (mm) in network axis order.
-        axes: for each network axis, the anatosynth (nibabel x, y, z) axis it holds.
+        axes: for each network axis, the raw files' voxel axis (anatosynth's x, y, z for RAS data) it holds.
         normalization: one scheme per input channel (``CTNormalization``, ``ZScoreNormalization``...).
-        use_mask_for_norm: per channel: normalise inside the nonzero mask only (nnU-Net's crop to nonzero).
+        use_mask_for_norm: per channel: z-score inside the nonzero region only, the outside set to 0 (nnU-Net
+            does this where cropping to the nonzero region shrank the images, e.g. skull-stripped brain MR).
         intensity_properties: per channel, the foreground statistics CT normalisation uses (mean, std,
             percentile_00_5, percentile_99_5...), from the plans' ``foreground_intensity_properties_per_channel``.
+        previous_stage: the configuration a cascade stage takes segmentations from (its network has more
+            input channels than the images have), else None.
     """
 
     plans_name: str
@@ -66,6 +68,7 @@ class NnUNetPlan:
     normalization: list[str]
     use_mask_for_norm: list[bool]
     intensity_properties: dict
+    previous_stage: str | None = None
 
     @property
     def in_channels(self) -> int:
@@ -143,9 +146,7 @@ def read_plans(path: str | Path, configuration: str = "3d_fullres") -> NnUNetPla
     if len(patch) != 3:
         raise InputError(path, f"configuration {configuration!r} is not 3-D (patch_size {list(patch)}); "
                                "anatosynth pre-trains 3-D networks")
-    transpose = [int(t) for t in plans.get("transpose_forward", [0, 1, 2])]
-    reader = str(config.get("image_reader_writer", plans.get("image_reader_writer", "SimpleITKIO")))
-    axes = tuple(t if reader in NIBABEL_READERS else 2 - t for t in transpose)
+    axes = tuple(2 - int(t) for t in plans.get("transpose_forward", [0, 1, 2]))
     props = plans.get("foreground_intensity_properties_per_channel", {})
     normalization = [str(s) for s in config.get("normalization_schemes", [])]
     if not normalization:
@@ -164,6 +165,7 @@ def read_plans(path: str | Path, configuration: str = "3d_fullres") -> NnUNetPla
         normalization=normalization,
         use_mask_for_norm=[bool(m) for m in config.get("use_mask_for_norm", [False] * len(normalization))],
         intensity_properties={str(k): dict(v) for k, v in props.items()},
+        previous_stage=config.get("previous_stage"),
     )
 
 
@@ -171,10 +173,13 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
                       split: Split | None = None, progress: bool = True) -> Path:
     """Write ``dataset`` as ``raw_root/DatasetXXX_Name`` in nnU-Net v2's raw layout.
 
-    Images become float32 ``{case}_0000.nii.gz``, labels the smallest unsigned type; ``channel_names`` is
-    ``CT`` for CT datasets (nnU-Net's percentile normalisation) and the dataset's modality otherwise (z-score).
-    With ``split``, test cases go to ``imagesTs``/``labelsTs`` (nnU-Net never trains or validates on them)
-    and the rest to ``imagesTr``. Files are written atomically and ``dataset.json`` last.
+    Images become float32 ``{case}_0000.nii.gz``, labels the smallest unsigned type, both reoriented to RAS
+    voxel order (lossless: axes permuted and flipped, the affine kept true) so that nnU-Net's axes are those
+    :class:`NnUNetPlan` maps onto anatosynth's; label ids that are not 0..N (nnU-Net requires consecutive
+    ids) are renumbered in order, the mapping recorded in ``dataset.json``. ``channel_names`` is ``CT`` for CT
+    datasets (nnU-Net's percentile normalisation) and the dataset's modality otherwise (z-score). With
+    ``split``, test cases go to ``imagesTs``/``labelsTs`` (nnU-Net never trains or validates on them) and the
+    rest to ``imagesTr``. Files are written atomically and ``dataset.json`` last.
 
     Raises:
         InputError: the target folder exists and is not empty, or a case has no image or label.
@@ -191,27 +196,32 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         if case.image is None or case.label is None:
             raise InputError(dataset.root, f"case {case.name} lacks an image or a label; nnU-Net needs both")
     test = set(split.test) if split is not None else set()
-    label_dtype = np.dtype(np.uint8 if max(dataset.labels, default=1) < 256 else np.uint16)  # CHAOS: float64
+    names = {0: "background", **dataset.foreground}
+    renumber = {old: new for new, old in enumerate(sorted(names))}  # nnU-Net needs ids 0..N
+    lut = np.zeros(max(names) + 1, dtype=np.int64)
+    lut[list(renumber)] = list(renumber.values())
+    label_dtype = np.dtype(np.uint8 if len(names) < 256 else np.uint16)  # CHAOS stores float64
     ensure_writable_dir(folder)
     n_train = 0
     for case in tqdm(dataset.cases, desc="nnU-Net raw", unit="case", disable=not progress):
         images, labels = ("imagesTs", "labelsTs") if case.name in test else ("imagesTr", "labelsTr")
         n_train += case.name not in test
-        image = load_image(case.image)
-        label = load_label(case.label)
+        image = to_ras(load_image(case.image))
+        label = to_ras(load_label(case.label, names=names))
         save_volume(image.with_array(np.asarray(image.array, dtype=np.float32)),
                     ensure_writable_dir(folder / images) / f"{case.name}_0000.nii.gz")
-        save_volume(label, ensure_writable_dir(folder / labels) / f"{case.name}.nii.gz", label_dtype)
+        save_volume(label.with_array(lut[label.array]), ensure_writable_dir(folder / labels) / f"{case.name}.nii.gz",
+                    label_dtype)
     channel = "CT" if (dataset.modality or "").upper() == "CT" else (dataset.modality or "MR")
-    names = {0: "background", **dataset.foreground}
     meta = {
         "name": folder.name,
         "channel_names": {"0": channel},
-        "labels": {names[i]: int(i) for i in sorted(names)},
+        "labels": {names[old]: new for old, new in renumber.items()},
         "numTraining": n_train,
         "file_ending": ".nii.gz",
-        "anatosynth": {"source": str(dataset.root), "test_cases": sorted(test),
-                       "split_method": split.method if split is not None else None},
+        "anatosynth": {"source": str(dataset.root), "test_cases": sorted(test), "orientation": "RAS",
+                       "split_method": split.method if split is not None else None,
+                       "label_ids": {str(old): new for old, new in renumber.items() if old != new} or None},
     }
     atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=1) + "\n")
     return folder

@@ -10,9 +10,11 @@ batch look like nnU-Net's preprocessed training batch (:func:`network_input`):
 - **patch**: the stream renders at a multiple of 32 that covers the plans' patch (the synthesiser's grid);
   the centre is cropped to the plans' patch exactly;
 - **intensities**: normalised per patch with the plans' scheme, as nnU-Net normalises each image
-  (:func:`normalise`): z-score; CT percentiles by making the patch's foreground mean 0 and standard
-  deviation 1, then clipping at the plans' 0.5 / 99.5 foreground percentiles in the same units (the
-  values a target CT's foreground takes after ``CTNormalization``); min-max for ``RescaleTo01Normalization``.
+  (:func:`normalise`): z-score (with ``use_mask_for_norm``, inside the organs only, the background 0, as
+  nnU-Net z-scores inside the nonzero region and zeroes the rest); CT percentiles by making the patch's
+  foreground mean 0 and standard deviation 1, then clipping at the plans' 0.5 / 99.5 foreground percentiles
+  in the same units (the values a target CT's foreground takes after ``CTNormalization``); min-max for
+  ``RescaleTo01Normalization``.
 
 Deep supervision as nnU-Net trains it (:class:`DeepSupervisionLoss`): the loss on every decoder output,
 weights ``1/2^i`` from full resolution down, the lowest output weighted 0, labels nearest-downsampled.
@@ -34,7 +36,8 @@ from anatosynth.errors import ConfigError
 from anatosynth.io.nnunet import NnUNetPlan
 
 __all__ = ["build_network", "network_input", "normalise", "DeepSupervisionLoss", "synth_patch",
-           "check_plan", "NORMALISATIONS", "NNUNET_WEIGHTS", "EXTRA_HINT", "save_nnunet_checkpoint"]
+           "check_plan", "NORMALISATIONS", "NNUNET_WEIGHTS", "EXTRA_HINT", "save_nnunet_checkpoint",
+           "to_anatosynth_axes"]
 
 NNUNET_WEIGHTS = "nnunet_pretrained.pth"  # the file release --format nnunet writes for -pretrained_weights
 EXTRA_HINT = "install the nnU-Net extra with 'make nnunet' (it keeps the CPU torch)"
@@ -49,7 +52,12 @@ def synth_patch(plan: NnUNetPlan) -> tuple[int, int, int]:
 
 
 def check_plan(plan: NnUNetPlan, source: str = "plans") -> None:
-    """One line for a plan anatosynth cannot pre-train for: several input channels, an unknown scheme."""
+    """One line for a plan anatosynth cannot pre-train for: a cascade stage, several input channels, an
+    unknown intensity scheme."""
+    if plan.previous_stage:
+        raise ConfigError(f"{source}: configuration {plan.configuration!r} is a cascade stage (it takes "
+                          f"{plan.previous_stage!r}'s segmentations as extra input channels); pre-train for "
+                          f"{plan.previous_stage!r} or 3d_fullres instead")
     if plan.in_channels != 1:
         raise ConfigError(f"{source}: the plans expect {plan.in_channels} input channels; synthetic images have "
                           "one (pre-train for a one-channel configuration)")
@@ -84,6 +92,9 @@ def build_network(plan: NnUNetPlan, out_channels: int, deep_supervision: bool = 
     except ImportError:
         get_network_from_plans = None
     if get_network_from_plans is not None:
+        for name in [plan.network_class] + [plan.network_kwargs[k] for k in plan.network_kwargs_import
+                                            if plan.network_kwargs.get(k) is not None]:
+            _locate(name)  # nnunetv2's pydoc.locate gives None for a bad name, and a puzzling error later
         return get_network_from_plans(plan.network_class, dict(plan.network_kwargs), plan.network_kwargs_import,
                                       plan.in_channels, out_channels, allow_init=True,
                                       deep_supervision=deep_supervision)
@@ -122,6 +133,10 @@ def normalise(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) -> tor
     """Synthetic ``image`` [B, 1, ...] in the units nnU-Net's preprocessing gives the target's images."""
     scheme = plan.normalization[0]
     x = image.float()
+    if scheme == "ZScoreNormalization" and plan.use_mask_for_norm and plan.use_mask_for_norm[0]:
+        inside = (label > 0).unsqueeze(1)  # the synthetic body: its organs; nnU-Net's: the nonzero region
+        mean, std = _masked_stats(x, inside)
+        return torch.where(inside, (x - mean) / std.clamp_min(1e-8), torch.zeros_like(x))
     if scheme == "ZScoreNormalization":
         mean, std = _masked_stats(x, torch.ones_like(x))
         return (x - mean) / std.clamp_min(1e-8)
@@ -144,6 +159,12 @@ def network_input(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) ->
     label = label.permute(0, *(1 + a for a in plan.axes))
     image, label = _centre_crop(image, plan.patch_size), _centre_crop(label, plan.patch_size)
     return normalise(image, label, plan).contiguous(), label.contiguous()
+
+
+def to_anatosynth_axes(x: torch.Tensor, plan: NnUNetPlan) -> torch.Tensor:
+    """A tensor in nnU-Net's axes (the last three) back in anatosynth's (x, y, z): for pictures of the batch."""
+    lead = x.dim() - 3
+    return x.permute(*range(lead), *(lead + plan.axes.index(a) for a in range(3)))
 
 
 class DeepSupervisionLoss(torch.nn.Module):

@@ -48,7 +48,7 @@ from anatosynth.train.distributed import (
     wrap_model,
 )
 from anatosynth.train.models import build_model, place_model
-from anatosynth.train.nnunet import DeepSupervisionLoss, network_input
+from anatosynth.train.nnunet import DeepSupervisionLoss, network_input, to_anatosynth_axes
 from anatosynth.train.progress import write_progress_png
 from anatosynth.train.run_folder import (
     RunPaths,
@@ -199,6 +199,14 @@ class _Trainer:
         self.log.info("%s", line)  # echoed as "pretrain: ..." when the log goes to the console
         if self.ctx.is_main and not self.echo:
             tqdm.write(f"pretrain: {line}", file=sys.stderr)
+
+    def _pictures(self, image: torch.Tensor, label: torch.Tensor, logits: torch.Tensor) -> list[torch.Tensor]:
+        """Middle axial slices for TensorBoard; an nnU-Net batch back in anatosynth's axes, its image rescaled."""
+        if self.plan is not None:
+            image, label, logits = (to_anatosynth_axes(t, self.plan) for t in (image, label, logits))
+            low, high = image.amin(), image.amax()
+            image = (image - low) / (high - low).clamp_min(1e-8)
+        return _slice_images(image, label, logits, len(self.class_names))
 
     def _check_spacing(self) -> None:
         """Warn when the stream's voxels differ from the plans' target spacing by more than a quarter."""
@@ -374,7 +382,7 @@ class _Trainer:
                     if (self.writer is not None and cfg.image_every
                             and (self.step % cfg.image_every == 0 or self.step == start_step + 1)):
                         for name, img in zip(("image", "label", "prediction"),
-                                             _slice_images(image, label, logits, len(self.class_names))):
+                                             self._pictures(image, label, logits)):
                             self.writer.add_image(f"sample/{name}", img, self.step)
                     if self.step % cfg.checkpoint_every == 0:
                         self._save_checkpoint()

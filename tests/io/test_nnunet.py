@@ -41,9 +41,10 @@ def test_read_plans_takes_network_patch_and_normalisation():
     assert NnUNetPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
-def test_axes_follow_reader_and_transpose(tmp_path):
-    nib_plan = read_plans(_plans(tmp_path, image_reader_writer="NibabelIO"), "3d_fullres")
-    assert nib_plan.axes == (0, 1, 2) and nib_plan.anatosynth_patch() == (16, 32, 48)
+def test_axes_follow_transpose_whatever_the_reader(tmp_path):
+    # nnU-Net's nibabel readers transpose to SimpleITK's order too: the reader does not change the mapping
+    nib_plan = read_plans(_plans(tmp_path, image_reader_writer="NibabelIOWithReorient"), "3d_fullres")
+    assert nib_plan.axes == (2, 1, 0) and nib_plan.anatosynth_patch() == (48, 32, 16)
     transposed = read_plans(_plans(tmp_path, transpose_forward=[2, 0, 1]), "3d_fullres")
     assert transposed.axes == (0, 2, 1)
 
@@ -81,12 +82,42 @@ def test_export_nnunet_raw_layout(tmp_path, data_dir):
     label = nib.load(folder / "labelsTr" / "chaos_01.nii.gz")
     source = nib.load(data_dir / "chaos-t2" / "labelsTr" / "chaos_01.nii.gz")
     assert label.get_data_dtype() == np.uint8  # CHAOS stores float64
-    np.testing.assert_array_equal(np.asarray(label.dataobj), np.asarray(source.dataobj))
-    np.testing.assert_allclose(label.affine, source.affine)
+    assert nib.aff2axcodes(source.affine) == ("L", "A", "S") and nib.aff2axcodes(label.affine) == ("R", "A", "S")
+    np.testing.assert_array_equal(np.asarray(label.dataobj), np.asarray(source.dataobj)[::-1])  # x flipped
+    np.testing.assert_allclose(label.affine @ [0, 0, 0, 1], source.affine @ [source.shape[0] - 1, 0, 0, 1])
     image = nib.load(folder / "imagesTr" / "chaos_01_0000.nii.gz")
     assert image.get_data_dtype() == np.float32
     with pytest.raises(InputError, match="not empty"):
         export_nnunet_raw(dataset, tmp_path / "raw", 501, "CHAOST2", progress=False)
+
+
+def test_export_reorients_to_ras_and_renumbers_labels(tmp_path):
+    """nnU-Net needs label ids 0..N and our axis mapping needs RAS voxel order: the export gives both."""
+    from tests.conftest import write_nifti
+
+    root = tmp_path / "ds"
+    lps = np.diag([-2.0, -2.0, 3.0, 1.0])  # LPS voxel axes
+    label = np.zeros((6, 5, 4), dtype=np.int16)
+    label[0, 0, 0], label[5, 4, 3] = 2, 7
+    image = np.arange(120, dtype=np.float32).reshape(6, 5, 4)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    write_nifti(root / "imagesTr" / "a.nii.gz", image, lps)
+    write_nifti(root / "labelsTr" / "a.nii.gz", label, lps)
+    (root / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "2": "liver", "7": "spleen"}, "modality": {"0": "CT"},
+        "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}]}))
+    folder = export_nnunet_raw(read_dataset(root), tmp_path / "raw", 3, "Toy", progress=False)
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "liver": 1, "spleen": 2} and meta["channel_names"] == {"0": "CT"}
+    assert meta["anatosynth"]["label_ids"] == {"2": 1, "7": 2}
+    out = nib.load(folder / "labelsTr" / "a.nii.gz")
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    arr = np.asarray(out.dataobj)
+    assert arr[5, 4, 0] == 1 and arr[0, 0, 3] == 2  # x and y flipped into RAS, ids renumbered
+    img = nib.load(folder / "imagesTr" / "a_0000.nii.gz")
+    assert np.asarray(img.dataobj)[5, 4, 0] == image[0, 0, 0]
+    np.testing.assert_allclose(img.affine @ [5, 4, 0, 1], lps @ [0, 0, 0, 1])  # the same voxel, the same place
 
 
 def test_dataset_nnunet_cli(tmp_path, data_dir, capsys):

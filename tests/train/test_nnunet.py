@@ -107,6 +107,16 @@ def test_normalisation_agrees_with_nnunets_own_classes(data_dir):
     assert normalised.min() == pytest.approx((-160 - 30) / 180) and normalised.max() == pytest.approx((1200 - 30) / 180)
 
 
+def test_zscore_inside_the_mask_when_the_plans_say_so():
+    image = torch.rand(1, 1, 8, 8, 8) + 5
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    label[:, 2:6, 2:6, 2:6] = 3
+    out = normalise(image, label, _plan(use_mask_for_norm=[True]))
+    inside = out[0, 0][label[0] > 0]
+    assert torch.all(out[0, 0][label[0] == 0] == 0)  # outside the region: 0, as nnU-Net leaves it
+    assert abs(float(inside.mean())) < 1e-5 and abs(float(inside.std(unbiased=False)) - 1) < 1e-4
+
+
 def test_rescale_and_no_normalisation():
     image = torch.rand(2, 1, 4, 4, 4) * 3 + 1
     label = torch.zeros(2, 4, 4, 4, dtype=torch.long)
@@ -126,6 +136,9 @@ def test_unsupported_plans_are_refused_in_one_line(tmp_path):
                                   "patch": [64, 32, 32]})
     with pytest.raises(ConfigError, match="does not cover"):
         PretrainConfig.from_dict({**d, "model": "nnunet", "nnunet": _plan().to_dict(), "patch": [32, 32, 32]})
+    with pytest.raises(ConfigError, match="cascade stage"):
+        PretrainConfig.from_dict({**d, "model": "nnunet", "nnunet": _plan(previous_stage="3d_lowres").to_dict(),
+                                  "patch": [64, 32, 32]})
     with pytest.raises(ConfigError, match="go together"):
         PretrainConfig.from_dict({**d, "model": "nnunet"})
 
@@ -176,6 +189,13 @@ def test_residual_encoder_plans_build_too():
     net = build_network(resenc, 4)
     assert type(net).__name__ == "ResidualEncoderUNet"
     assert tuple(net(torch.zeros(1, 1, *plan.patch_size))[0].shape) == (1, 4, 16, 32, 48)
+
+
+def test_a_plans_class_that_does_not_import_is_named():
+    _needs("dynamic_network_architectures")
+    kwargs = {**_plan().network_kwargs, "norm_op": "torch.nn.NoSuchNorm3d"}
+    with pytest.raises(ConfigError, match="cannot import torch.nn.NoSuchNorm3d"):
+        build_network(_plan(network_kwargs=kwargs), 3)
 
 
 def test_missing_extra_is_one_clear_error(monkeypatch):
