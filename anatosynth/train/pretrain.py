@@ -195,7 +195,8 @@ class _Trainer:
 
         from anatosynth.train.progress import estimate_line
 
-        line, _ = estimate_line(done, self.cfg.steps - (self.step - done), seconds, self.device.type)
+        limit = self.cfg.minutes * 60 - seconds if self.cfg.minutes is not None else None
+        line, _ = estimate_line(done, self.cfg.steps - (self.step - done), seconds, self.device.type, limit)
         self.log.info("%s", line)  # echoed as "pretrain: ..." when the log goes to the console
         if self.ctx.is_main and not self.echo:
             tqdm.write(f"pretrain: {line}", file=sys.stderr)

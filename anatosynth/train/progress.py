@@ -77,13 +77,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def estimate_line(done: int, total: int, seconds: float, device_type: str) -> tuple[str, bool]:
+def estimate_line(done: int, total: int, seconds: float, device_type: str,
+                  limit_s: float | None = None) -> tuple[str, bool]:
     """The estimated time left of a run from its first ``done`` steps in ``seconds``, and whether to warn
     (CPU, more than :data:`CPU_WARN_HOURS`): ``"about 2 h 05 min left for 2,400 more steps (…)"`` (the caller
-    names the verb where it prints it)."""
+    names the verb where it prints it). With ``limit_s`` (a ``--minutes`` cap: seconds left until it), a run
+    the cap will stop first says so, with the steps it will reach, and is not warned about."""
     per_step = seconds / max(done, 1)
     left = per_step * max(total - done, 0)
     line = f"about {_duration(left)} left for {total - done:,} more steps ({per_step:.2f} s per step so far)"
+    if limit_s is not None and left > limit_s:
+        reach = int(max(limit_s, 0) / max(per_step, 1e-9))
+        return (f"{line}; the time limit stops it in {_duration(max(limit_s, 0))}, after about {reach:,} more "
+                "steps (run it again to continue)"), False
     warn = device_type == "cpu" and left > CPU_WARN_HOURS * 3600
     if warn:
         line = (f"{line}; warning: over {CPU_WARN_HOURS:g} h on the CPU — the README's CPU quick start gives sizes "

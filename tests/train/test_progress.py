@@ -58,6 +58,9 @@ def test_the_estimate_says_the_time_left_and_warns_for_a_long_cpu_run():
     line, warn = estimate_line(10, 20000, 20.0, "cpu")  # 11 h
     assert "about 11 h 06 min left" in line and warn and "CPU quick start" in line
     assert not estimate_line(10, 20000, 20.0, "cuda")[1]  # no warning on a GPU
+    # a --minutes cap that stops the run first: said, with the steps it reaches, and no warning
+    line, warn = estimate_line(10, 20000, 20.0, "cpu", limit_s=220.0)
+    assert not warn and "the time limit stops it in 4 min, after about 110 more steps" in line
 
 
 def test_pretrain_and_finetune_print_their_estimate_after_the_first_logged_steps(tmp_path, capsys):
