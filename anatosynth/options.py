@@ -9,7 +9,7 @@ from anatosynth.errors import ConfigError
 
 __all__ = ["parse_patch", "add_patch_argument", "reject_unknown_keys", "free_threads", "default_threads",
            "apply_threads", "THREADS_HELP", "SYNTH_MODES", "RENDERS", "MODELS", "resolve_device",
-           "check_path", "counted"]
+           "check_path", "counted", "bar_disable"]
 
 #: What the synthetic stream places: organs at anchors under the relation graph, the same shapes at random
 #: positions, or formula primitives (PrimGeoSeg-style). The one definition every verb and config reads.
@@ -139,3 +139,9 @@ def apply_threads(threads: int | None) -> int:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 subject``, ``5 subjects``, ``1 labelled case``: a count with its noun in the right number."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def bar_disable(progress: bool) -> bool | None:
+    """tqdm's ``disable`` for a verb's progress bar: off when asked (``--quiet``), else shown on a terminal only
+    (``None``), so that a log file (``nohup ... > log``) gets no carriage-return lines."""
+    return None if progress else True

@@ -155,3 +155,25 @@ def test_resolve_device_auto_and_bad_names():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_progress_bars_stay_out_of_log_files():
+    """A bar is shown on a terminal only: redirected to a file (nohup ... > log) it writes nothing."""
+    import io
+
+    from tqdm import tqdm
+
+    from anatosynth.options import bar_disable
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, written in ((io.StringIO(), False), (Terminal(), True)):
+        for _ in tqdm(range(3), file=stream, disable=bar_disable(True)):
+            pass
+        assert bool(stream.getvalue()) == written
+    quiet = Terminal()
+    for _ in tqdm(range(3), file=quiet, disable=bar_disable(False)):
+        pass
+    assert quiet.getvalue() == ""

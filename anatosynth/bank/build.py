@@ -40,6 +40,7 @@ from anatosynth.bank.orientation import (
 from anatosynth.bank.shapes import SubjectShapes, subject_shapes
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io.volume import Volume
+from anatosynth.options import bar_disable
 
 __all__ = ["SourceCase", "collect_cases", "pick_cases", "build_bank", "merge_banks", "subject_id"]
 
@@ -212,7 +213,7 @@ def build_bank(sources: str | Path | Sequence[str | Path], labels: str | Path | 
     records: dict[str, dict] = {}
     problems: list[str] = []
     dropped = 0
-    for case in tqdm(chosen, desc="bank subjects", unit="subject", disable=not progress):
+    for case in tqdm(chosen, desc="bank subjects", unit="subject", disable=bar_disable(progress)):
         vol = load_label(case.path, require_foreground=True, names=case.label_names)
         if problems:  # the build fails anyway: only check the rest, cheaply (centroids, no resampling)
             _, problem = _oriented(check_centroids(named(label_centroids(vol), case.organs)), str(case.path),

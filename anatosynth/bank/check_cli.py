@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from anatosynth.options import bar_disable
+
 __all__ = ["register", "run_check"]
 
 _HINT = "fix the header or pass --fix-orientation to bank build"
@@ -29,7 +31,7 @@ def run_check(args) -> int:
     flipped: list[str] = []
     print(f"{ds.root}: {ds.layout} layout, {len(ds.cases)} cases, modality {ds.modality or 'n/a'}, "
           f"labels {', '.join(f'{k}={v}' for k, v in ds.foreground.items())}")
-    for case in tqdm(ds.cases, desc="check", unit="case", disable=args.quiet):
+    for case in tqdm(ds.cases, desc="check", unit="case", disable=bar_disable(not args.quiet)):
         label = load_label(case.label, require_foreground=args.require_foreground, names=ds.labels) \
             if case.label else None
         image = load_image(case.image) if case.image else None

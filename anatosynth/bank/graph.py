@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 from anatosynth.bank.model import Edge, Organ, OrganShape, ShapeBank
 from anatosynth.bank.names import organ_sort_key
 from anatosynth.io.canonical import parse_spacing
+from anatosynth.options import bar_disable
 
 __all__ = ["GAP_SEARCH_MM", "assemble_bank", "anchor_stats", "pair_relations"]
 
@@ -186,7 +187,7 @@ def assemble_bank(spacing, subjects: dict[str, dict[str, OrganShape]], meta: dic
         mean, cov = anchor_stats([s.centroid_mm for s in shapes])
         organs.append(Organ(name, label, shapes, mean, cov))
     relations = {}
-    for sid, shapes in tqdm(subjects.items(), desc="organ graph", unit="subject", disable=not progress):
+    for sid, shapes in tqdm(subjects.items(), desc="organ graph", unit="subject", disable=bar_disable(progress)):
         relations[sid] = pair_relations(shapes, sp)
     edges = []
     for i, a in enumerate(names):

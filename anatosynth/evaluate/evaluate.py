@@ -33,6 +33,7 @@ from anatosynth.io import Volume, check_pair, load_image, load_label, read_datas
 from anatosynth.io.datasets import Dataset
 from anatosynth.io.splits import case_roles
 from anatosynth.io.volume import check_output_dir, ensure_writable_dir
+from anatosynth.options import bar_disable
 from anatosynth.transforms.postprocess import POSTPROCESS_MODES, keep_largest_component, read_decision
 from anatosynth.transforms.preprocess import ClassMap, prepare_image
 
@@ -167,7 +168,7 @@ def evaluate(data: str | Path, run_path: str | Path, out: str | Path, cases: lis
     fg = {name: ident for name, ident in zip(classes.names[1:], classes.ids[1:])}
     scores: dict[str, dict[str, ClassScore]] = {}
     unlabelled, seconds = [], {}
-    for case in tqdm(chosen, desc="evaluating", unit="case", disable=not progress):
+    for case in tqdm(chosen, desc="evaluating", unit="case", disable=bar_disable(progress)):
         start = time.time()
         image, label = _load_pair(case, dict(dataset.labels))
         prepared = prepare_image(case.name, image, run.preprocess)

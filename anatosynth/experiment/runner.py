@@ -45,6 +45,7 @@ from anatosynth.experiment.protocol import (
 )
 from anatosynth.io.splits import SPLIT_METHOD
 from anatosynth.io.volume import atomic_write_text, check_output_dir, ensure_writable_dir
+from anatosynth.options import bar_disable
 
 __all__ = ["run_protocol", "collect_results", "write_reports"]
 
@@ -546,7 +547,7 @@ def run_protocol(protocol: Protocol, out: Path, dry_run: bool = False, progress:
         threads = max(1, default_threads() // max(1, int(jobs)))
     runner = Runner(out, protocol, dry_run, threads, report_only)
     total = len(protocol.banks) + len(protocol.pretrains) + len(protocol.finetunes)
-    with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"experiment {protocol.name}", unit="job", disable=bar_disable(progress)) as bar:
         bank_paths = {}
         for job in protocol.banks:
             bar.set_postfix_str(job.key)

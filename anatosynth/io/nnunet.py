@@ -27,6 +27,7 @@ from anatosynth.io.canonical import to_ras
 from anatosynth.io.datasets import Dataset
 from anatosynth.io.splits import Split
 from anatosynth.io.volume import atomic_write_text, ensure_writable_dir, load_image, load_label, save_volume
+from anatosynth.options import bar_disable
 
 __all__ = ["NnUNetPlan", "read_plans", "export_nnunet_raw"]
 
@@ -203,7 +204,7 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
     label_dtype = np.dtype(np.uint8 if len(names) < 256 else np.uint16)  # CHAOS stores float64
     ensure_writable_dir(folder)
     n_train = 0
-    for case in tqdm(dataset.cases, desc="nnU-Net raw", unit="case", disable=not progress):
+    for case in tqdm(dataset.cases, desc="nnU-Net raw", unit="case", disable=bar_disable(progress)):
         images, labels = ("imagesTs", "labelsTs") if case.name in test else ("imagesTr", "labelsTr")
         n_train += case.name not in test
         image = to_ras(load_image(case.image))

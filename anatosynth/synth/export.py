@@ -16,6 +16,7 @@ import numpy as np
 
 from anatosynth.errors import InputError
 from anatosynth.io.volume import Volume, atomic_write_bytes, ensure_writable_dir, save_volume
+from anatosynth.options import bar_disable
 
 __all__ = ["export_dataset", "dataset_json"]
 
@@ -64,7 +65,7 @@ def export_dataset(stream, n: int, out: str | Path, device: str = "cpu", batch_s
     images, labels = ensure_writable_dir(out / "imagesTr"), ensure_writable_dir(out / "labelsTr")
     label_dtype = np.uint8 if stream.num_classes <= 256 else np.uint16
     logs = []
-    with tqdm(total=n, desc="export", unit="patch", disable=not progress) as bar:
+    with tqdm(total=n, desc="export", unit="patch", disable=bar_disable(progress)) as bar:
         for start in range(0, n, batch_size):
             indices = list(range(start, min(n, start + batch_size)))
             params = [stream.draw(i) for i in indices]

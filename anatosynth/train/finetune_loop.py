@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from anatosynth.errors import InputError, Interrupted
+from anatosynth.options import bar_disable
 from anatosynth.train.finetune_config import FinetuneConfig, FinetunePaths
 from anatosynth.train.finetune_data import (
     _augmentations,
@@ -268,7 +269,7 @@ class _Loop:
         start, start_step, saved = time.time(), self.step, self.step
         said_eta = False
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="fine-tuning", unit="step", disable=not progress)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="fine-tuning", unit="step", disable=bar_disable(progress))
         with StopOnSignal("finetune") as stopper:
             try:
                 while self.step < stop:

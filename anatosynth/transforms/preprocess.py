@@ -26,6 +26,7 @@ import numpy as np
 
 from anatosynth.errors import ConfigError, InputError
 from anatosynth.io import Volume, check_pair, load_image, load_label, resample, resample_label, to_ras
+from anatosynth.options import bar_disable
 
 if TYPE_CHECKING:
     import torch
@@ -234,7 +235,7 @@ def prepare_cases(cases, cfg: PreprocessConfig, classes: ClassMap, desc: str = "
     from tqdm import tqdm
 
     prepared = []
-    for case in tqdm(cases, desc=desc, unit="case", leave=False, disable=not progress):
+    for case in tqdm(cases, desc=desc, unit="case", leave=False, disable=bar_disable(progress)):
         if case.image is None:
             raise InputError(case.label, "case has no image")
         try:
