@@ -45,13 +45,6 @@ class Split:
         return {"method": self.method, "test": list(self.test), "validation": list(self.validation),
                 "pool": list(self.pool)}
 
-    def role(self, name: str) -> str:
-        """``test``, ``validation``, ``pool`` or ``unknown`` (a case the split does not hold)."""
-        for role in ("test", "validation", "pool"):
-            if name in getattr(self, role):
-                return role
-        return "unknown"
-
 
 def _rank(names: Sequence[str], salt: str = "") -> list[str]:
     return sorted(names, key=lambda n: hashlib.sha256((salt + n).encode()).hexdigest())
