@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,7 +190,8 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
 
     if not 1 <= int(dataset_id) <= 999:
         raise InputError(raw_root, f"dataset id {dataset_id} must be 1-999 (nnU-Net's DatasetXXX)")
-    clean = "".join(ch for ch in (name or dataset.name or "anatosynth") if ch.isalnum() or ch in "-")
+    base = re.sub(r"^Dataset\d{3}_", "", name or dataset.name or "anatosynth")  # an nnU-Net dataset's own id goes
+    clean = "".join(ch for ch in base if ch.isalnum() or ch in "-")
     folder = Path(raw_root) / f"Dataset{int(dataset_id):03d}_{clean or 'anatosynth'}"
     if folder.exists() and any(folder.iterdir()):
         raise InputError(folder, "exists and is not empty (choose another id or remove it)")

@@ -127,3 +127,7 @@ def test_dataset_nnunet_cli(tmp_path, data_dir, capsys):
     out = capsys.readouterr().out
     assert "13 training case(s)" in out and "7 test case(s)" in out
     assert len(list((tmp_path / "Dataset007_CHAOS-T2SPIR" / "imagesTs").iterdir())) == 7
+    # nnU-Net raw data in: read as it is, renamed with the new id only
+    assert main(["dataset", "nnunet", str(tmp_path / "Dataset007_CHAOS-T2SPIR"), "--out", str(tmp_path), "--id", "8",
+                 "--quiet"]) == 0
+    assert len(list((tmp_path / "Dataset008_CHAOS-T2SPIR" / "imagesTr").iterdir())) == 13
