@@ -9,8 +9,9 @@ normalisation of the data that network sees; :func:`read_plans` reads that witho
 Axis order: every nnU-Net reader hands over arrays in SimpleITK's order, the reverse of the file's voxel axes
 (its nibabel readers transpose to match), and the plans then permute them by ``transpose_forward``. Network
 axis ``i`` is therefore voxel axis ``2 - transpose_forward[i]`` of the raw files (:attr:`NnUNetPlan.axes`).
-anatosynth's synthetic patches are RAS (x, y, z), so the mapping holds for raw data stored in RAS voxel order,
-which :func:`export_nnunet_raw` writes (``NibabelIOWithReorient`` reorients any file to it).
+anatosynth's synthetic patches are RAS (x, y, z), so the mapping holds for raw data read in RAS voxel order:
+:func:`export_nnunet_raw` writes RAS files and names ``NibabelIOWithReorient`` as the reader, which reorients
+any image (new ones at inference too) to RAS and writes predictions back in the image's own orientation.
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         "labels": {names[old]: new for old, new in renumber.items()},
         "numTraining": n_train,
         "file_ending": ".nii.gz",
+        # nnU-Net then reads every image (new ones at inference too) in RAS voxel order, as the synthetic
+        # patches are, and writes predictions back in each image's own orientation
+        "overwrite_image_reader_writer": "NibabelIOWithReorient",
         "anatosynth": {"source": str(dataset.root), "test_cases": sorted(test), "orientation": "RAS",
                        "split_method": split.method if split is not None else None,
                        "label_ids": {str(old): new for old, new in renumber.items() if old != new} or None},

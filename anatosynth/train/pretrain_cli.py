@@ -137,8 +137,10 @@ def register(sub) -> None:
     g.add_argument("--feature-size", type=int, dest="feature_size", help="network width (default 48)")
     g.add_argument("--nnunet-plans", dest="nnunet_plans", metavar="PLANS",
                    help="pre-train the network nnU-Net v2 builds from this plans file (nnUNetPlans.json): its "
-                        "architecture, patch, axis order and intensity normalisation (needs 'make nnunet')")
-    g.add_argument("--configuration", help="the plans configuration (default 3d_fullres)")
+                        "architecture, patch, axis order and intensity normalisation (needs 'make nnunet'); the "
+                        "plans choose network and patch, so --model, --feature-size and --patch are refused with "
+                        "it; --batch stays this pre-training's own")
+    g.add_argument("--configuration", help="with --nnunet-plans: the plans configuration (default 3d_fullres)")
     g.add_argument("--batch", type=int, help="patches per step and per process (default 4)")
     g.add_argument("--steps", type=int, help="optimiser steps to reach (default 1000)")
     g.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint and model.pt written)")

@@ -37,9 +37,12 @@ def register(sub) -> None:
         "release", help="turn a pre-training run into shippable weights (half precision + model card)",
         description="Write RUN's weights as OUT/model.safetensors (float16) with OUT/metadata.json and a model "
                     "card (OUT/card.json, OUT/README.md). 'anatosynth finetune --init OUT' fine-tunes from it. "
+                    "With --format nnunet (a run of 'pretrain --nnunet-plans'), also OUT/nnunet_pretrained.pth "
+                    "(float32) for 'nnUNetv2_train -pretrained_weights'. "
                     "With --resumable: an unfinished run as one file that 'pretrain --resume' continues "
                     "bit-exact on another machine.")
-    p.add_argument("run", help="finished pre-training run folder (model.pt, metadata.json)")
+    p.add_argument("run", help="pre-training run folder: finished (model.pt, metadata.json), or unfinished with "
+                                "--resumable")
     p.add_argument("--out", required=True, help="released-weights folder to write (e.g. weights/NAME); with "
                                                 "--resumable, the archive file (e.g. resume/NAME.resume)")
     p.add_argument("--resumable", action="store_true",

@@ -77,6 +77,7 @@ def test_export_nnunet_raw_layout(tmp_path, data_dir):
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
     assert meta["channel_names"] == {"0": "MRI"} and meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
+    assert meta["overwrite_image_reader_writer"] == "NibabelIOWithReorient"  # RAS at inference too
     assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == ["chaos_01_0000.nii.gz", "chaos_03_0000.nii.gz"]
     assert [p.name for p in (folder / "labelsTs").iterdir()] == ["chaos_02.nii.gz"]
     label = nib.load(folder / "labelsTr" / "chaos_01.nii.gz")
