@@ -1,5 +1,7 @@
-"""Preview PNG: n samples x three orthogonal mid-slices, each shown twice (the image alone, then with
-its labels in colour, so a person sees what the network sees and what it must answer), and a legend.
+"""Preview PNG: n samples x three orthogonal slices, each shown twice (the image alone, then with its labels
+in colour, so a person sees what the network sees and what it must answer), and a legend. Each view takes the
+slice with the most labelled voxels (the middle one when the patch holds no label): a patch whose organs sit
+off-centre would show empty mid-slices.
 
 Slices are shown the radiological way: axial with the patient's right on the left and anterior at
 the top, coronal with superior at the top, sagittal with anterior on the left; pixel aspect follows
@@ -15,7 +17,7 @@ import numpy as np
 
 from anatosynth.io.volume import atomic_write_bytes
 
-__all__ = ["orthogonal_slices", "preview_figure", "save_preview", "label_colours"]
+__all__ = ["orthogonal_slices", "busiest_slices", "preview_figure", "save_preview", "label_colours"]
 
 
 def label_colours(n: int) -> np.ndarray:
@@ -30,9 +32,20 @@ def label_colours(n: int) -> np.ndarray:
     return out
 
 
-def orthogonal_slices(volume: np.ndarray, spacing: Sequence[float]) -> list[tuple[str, np.ndarray, float]]:
-    """Mid-slices of an [X, Y, Z] RAS volume as (name, 2D array in display orientation, pixel aspect)."""
-    x, y, z = (s // 2 for s in volume.shape)
+def busiest_slices(label: np.ndarray) -> tuple[int, int, int]:
+    """Per axis of an [X, Y, Z] label map, the slice index with the most labelled voxels (the middle if none)."""
+    if not label.any():
+        return (label.shape[0] // 2, label.shape[1] // 2, label.shape[2] // 2)
+    fg = label > 0
+    x, y, z = (int(np.argmax(fg.sum(axis=tuple(a for a in range(3) if a != axis)))) for axis in range(3))
+    return (x, y, z)
+
+
+def orthogonal_slices(volume: np.ndarray, spacing: Sequence[float],
+                      at: Sequence[int] | None = None) -> list[tuple[str, np.ndarray, float]]:
+    """Slices of an [X, Y, Z] RAS volume through voxel ``at`` (default: the middle) as (name, 2D array in display
+    orientation, pixel aspect)."""
+    x, y, z = (int(v) for v in at) if at is not None else (s // 2 for s in volume.shape)
     sx, sy, sz = (float(v) for v in spacing)
     return [("axial", volume[::-1, ::-1, z].T, sy / sx),
             ("coronal", volume[::-1, y, ::-1].T, sz / sx),
@@ -54,8 +67,9 @@ def preview_figure(images: np.ndarray, labels: np.ndarray, class_names: Sequence
     cmap = ListedColormap(colours)
     fig, axes = plt.subplots(n, 6, figsize=(14, 2.4 * n + 0.9), squeeze=False)
     for b in range(n):
-        for c, ((name, img, aspect), (_, lab, _)) in enumerate(zip(orthogonal_slices(images[b], spacing),
-                                                                    orthogonal_slices(labels[b], spacing))):
+        at = busiest_slices(labels[b])
+        for c, ((name, img, aspect), (_, lab, _)) in enumerate(zip(orthogonal_slices(images[b], spacing, at),
+                                                                    orthogonal_slices(labels[b], spacing, at))):
             for k, overlay in enumerate((False, True)):
                 ax = axes[b, 2 * c + k]
                 ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
