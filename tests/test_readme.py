@@ -39,3 +39,21 @@ def test_the_readme_quick_start_runs_as_written(tmp_path):
         assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
     summary = (tmp_path / "quickstart" / "report" / "summary.md").read_text()
     assert "**Test Dice:" in summary and (tmp_path / "quickstart" / "preview.png").stat().st_size > 1000
+
+
+def test_the_nnunet_section_commands_parse():
+    """Every anatosynth command of the README's nnU-Net blocks parses with the CLI as it is (running them needs
+    the nnU-Net extra and minutes: BENCHMARKS.md "For nnU-Net" records a fresh clone's run)."""
+    from anatosynth.cli import build_parser, parse
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Use with nnU-Net"):text.index("## Pre-trained weights")]
+    lines = [ln for block in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in block.splitlines()
+             if ln.startswith("anatosynth ")]
+    assert len(lines) >= 5, lines
+    for line in lines:
+        argv = shlex.split(line.replace("$nnUNet_preprocessed", "PRE").replace("$nnUNet_raw", "RAW"))[1:]
+        args = parse(build_parser(), argv)
+        assert callable(args.func), line
+    nnunet_lines = [ln for ln in section.splitlines() if ln.startswith("nnUNetv2_train")]
+    assert all("-pretrained_weights runs/nnunet/weights" in ln for ln in nnunet_lines) and nnunet_lines
