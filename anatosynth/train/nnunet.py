@@ -135,6 +135,8 @@ def normalise(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) -> tor
     x = image.float()
     if scheme == "ZScoreNormalization" and plan.use_mask_for_norm and plan.use_mask_for_norm[0]:
         inside = (label > 0).unsqueeze(1)  # the synthetic body: its organs; nnU-Net's: the nonzero region
+        empty = ~inside.flatten(1).any(1)
+        inside = inside | empty.view(-1, 1, 1, 1, 1)  # a patch without organs: all of it
         mean, std = _masked_stats(x, inside)
         return torch.where(inside, (x - mean) / std.clamp_min(1e-8), torch.zeros_like(x))
     if scheme == "ZScoreNormalization":

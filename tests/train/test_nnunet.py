@@ -115,6 +115,8 @@ def test_zscore_inside_the_mask_when_the_plans_say_so():
     inside = out[0, 0][label[0] > 0]
     assert torch.all(out[0, 0][label[0] == 0] == 0)  # outside the region: 0, as nnU-Net leaves it
     assert abs(float(inside.mean())) < 1e-5 and abs(float(inside.std(unbiased=False)) - 1) < 1e-4
+    empty = normalise(image, torch.zeros_like(label), _plan(use_mask_for_norm=[True]))  # no organ: the whole patch
+    assert abs(float(empty.mean())) < 1e-5 and abs(float(empty.std(unbiased=False)) - 1) < 1e-4
 
 
 def test_rescale_and_no_normalisation():
