@@ -24,7 +24,7 @@ from anatosynth.io.volume import atomic_write_bytes, atomic_write_text
 from anatosynth.train.models import ModelSpec, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "read_checkpoint", "check_compatible", "save_model",
-           "load_state_strict", "load_pretrained", "write_json", "describe_spec"]
+           "save_nnunet_weights", "load_state_strict", "load_pretrained", "write_json", "describe_spec"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -141,6 +141,15 @@ def save_model(path: str | Path, model: torch.nn.Module) -> Path:
     state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
              for k, v in model.state_dict().items()}
     return _torch_save(path, state)
+
+
+def save_nnunet_weights(path: str | Path, state: dict[str, torch.Tensor], info: dict) -> Path:
+    """Write ``{"network_weights": float32 state, "anatosynth": info}``, what ``nnUNetv2_train
+    -pretrained_weights`` reads; plain tensors and values (loads with ``weights_only=True``), the same bytes
+    for the same weights, as every file here."""
+    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state.items()}
+    return _torch_save(path, {"network_weights": weights, "trainer_name": "anatosynth", "anatosynth": info})
 
 
 def load_pretrained(path: str | Path) -> tuple[torch.nn.Module, dict]:

@@ -24,7 +24,7 @@ import torch
 
 from anatosynth.errors import InputError
 from anatosynth.io.volume import atomic_write_text
-from anatosynth.train.checkpoint import load_weights_only, read_checkpoint
+from anatosynth.train.checkpoint import load_weights_only, read_checkpoint, save_nnunet_weights
 from anatosynth.train.run_folder import code_commit
 
 __all__ = ["release", "load_release", "read_card", "WEIGHTS_FILE", "CARD_FILE"]
@@ -114,9 +114,9 @@ def release(run: str | Path, out: str | Path, command: str | None = None, name: 
         card["weights_sha256"] = hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest()
         card["weights_bytes"] = (tmp / WEIGHTS_FILE).stat().st_size
         if nnunet:
-            from anatosynth.train.nnunet import NNUNET_WEIGHTS, save_nnunet_checkpoint
+            from anatosynth.train.nnunet import NNUNET_WEIGHTS
 
-            save_nnunet_checkpoint(state, {k: v for k, v in card.items() if k != "loss_curve"}, tmp / NNUNET_WEIGHTS)
+            save_nnunet_weights(tmp / NNUNET_WEIGHTS, state, {k: v for k, v in card.items() if k != "loss_curve"})
             card["nnunet"]["weights_file"] = NNUNET_WEIGHTS
             card["nnunet"]["weights_sha256"] = hashlib.sha256((tmp / NNUNET_WEIGHTS).read_bytes()).hexdigest()
         atomic_write_text(tmp / "metadata.json", json.dumps(card_meta, indent=1) + "\n")
@@ -198,11 +198,11 @@ def _made_with(card: dict) -> str:
 
 def _card_markdown(card: dict, out: Path) -> str:
     arch = card.get("architecture") or {}
+    if card.get("nnunet"):
+        return _nnunet_card_markdown(card, out)
     patch = "×".join(str(p) for p in arch.get("patch", []))
     classes = [c for c in (card.get("class_names") or []) if c != "background"]
     versions = ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
-    if card.get("nnunet"):
-        return _nnunet_card_markdown(card, out)
     lines = [
         f"# {card['name']}: anatosynth pre-trained weights",
         "",
@@ -252,14 +252,17 @@ def _nnunet_card_markdown(card: dict, out: Path) -> str:
         f"patches), lr {card.get('lr')}, seed {card.get('seed')}; final loss {card.get('final_loss')}.",
         ("- **Shape bank:** none (primitives)." if card.get("bank_sha256") is None
          else f"- **Shape bank:** sha256 `{card.get('bank_sha256')}`."),
-        f"- **Weights:** `{weights}` (float32, for nnU-Net; sha256 `{nn.get('weights_sha256')}`) and "
-        f"`{card['weights_file']}` (float16). Made with {_made_with(card)}.",
+        (f"- **Weights:** `{weights}` (float32, for nnU-Net; sha256 `{nn.get('weights_sha256')}`) and "
+         f"`{card['weights_file']}` (float16). Made with {_made_with(card)}." if weights else
+         f"- **Weights:** `{card['weights_file']}` (float16) only; for nnU-Net release the run again with "
+         f"`--format nnunet`. Made with {_made_with(card)}."),
         f"- **Command:** `{card.get('command')}`",
         "",
-        "Fine-tune with nnU-Net (the same plans; nnU-Net re-initialises the output layers for your classes):",
-        "",
-        f"    nnUNetv2_train {nn.get('dataset_name') or 'DATASET'} {nn.get('configuration')} 0 -p "
-        f"{nn.get('plans_name')} -pretrained_weights {(out / str(weights)).as_posix()}",
-        "",
     ]
+    if weights:
+        lines += ["Fine-tune with nnU-Net (the same plans; nnU-Net re-initialises the output layers for your classes):",
+                  "",
+                  f"    nnUNetv2_train {nn.get('dataset_name') or 'DATASET'} {nn.get('configuration')} 0 -p "
+                  f"{nn.get('plans_name')} -pretrained_weights {(out / str(weights)).as_posix()}",
+                  ""]
     return "\n".join(lines)

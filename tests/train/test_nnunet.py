@@ -257,6 +257,13 @@ def test_release_format_nnunet_loads_in_nnunet(nnunet_run, tmp_path, capsys):
     assert "z-scored per patch" in card["nnunet"]["synthetic_images"]
     assert "nnUNetv2_train Dataset999_AnatosynthTest 3d_fullres" in (out / "README.md").read_text()
     saved = torch.load(out / NNUNET_WEIGHTS, weights_only=True)  # plain tensors and values only
+    first = (out / NNUNET_WEIGHTS).read_bytes()  # released again: the same bytes (the card's sha256 reproduces)
+    assert main(["release", str(nnunet_run), "--format", "nnunet", "--out", str(out)]) == 0
+    assert (out / NNUNET_WEIGHTS).read_bytes() == first
+    plain = tmp_path / "plain"  # released without --format nnunet: the card says how to get nnU-Net's file
+    assert main(["release", str(nnunet_run), "--out", str(plain)]) == 0
+    assert not (plain / NNUNET_WEIGHTS).exists() and "--format nnunet" in (plain / "README.md").read_text()
+    assert "None" not in (plain / "README.md").read_text()
 
     config = PlansManager(str(PLANS)).get_configuration("3d_fullres")
     torch.manual_seed(0)
