@@ -90,19 +90,22 @@ class NnUNetPlan:
             d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    def _xyz(self, values: tuple) -> list:
+        """Per-network-axis ``values`` in anatosynth's (x, y, z) order."""
+        out = [values[0]] * 3
+        for i, a in enumerate(self.axes):
+            out[a] = values[i]
+        return out
+
     def anatosynth_patch(self) -> tuple[int, int, int]:
         """The patch in anatosynth's (x, y, z) voxel order."""
-        patch = [0, 0, 0]
-        for i, a in enumerate(self.axes):
-            patch[a] = int(self.patch_size[i])
-        return (patch[0], patch[1], patch[2])
+        x, y, z = (int(v) for v in self._xyz(self.patch_size))
+        return (x, y, z)
 
     def anatosynth_spacing(self) -> tuple[float, float, float]:
         """The target spacing (mm) in anatosynth's (x, y, z) order."""
-        spacing = [0.0, 0.0, 0.0]
-        for i, a in enumerate(self.axes):
-            spacing[a] = float(self.spacing[i])
-        return (spacing[0], spacing[1], spacing[2])
+        x, y, z = (float(v) for v in self._xyz(self.spacing))
+        return (x, y, z)
 
 
 def _configuration(plans: dict, name: str, path: Path) -> dict:
@@ -212,8 +215,7 @@ def export_nnunet_raw(dataset: Dataset, raw_root: str | Path, dataset_id: int, n
         n_train += case.name not in test
         image = to_ras(load_image(case.image))
         label = to_ras(load_label(case.label, names=names))
-        save_volume(image.with_array(np.asarray(image.array, dtype=np.float32)),
-                    ensure_writable_dir(folder / images) / f"{case.name}_0000.nii.gz")
+        save_volume(image, ensure_writable_dir(folder / images) / f"{case.name}_0000.nii.gz", "float32")
         save_volume(label.with_array(lut[label.array]), ensure_writable_dir(folder / labels) / f"{case.name}.nii.gz",
                     label_dtype)
     channel = "CT" if (dataset.modality or "").upper() == "CT" else (dataset.modality or "MR")

@@ -19,15 +19,15 @@ batch look like nnU-Net's preprocessed training batch (:func:`network_input`):
 Deep supervision as nnU-Net trains it (:class:`DeepSupervisionLoss`): the loss on every decoder output,
 weights ``1/2^i`` from full resolution down, the lowest output weighted 0, labels nearest-downsampled.
 
-``anatosynth release RUN --format nnunet`` adds ``nnunet_pretrained.pth``: ``{"network_weights": ...}``
-in float32 with the card's facts, which ``nnUNetv2_train DATASET CONFIG FOLD -pretrained_weights FILE``
-loads (every key but ``.seg_layers.``, which nnU-Net re-initialises for the target's classes).
+``anatosynth release RUN --format nnunet`` adds ``nnunet_pretrained.pth`` (written by
+:func:`~anatosynth.train.checkpoint.save_nnunet_weights`): ``{"network_weights": ...}`` in float32 with the
+card's facts, which ``nnUNetv2_train DATASET CONFIG FOLD -pretrained_weights FILE`` loads (every key but
+``.seg_layers.``, which nnU-Net re-initialises for the target's classes).
 """
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,7 @@ from anatosynth.errors import ConfigError
 from anatosynth.io.nnunet import NnUNetPlan
 
 __all__ = ["build_network", "network_input", "normalise", "DeepSupervisionLoss", "synth_patch",
-           "check_plan", "NORMALISATIONS", "NNUNET_WEIGHTS", "EXTRA_HINT", "save_nnunet_checkpoint",
-           "to_anatosynth_axes"]
+           "check_plan", "NORMALISATIONS", "NNUNET_WEIGHTS", "EXTRA_HINT", "to_anatosynth_axes"]
 
 NNUNET_WEIGHTS = "nnunet_pretrained.pth"  # the file release --format nnunet writes for -pretrained_weights
 EXTRA_HINT = "install the nnU-Net extra with 'make nnunet' (it keeps the CPU torch)"
@@ -118,11 +117,14 @@ def _centre_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return x[..., starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1], starts[2]:starts[2] + size[2]]
 
 
+def _or_whole_patch(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean [B, 1, ...] mask, the whole patch for a sample whose mask is empty (a patch without organs)."""
+    return mask | ~mask.flatten(1).any(1).view(-1, *([1] * (mask.dim() - 1)))
+
+
 def _masked_stats(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample mean and (population) std of ``x`` [B, 1, ...] over ``mask``; the whole patch where empty."""
+    """Per-sample mean and (population) std of ``x`` [B, 1, ...] over a non-empty boolean ``mask``."""
     mask = mask.to(x.dtype)
-    empty = mask.flatten(1).sum(1) == 0
-    mask = torch.where(empty.view(-1, 1, 1, 1, 1), torch.ones_like(mask), mask)
     n = mask.flatten(1).sum(1).view(-1, 1, 1, 1, 1)
     mean = (x * mask).flatten(1).sum(1).view(-1, 1, 1, 1, 1) / n
     var = (((x - mean) ** 2) * mask).flatten(1).sum(1).view(-1, 1, 1, 1, 1) / n
@@ -134,17 +136,15 @@ def normalise(image: torch.Tensor, label: torch.Tensor, plan: NnUNetPlan) -> tor
     scheme = plan.normalization[0]
     x = image.float()
     if scheme == "ZScoreNormalization" and plan.use_mask_for_norm and plan.use_mask_for_norm[0]:
-        inside = (label > 0).unsqueeze(1)  # the synthetic body: its organs; nnU-Net's: the nonzero region
-        empty = ~inside.flatten(1).any(1)
-        inside = inside | empty.view(-1, 1, 1, 1, 1)  # a patch without organs: all of it
+        inside = _or_whole_patch((label > 0).unsqueeze(1))  # the organs; nnU-Net's: the nonzero region
         mean, std = _masked_stats(x, inside)
         return torch.where(inside, (x - mean) / std.clamp_min(1e-8), torch.zeros_like(x))
     if scheme == "ZScoreNormalization":
-        mean, std = _masked_stats(x, torch.ones_like(x))
+        mean, std = _masked_stats(x, torch.ones_like(x, dtype=torch.bool))
         return (x - mean) / std.clamp_min(1e-8)
     if scheme == "CTNormalization":
         p = plan.intensity_properties["0"]
-        mean, std = _masked_stats(x, (label > 0).unsqueeze(1))
+        mean, std = _masked_stats(x, _or_whole_patch((label > 0).unsqueeze(1)))
         sd = max(float(p["std"]), 1e-8)
         lo, hi = ((float(p[k]) - float(p["mean"])) / sd for k in ("percentile_00_5", "percentile_99_5"))
         return ((x - mean) / std.clamp_min(1e-8)).clamp(lo, hi)
@@ -195,16 +195,3 @@ class DeepSupervisionLoss(torch.nn.Module):
                 target = F.interpolate(target, size=out.shape[2:], mode="nearest-exact")
             total = total + w * self.base(out.float(), target)
         return total
-
-
-def save_nnunet_checkpoint(state: dict[str, torch.Tensor], info: dict, path: str | Path) -> Path:
-    """Write ``{"network_weights": float32 state, "anatosynth": info}``, what ``-pretrained_weights`` reads.
-
-    Only tensors and plain Python values: it loads with ``torch.load(..., weights_only=True)`` too.
-    """
-    from anatosynth.io.volume import atomic_write_bytes
-
-    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in state.items()}
-    payload = {"network_weights": weights, "trainer_name": "anatosynth", "anatosynth": info}
-    return atomic_write_bytes(path, lambda tmp: torch.save(payload, tmp))

@@ -120,6 +120,7 @@ class _Trainer:
         if stream is None:
             stream, self.synth_cfg = build_stream(cfg, self.bank)
         self.stream = stream
+        self.spacing = [float(v) for v in getattr(stream, "spacing", ())]  # mm per synthetic voxel (x, y, z)
         self.class_names = list(stream.class_names)
         self.spec = cfg.model_spec(int(stream.num_classes))
         self.plan = NnUNetPlan.from_dict(cfg.nnunet) if cfg.nnunet else None  # pre-training for nnU-Net
@@ -212,7 +213,7 @@ class _Trainer:
     def _check_spacing(self) -> None:
         """Warn when the stream's voxels differ from the plans' target spacing by more than a quarter."""
         assert self.plan is not None
-        have = [float(v) for v in getattr(self.stream, "spacing", ())]
+        have = self.spacing
         want = self.plan.anatosynth_spacing()
         if have and any(abs(h - w) > 0.25 * w for h, w in zip(have, want)):
             self.log.warning("the synthetic patches have %s mm voxels, the plans %s mm (x, y, z): organs will span "
@@ -239,7 +240,7 @@ class _Trainer:
             "synth": self.synth_cfg.to_dict() if self.synth_cfg is not None else None,
             "bank": self.cfg.bank if self.cfg.mode != "primitives" else None,
             "bank_sha256": bank_hash(self.bank, self.cfg.bank),
-            "spacing_mm": [float(v) for v in getattr(self.stream, "spacing", ())] or None,
+            "spacing_mm": self.spacing or None,
             "seed": self.cfg.seed,
             "samples": self.cfg.samples,
             "steps_done": int(self.step),
