@@ -356,10 +356,10 @@ def primary_table(comparisons: list[dict], primary: Sequence[dict], alpha: float
         key = (q["a"], q["b"], q["dataset"], int(q["train_cases"]))
         found = next((c for c in comparisons if (c["a"], c["b"], c["dataset"], c["train_cases"]) == key), None)
         rows.append({**q, "found": found, "planned": (planned or {}).get(key)})
-    p = [r["found"]["p"] if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan"))) else 1.0
-         for r in rows]
-    for r, adj in zip(rows, holm(p)):
-        if r["found"] is not None and np.isfinite(r["found"].get("p", float("nan"))):
+    answered = [r["found"] is not None and bool(np.isfinite(r["found"].get("p", float("nan")))) for r in rows]
+    adjusted = holm([r["found"]["p"] if done else 1.0 for r, done in zip(rows, answered)])
+    for r, done, adj in zip(rows, answered, adjusted):
+        if done:
             r["p_holm"] = adj
     lines = [f"## Primary questions (pre-registered; Holm over {len(primary)}, α {alpha})", "",
              "| question | seeds | distinct labelled sets | test cases | Δ test Dice % [two-level bootstrap 95% CI] "

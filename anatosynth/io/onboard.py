@@ -73,8 +73,7 @@ def pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path]], str]:
             pairs.append((name, images.pop(name), lab))
         if images:
             extra = sorted(images.values())
-            more = f"; {len(extra) - 1} more: {', '.join(p.name for p in extra[1:3])}{' …' if len(extra) > 3 else ''}"
-            raise InputError(extra[0], f"no label map for it in labelsTr/{more if len(extra) > 1 else ''}")
+            raise InputError(extra[0], f"no label map for it in labelsTr/{_more([p.name for p in extra[1:]], 'more')}")
         if not pairs:
             raise InputError(labels_dir, "no NIfTI label maps (.nii/.nii.gz)")
         return pairs, "imagesTr/labelsTr"
@@ -93,13 +92,18 @@ def pair_files(folder: Path) -> tuple[list[tuple[str, Path, Path]], str]:
         case, slot = unpaired[0]
         have = next(iter(slot.values()))
         need = "label map" if "image" in slot else "image"
-        others = [next(iter(s.values())).name for _, s in unpaired[1:]]
-        more = (f"; {len(others)} more unpaired: {', '.join(others[:2])}{' …' if len(others) > 2 else ''}"
-                if others else "")
+        more = _more([next(iter(s.values())).name for _, s in unpaired[1:]], "more unpaired")
         raise InputError(have, f"no {need} pairs with it (case {case!r}){more}; rules: anatosynth dataset init --help")
     if not found:
         raise InputError(folder, "no NIfTI files (.nii/.nii.gz) and no imagesTr/ + labelsTr/ folders")
     return [(case, slot["image"], slot["label"]) for case, slot in sorted(found.items())], "flat"
+
+
+def _more(names: list[str], what: str) -> str:
+    """``; 3 more: a.nii.gz, b.nii.gz …``: the other unpaired files after the one an error names ('' for none)."""
+    if not names:
+        return ""
+    return f"; {len(names)} {what}: {', '.join(names[:2])}{' …' if len(names) > 2 else ''}"
 
 
 def _ids_present(labels: list[Path]) -> list[int]:
