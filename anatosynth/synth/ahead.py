@@ -83,6 +83,8 @@ class RenderAhead(Iterator[tuple[list[SampleParams], SynthBatch]]):
             place = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
             with place, torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 for params in self._batches:
+                    if self._stop.is_set():  # closed while this batch's params were drawn
+                        return
                     out = self.render(params)
                     event = None
                     if side is not None:
@@ -97,11 +99,12 @@ class RenderAhead(Iterator[tuple[list[SampleParams], SynthBatch]]):
             self._batches = iter(())  # drops the draw loader's iterator: its workers stop
 
     def _put(self, item: Any) -> bool:
-        """Queue ``item`` unless :meth:`close` was called meanwhile (then False)."""
+        """Queue ``item`` unless :meth:`close` was called meanwhile; False once closed (a put that close's
+        draining of the queue let through counts as closed too: the thread renders nothing more)."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
-                return True
+                return not self._stop.is_set()
             except queue.Full:
                 continue
         return False

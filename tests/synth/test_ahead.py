@@ -39,12 +39,16 @@ def test_render_ahead_gives_the_inline_bytes_in_order(stream, threaded):
         next(ahead)
 
 
-def test_the_thread_renders_the_next_batch_while_the_loop_holds_this_one(stream):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_the_thread_renders_the_next_batch_while_the_loop_holds_this_one(stream, blocked):
     rendered: list[int] = []
+    finished: list[int] = []
 
     def render(params):
         rendered.append(params[0].index)
-        return stream.apply(params, "cpu")
+        out = stream.apply(params, "cpu")
+        finished.append(params[0].index)
+        return out
 
     ahead = RenderAhead(_params(stream, [[0], [1], [2], [3]]), render, "cpu", depth=1, threaded=True)
     next(ahead)
@@ -52,6 +56,10 @@ def test_the_thread_renders_the_next_batch_while_the_loop_holds_this_one(stream)
     while len(rendered) < 3 and time.monotonic() < deadline:  # batch 1 queued, batch 2 rendered, blocked
         time.sleep(0.01)
     assert rendered == [0, 1, 2]
+    if blocked:  # close while the thread waits to queue batch 2 (not while it renders it): draining the
+        while len(finished) < 3 and time.monotonic() < deadline:  # queue lets that put through, and the
+            time.sleep(0.01)  # thread must still stop there
+        time.sleep(0.3)
     ahead.close()
     assert not ahead._thread.is_alive()
     assert rendered == [0, 1, 2]  # closed: batch 3 never rendered
